@@ -36,6 +36,8 @@ type ListenerKey = (String, SocketAddr, config::Protocol);
 struct Bound {
     addr: SocketAddr,
     stop: CancellationToken,
+    /// The accept loop; finished once the socket is closed.
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// A running proxy: its listeners, its snapshot, and its shutdown handle.
@@ -98,13 +100,13 @@ impl Running {
             };
             info!(listener = %key.0, %addr, protocol = key.2.as_str(), "listening");
             let token = stop.clone();
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 tokio::select! {
                     _ = token.cancelled() => {}
                     _ = listener::run(socket, ctx) => {}
                 }
             });
-            current.insert(key, Bound { addr, stop });
+            current.insert(key, Bound { addr, stop, task });
         }
         Ok(())
     }
@@ -154,8 +156,11 @@ impl Running {
     /// Returns true if every connection finished in time.
     pub async fn stop(&self) -> bool {
         self.shutdown.trigger();
-        for bound in self.listeners.lock().await.values() {
+        // Close every listening socket before draining, so that new
+        // connections are refused rather than left in a backlog.
+        for (_, bound) in self.listeners.lock().await.drain() {
             bound.stop.cancel();
+            let _ = bound.task.await;
         }
         let grace = self.snapshot.load().config.global.grace_period;
         let open = self.shutdown.active();
