@@ -1,6 +1,7 @@
 //! Shared fixtures for integration tests: echo backends, an in-process proxy,
 //! and the real `vipd` binary with its log parsed for readiness.
 #![allow(dead_code)] // each test binary uses a different subset
+#![allow(unreachable_pub)] // `pub` here means "for the test files", which the lint cannot see
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
