@@ -27,6 +27,8 @@ pub enum AppError {
         "reload needs the configuration file path, and this configuration was not read from a file"
     )]
     NoSource,
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
 }
 
 /// Identity of a bound socket: a listener keeps its socket across reloads
@@ -204,7 +206,13 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         signal(SignalKind::interrupt()).expect("register SIGINT handler"),
         signal(SignalKind::hangup()).expect("register SIGHUP handler"),
     );
+    let user = config.global.user.clone();
+    let group = config.global.group.clone();
     let running = Running::start(config).await?;
+    if let Some(user) = user {
+        crate::privileges::drop_to(&user, group.as_deref())?;
+        info!(%user, "dropped privileges after binding");
+    }
     info!("vipd started");
     loop {
         tokio::select! {
