@@ -15,6 +15,7 @@ use crate::config::{self, Config, ConfigError};
 use crate::proxy::listener::{self, BindError};
 use crate::proxy::{SharedSnapshot, Snapshot};
 use crate::shutdown::Shutdown;
+use crate::tls::TlsError;
 
 /// Why the app could not start or reload.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,8 @@ pub enum AppError {
     Bind(#[from] BindError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error(
         "reload needs the configuration file path, and this configuration was not read from a file"
     )]
@@ -60,7 +63,9 @@ impl Running {
     /// Bind every listener of `config` and start serving.
     pub async fn start(config: Config) -> Result<Arc<Self>, AppError> {
         let config = Arc::new(config);
-        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config.clone(), None)));
+        let first = Snapshot::build(config.clone(), None)?;
+        first.tls.log_summary();
+        let snapshot = Arc::new(ArcSwap::from_pointee(first));
         let running = Arc::new(Self {
             snapshot,
             shutdown: Shutdown::new(),
@@ -138,8 +143,9 @@ impl Running {
         self.snapshot.load_full()
     }
 
-    /// Re-read the configuration file and apply it. On any error the running
-    /// configuration stays in place.
+    /// Re-read the configuration file and every certificate and key, and
+    /// apply them. On any error the running configuration and certificates
+    /// stay in place.
     pub async fn reload(&self) -> Result<(), AppError> {
         let _one_at_a_time = self.reloading.lock().await;
         let path = self.source.as_ref().ok_or(AppError::NoSource)?;
@@ -157,12 +163,13 @@ impl Running {
     async fn swap(&self, config: Config) -> Result<(), AppError> {
         let config = Arc::new(config);
         let previous = self.snapshot.load_full();
-        let next = Snapshot::build(config.clone(), Some(&previous));
-        self.snapshot.store(Arc::new(next));
+        let next = Arc::new(Snapshot::build(config.clone(), Some(&previous))?);
+        self.snapshot.store(next.clone());
         if let Err(e) = self.sync_listeners(&config).await {
             self.snapshot.store(previous);
             return Err(e);
         }
+        next.tls.log_summary();
         Ok(())
     }
 

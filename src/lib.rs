@@ -7,6 +7,7 @@
 //! - [`config`]: parse and validate the TOML file into a typed model.
 //! - [`balance`]: schedulers and pools (pure selection, no I/O).
 //! - [`proxy`]: listeners, accept loops, L4 forwarding.
+//! - [`tls`]: certificates, SNI resolution, rustls acceptors, reload, gen-cert.
 //! - [`shutdown`]: the shutdown signal and drain wait.
 //! - [`app`]: composition root: binds, spawns, handles signals.
 //! - [`demo`]: the built-in demo backends.
@@ -22,3 +23,4 @@ pub mod demo;
 pub mod privileges;
 pub mod proxy;
 pub mod shutdown;
+pub mod tls;
