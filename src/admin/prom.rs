@@ -74,6 +74,20 @@ impl Family<'_, '_> {
         Ok(())
     }
 
+    /// An unlabelled counter (no `{}` after the name).
+    fn counter1(&mut self, name: &str, help: &str, v: u64) -> fmt::Result {
+        self.enc
+            .encode_descriptor(name, help, None, MetricType::Counter)?
+            .encode_counter::<NoLabelSet, _, u64>(&v, None)
+    }
+
+    /// An unlabelled gauge.
+    fn gauge1(&mut self, name: &str, help: &str, v: i64) -> fmt::Result {
+        self.enc
+            .encode_descriptor(name, help, None, MetricType::Gauge)?
+            .encode_gauge(&v)
+    }
+
     fn gauge<L: EncodeLabelSet, V: prometheus_client::encoding::EncodeGaugeValue>(
         &mut self,
         name: &str,
@@ -109,9 +123,6 @@ impl Family<'_, '_> {
 
 type L1<'a> = [(&'static str, &'a str); 1];
 
-/// The label set of an unlabelled sample.
-const NONE: [(&str, &str); 0] = [];
-
 fn l1<'a>(key: &'static str, value: &'a str) -> L1<'a> {
     [(key, value)]
 }
@@ -139,31 +150,31 @@ impl Collector for Scrape {
             "Always 1; the version label names the running vipd.",
             [([("version", version)], 1i64)],
         )?;
-        f.gauge(
+        f.gauge1(
             "vipd_start_time_seconds",
             "Unix time the process started.",
-            [(NONE, metrics.started_unix as i64)],
+            metrics.started_unix as i64,
         )?;
         let reload = metrics.reload_status();
-        f.counter(
+        f.counter1(
             "vipd_reloads",
             "Reloads attempted (SIGHUP or POST /api/reload).",
-            [(NONE, reload.attempts)],
+            reload.attempts,
         )?;
-        f.counter(
+        f.counter1(
             "vipd_reload_failures",
             "Reloads that failed; the previous configuration stayed in service.",
-            [(NONE, reload.failures)],
+            reload.failures,
         )?;
-        f.gauge(
+        f.gauge1(
             "vipd_last_reload_success",
             "1 if the last reload succeeded (or none was attempted), else 0.",
-            [(NONE, i64::from(reload.last_ok))],
+            i64::from(reload.last_ok),
         )?;
-        f.gauge(
+        f.gauge1(
             "vipd_last_reload_timestamp_seconds",
             "Unix time of the last reload attempt, 0 before any.",
-            [(NONE, reload.last_unix as i64)],
+            reload.last_unix as i64,
         )?;
         self.listeners(&mut f)?;
         self.backends(&mut f)?;
