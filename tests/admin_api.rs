@@ -158,7 +158,10 @@ async fn setting_a_weight_through_the_api_validates_its_input() {
         "pool \"p\" has no backend 127.0.0.1:1"
     );
     let (status, body) = http(admin, "GET", "/api/pools/nope", None, "").await;
-    assert_eq!((status, json(&body)["error"].as_str()), (404, Some("no pool named \"nope\"")));
+    assert_eq!(
+        (status, json(&body)["error"].as_str()),
+        (404, Some("no pool named \"nope\""))
+    );
     running.stop().await;
 }
 
@@ -205,7 +208,10 @@ async fn metrics_parse_as_prometheus_exposition_and_count_the_traffic_sent() {
     for line in &lines[..lines.len() - 1] {
         let info = LineInfo::parse(line);
         assert!(
-            matches!(info, LineInfo::Doc { .. } | LineInfo::Type { .. } | LineInfo::Sample { .. }),
+            matches!(
+                info,
+                LineInfo::Doc { .. } | LineInfo::Type { .. } | LineInfo::Sample { .. }
+            ),
             "unparsable line {line:?}"
         );
     }
@@ -224,9 +230,15 @@ async fn metrics_parse_as_prometheus_exposition_and_count_the_traffic_sent() {
         )
         .len() as f64
     };
-    assert_eq!(get("vipd_listener_connections_accepted_total", "listener=web"), 6.0);
+    assert_eq!(
+        get("vipd_listener_connections_accepted_total", "listener=web"),
+        6.0
+    );
     assert_eq!(get("vipd_listener_connections_active", "listener=web"), 0.0);
-    assert_eq!(get("vipd_listener_bytes_in_total", "listener=web"), 6.0 * req);
+    assert_eq!(
+        get("vipd_listener_bytes_in_total", "listener=web"),
+        6.0 * req
+    );
     assert_eq!(
         get("vipd_listener_bytes_out_total", "listener=web"),
         3.0 * resp("a") + 3.0 * resp("bb")
@@ -364,7 +376,10 @@ async fn post_reload_applies_the_changed_file_like_sighup_and_is_counted() {
 
     let (_, body) = http(admin, "GET", "/api/status", None, "").await;
     let st = json(&body);
-    assert_eq!((st["reloads"].as_u64(), st["reload_failures"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(
+        (st["reloads"].as_u64(), st["reload_failures"].as_u64()),
+        (Some(2), Some(1))
+    );
     assert_eq!(st["last_reload_ok"], false);
     let (_, text) = http(admin, "GET", "/metrics", None, "").await;
     assert!(text.contains("\nvipd_reloads_total 2\n"), "{text}");

@@ -30,7 +30,8 @@ backends = [{{ address = "{}" }}, {{ address = "{}" }}]
     )
 }
 
-const TCP_CHECK: &str = r#"health = { kind = "tcp", interval = "100ms", timeout = "100ms", rise = 2, fall = 2 }"#;
+const TCP_CHECK: &str =
+    r#"health = { kind = "tcp", interval = "100ms", timeout = "100ms", rise = 2, fall = 2 }"#;
 const HTTP_CHECK: &str = r#"health = { kind = "http", interval = "100ms", timeout = "100ms", rise = 1, fall = 1, path = "/health", expect_status = "200-299" }"#;
 
 #[tokio::test]
@@ -92,10 +93,18 @@ async fn a_returning_backend_comes_back_after_rise_successes_and_ramps_up_with_s
 
     // Early in its 3 s ramp, b gets a small share of new connections.
     let ramping = backend(&running, "p", b_addr);
-    assert!(ramping.effective_weight() < 0.5, "{}", ramping.effective_weight());
+    assert!(
+        ramping.effective_weight() < 0.5,
+        "{}",
+        ramping.effective_weight()
+    );
     let early = requests(proxy, 20).await;
     assert_eq!(count(&early, "a") + count(&early, "b"), 20);
-    assert!(count(&early, "b") < 5, "b took {} of 20", count(&early, "b"));
+    assert!(
+        count(&early, "b") < 5,
+        "b took {} of 20",
+        count(&early, "b")
+    );
 
     // Once ramped, round robin splits evenly again.
     for _ in 0..400 {
@@ -173,7 +182,10 @@ async fn when_every_backend_fails_its_check_a_refusing_pool_closes_new_connectio
     .await;
     let answers = requests(proxy, 3).await;
     assert_eq!(answers.iter().filter(|r| r.is_err()).count(), 3);
-    assert_eq!(a.served.load(Ordering::Relaxed) + b.served.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        a.served.load(Ordering::Relaxed) + b.served.load(Ordering::Relaxed),
+        0
+    );
     running.stop().await;
 }
 
@@ -220,7 +232,10 @@ async fn health_state_carries_across_a_reload_by_backend_address() {
     // The reload reorders the backends and adds c; b stays down.
     let reloaded = two_backend_config(&c, &a, "", TCP_CHECK).replace(
         &format!("{{ address = \"{}\" }}]", a.addr),
-        &format!("{{ address = \"{}\" }}, {{ address = \"{b_addr}\" }}]", a.addr),
+        &format!(
+            "{{ address = \"{}\" }}, {{ address = \"{b_addr}\" }}]",
+            a.addr
+        ),
     );
     running.apply(config(&reloaded)).await.unwrap();
     assert!(!healthy(&running, "p", b_addr));

@@ -77,7 +77,10 @@ async fn a_tcp_check_fails_on_a_refused_connect_and_times_out_on_silence() {
 
 /// A TLS server with a self-signed certificate for `backend.example` that
 /// reports the SNI of every handshake and answers HTTP with 200 "secure".
-async fn tls_server() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<Option<String>>) {
+async fn tls_server() -> (
+    std::net::SocketAddr,
+    mpsc::UnboundedReceiver<Option<String>>,
+) {
     let ck = rcgen::generate_simple_self_signed(vec!["backend.example".into()]).unwrap();
     let cert = CertificateDer::from(ck.cert.der().to_vec());
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
@@ -125,7 +128,10 @@ async fn a_tls_check_completes_a_handshake_sending_the_configured_sni() {
     let mut c = check(HealthKind::Tls);
     c.host = Some("backend.example".into());
     Probe::new(&c).run(addr).await.unwrap();
-    assert_eq!(sni.recv().await.unwrap().as_deref(), Some("backend.example"));
+    assert_eq!(
+        sni.recv().await.unwrap().as_deref(),
+        Some("backend.example")
+    );
 }
 
 #[tokio::test]
@@ -135,7 +141,10 @@ async fn an_https_check_sends_sni_and_reads_the_response_over_tls() {
     c.host = Some("backend.example".into());
     c.expect_body = Some("secure".into());
     Probe::new(&c).run(addr).await.unwrap();
-    assert_eq!(sni.recv().await.unwrap().as_deref(), Some("backend.example"));
+    assert_eq!(
+        sni.recv().await.unwrap().as_deref(),
+        Some("backend.example")
+    );
 }
 
 #[tokio::test]

@@ -142,10 +142,7 @@ pub async fn requests(addr: SocketAddr, n: usize) -> Vec<Result<String, String>>
 
 /// How many of `answers` came from `name`.
 pub fn count(answers: &[Result<String, String>], name: &str) -> usize {
-    answers
-        .iter()
-        .filter(|a| a.as_deref() == Ok(name))
-        .count()
+    answers.iter().filter(|a| a.as_deref() == Ok(name)).count()
 }
 
 /// A raw HTTP/1.1 exchange with the admin endpoint: `(status, body)`.
