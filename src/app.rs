@@ -327,6 +327,16 @@ impl Running {
     }
 }
 
+impl Drop for Running {
+    /// A dropped `Running` (tests drop them without `stop`) takes its admin
+    /// endpoint down too; health checkers stop with their `Checkers`.
+    fn drop(&mut self) {
+        if let Some(a) = self.admin.get_mut().take() {
+            a.stop.cancel();
+        }
+    }
+}
+
 /// Read the admin token and, if the admin address is new, bind it.
 /// `current` is `None` at start, else the configured address running now.
 async fn prepare_admin(

@@ -246,3 +246,20 @@ async fn health_state_carries_across_a_reload_by_backend_address() {
     assert!(count(&answers, "a") > 0 && count(&answers, "c") > 0);
     running.stop().await;
 }
+
+#[tokio::test]
+async fn with_fall_one_a_dead_backend_is_out_within_one_interval_plus_timeout() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let check =
+        r#"health = { kind = "tcp", interval = "100ms", timeout = "100ms", rise = 1, fall = 1 }"#;
+    let text = two_backend_config(&a, &b, "passive_fall = 0", check);
+    let running = Running::start(config(&text)).await.unwrap();
+    let b_addr = b.kill().await;
+    let killed = tokio::time::Instant::now();
+    wait_for("b marked down", || !healthy(&running, "p", b_addr)).await;
+    let took = killed.elapsed();
+    // interval + timeout = 200 ms; 150 ms more absorbs a loaded CI machine.
+    assert!(took < Duration::from_millis(350), "took {took:?}");
+    running.stop().await;
+}
