@@ -1,1 +1,3 @@
 //! vipd
+
+pub mod ipvs;

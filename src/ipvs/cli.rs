@@ -1,0 +1,1 @@
+//! `vipd ipvs` subcommands.
