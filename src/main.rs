@@ -1,1 +1,150 @@
-fn main() {}
+//! The `vipd` command: parse arguments, set up logging, load the
+//! configuration, build the runtime and hand over to `vipd::app`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use vipd::config::{self, Config, ConfigError, LogFormat};
+
+/// Exit status for a configuration that does not validate (EX_DATAERR-like,
+/// as sysexits' EX_USAGE = 64 that nginx -t users script against).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "vipd",
+    version,
+    about = "Front-door load balancer: IPVS + TLS/HTTP proxy from one config"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with a configuration file.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file without binding anything (like nginx -t).
+    Check {
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Run the built-in demo on localhost: two backends and the proxy in front.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: configuration OK ({} listeners, {} pools, {} vhosts, {} IPVS services)",
+                    config.display(),
+                    c.listeners.len(),
+                    c.pools.len(),
+                    c.vhosts.len(),
+                    c.ipvs.services.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_failure(&e),
+        },
+        Command::Run { config } => match config::load(&config) {
+            Ok(c) => exit(run(c)),
+            Err(e) => config_failure(&e),
+        },
+        Command::Demo => {
+            let c = match config::parse(config::DEMO_CONFIG, Path::new("(embedded demo config)")) {
+                Ok(c) => c,
+                Err(e) => return config_failure(&e),
+            };
+            exit(demo(c))
+        }
+    }
+}
+
+fn config_failure(e: &ConfigError) -> ExitCode {
+    eprintln!("{e}");
+    if matches!(e, ConfigError::Invalid { .. }) {
+        ExitCode::from(EXIT_CONFIG)
+    } else {
+        ExitCode::from(66)
+    }
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vipd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if config.global.workers > 0 {
+        b.worker_threads(config.global.workers);
+    }
+    b.enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    init_logging(config.global.log_format);
+    runtime(&config)?.block_on(vipd::app::run(config))?;
+    Ok(())
+}
+
+fn demo(config: Config) -> anyhow::Result<()> {
+    init_logging(config.global.log_format);
+    let rt = runtime(&config)?;
+    rt.block_on(async {
+        let shutdown = vipd::shutdown::Shutdown::new();
+        let addrs: Vec<_> = config
+            .pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(|b| b.address))
+            .collect();
+        vipd::demo::start_backends(&addrs, &shutdown)
+            .await
+            .context("cannot start the demo backends (is another demo running?)")?;
+        println!("vipd demo is running. Try, in another terminal:");
+        for l in &config.listeners {
+            println!(
+                "  curl http://{}/        # {} listener {:?}: answers alternate between backends",
+                l.bind,
+                l.protocol.as_str(),
+                l.name
+            );
+        }
+        println!("Stop it with Ctrl-C.");
+        let result = vipd::app::run(config).await;
+        shutdown.trigger();
+        result.map_err(anyhow::Error::from)
+    })
+}

@@ -1,0 +1,373 @@
+//! The validated, typed configuration every other module consumes.
+//!
+//! Nothing here can be invalid: names referenced by listeners exist, addresses
+//! parsed, durations are durations. A `Config` is immutable; a reload builds a
+//! new one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from (reload re-reads it).
+    pub source: Option<PathBuf>,
+    pub global: Global,
+    pub admin: Option<Admin>,
+    pub tls: TlsSettings,
+    pub listeners: Vec<Listener>,
+    pub pools: Vec<Pool>,
+    pub persistence: Vec<PersistenceGroup>,
+    pub vhosts: Vec<Vhost>,
+    pub ipvs: Ipvs,
+}
+
+impl Config {
+    /// The pool called `name` (validation guarantees references resolve).
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// The persistence group called `name`.
+    pub fn persistence_group(&self, name: &str) -> Option<&PersistenceGroup> {
+        self.persistence.iter().find(|p| p.name == name)
+    }
+
+    /// The vhost called `name`.
+    pub fn vhost(&self, name: &str) -> Option<&Vhost> {
+        self.vhosts.iter().find(|v| v.name == name)
+    }
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone)]
+pub struct Global {
+    /// Tokio worker threads; 0 means one per core.
+    pub workers: usize,
+    /// How long open connections may take to finish on shutdown.
+    pub grace_period: Duration,
+    /// Cap on connections over all listeners.
+    pub max_connections: usize,
+    pub log_format: LogFormat,
+    pub access_log: AccessLog,
+}
+
+/// Format of the process log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Per-request access log of HTTP listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Common,
+    Json,
+}
+
+/// The admin endpoint.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    pub token_file: Option<PathBuf>,
+}
+
+/// TLS settings shared by all TLS listeners.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub min_version: TlsVersion,
+    /// Server-side session cache entries (0 disables it).
+    pub session_cache_size: usize,
+    pub session_tickets: bool,
+    /// Accept expired / not yet valid certificates with a warning.
+    pub allow_invalid_dates: bool,
+}
+
+/// Lowest TLS protocol version accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// Raw TCP forwarded to a pool (L4).
+    Tcp,
+    /// TLS terminated, then raw TCP to a pool.
+    Tls,
+    /// Plain HTTP routed by Host.
+    Http,
+    /// TLS terminated, then HTTP routed by Host.
+    Https,
+}
+
+impl Protocol {
+    /// Whether the listener terminates TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Protocol::Tls | Protocol::Https)
+    }
+
+    /// Whether the listener routes HTTP requests by vhost.
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Https)
+    }
+
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Tls => "tls",
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+        }
+    }
+}
+
+/// One bound address and what is served on it.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub protocol: Protocol,
+    /// Pool for `tcp`/`tls` listeners.
+    pub pool: Option<String>,
+    /// Vhosts served (`http`/`https`, and certificates for `tls`); all vhosts when empty in the file.
+    pub vhosts: Vec<String>,
+    /// Vhost whose certificate answers clients without (matching) SNI, and
+    /// whose routes serve requests with an unknown Host.
+    pub default_vhost: Option<String>,
+    /// Refuse TLS handshakes whose SNI matches no vhost.
+    pub strict_sni: bool,
+    pub alpn: Vec<String>,
+    pub persistence: Option<String>,
+    /// Bind even if the address is not (yet) on this host (IP_FREEBIND).
+    pub freebind: bool,
+    pub reuseport: bool,
+    pub backlog: u32,
+    pub max_connections: usize,
+    /// Expect a PROXY protocol v1/v2 header from a trusted upstream.
+    pub proxy_protocol: bool,
+    pub trusted_proxies: Vec<IpNet>,
+    pub handshake_timeout: Duration,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Scheduling algorithm, named as in ipvsadm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SchedulerKind {
+    Rr,
+    Wrr,
+    Lc,
+    Wlc,
+    Sed,
+    Nq,
+    Sh,
+    Mh,
+    P2c,
+}
+
+impl SchedulerKind {
+    /// Every scheduler with its config name.
+    pub const ALL: [(SchedulerKind, &'static str); 9] = [
+        (SchedulerKind::Rr, "rr"),
+        (SchedulerKind::Wrr, "wrr"),
+        (SchedulerKind::Lc, "lc"),
+        (SchedulerKind::Wlc, "wlc"),
+        (SchedulerKind::Sed, "sed"),
+        (SchedulerKind::Nq, "nq"),
+        (SchedulerKind::Sh, "sh"),
+        (SchedulerKind::Mh, "mh"),
+        (SchedulerKind::P2c, "p2c"),
+    ];
+
+    /// The name used in the config file and by ipvsadm.
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(k, _)| *k == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("?")
+    }
+}
+
+/// A backend server of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub address: SocketAddr,
+    /// Relative share of new connections; 0 = quiesced (drained).
+    pub weight: u32,
+}
+
+/// Kind of active health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthKind {
+    Tcp,
+    Http,
+    Https,
+    Tls,
+}
+
+/// Active health check settings.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub kind: HealthKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes to mark a down backend up.
+    pub rise: u32,
+    /// Consecutive failures to mark an up backend down.
+    pub fall: u32,
+    pub path: String,
+    pub host: Option<String>,
+    /// Inclusive range of accepted HTTP status codes.
+    pub expect_status: (u16, u16),
+    pub expect_body: Option<String>,
+}
+
+/// A named group of backends and how to choose among them.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub name: String,
+    pub scheduler: SchedulerKind,
+    /// Maglev lookup table size (prime).
+    pub mh_table_size: u32,
+    pub backends: Vec<Backend>,
+    pub health: Option<HealthCheck>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    /// Send a PROXY v2 header to backends (`tcp`/`tls` listeners).
+    pub send_proxy: bool,
+    /// Speak HTTP/2 to backends.
+    pub http2: bool,
+}
+
+/// Client-IP persistence shared by listeners (and IPVS services) that name it.
+#[derive(Debug, Clone)]
+pub struct PersistenceGroup {
+    pub name: String,
+    /// Like `ipvsadm -p`: how long a client sticks after its last connection.
+    pub timeout: Duration,
+    /// IPv4 prefix length clients are grouped by (`ipvsadm -M`).
+    pub prefix_v4: u8,
+    /// IPv6 prefix length clients are grouped by.
+    pub prefix_v6: u8,
+    pub max_entries: usize,
+    /// Drop persistence to quiesced (weight 0) backends, like IPVS's expire_quiescent_template.
+    pub expire_quiescent: bool,
+}
+
+/// A certificate chain and its private key, as files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A path-prefix route inside a vhost.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub path_prefix: String,
+    pub pool: String,
+}
+
+/// An HTTP(S) virtual host.
+#[derive(Debug, Clone)]
+pub struct Vhost {
+    pub name: String,
+    /// Exact names and `*.example.com` wildcards, lower case.
+    pub hosts: Vec<String>,
+    pub certificates: Vec<CertificateFiles>,
+    pub pool: Option<String>,
+    pub routes: Vec<Route>,
+    pub redirect_https: bool,
+    pub hsts_max_age: Option<Duration>,
+    pub max_body_size: Option<u64>,
+}
+
+/// The kernel IPVS tier.
+#[derive(Debug, Clone)]
+pub struct Ipvs {
+    /// Manage every kernel service, deleting those not in the config.
+    pub own_all: bool,
+    pub on_shutdown: OnShutdown,
+    pub reconcile_interval: Duration,
+    /// How long a removed real server stays at weight 0 before deletion.
+    pub drain_period: Duration,
+    pub services: Vec<IpvsService>,
+}
+
+/// What happens to vipd's kernel services when it exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnShutdown {
+    Keep,
+    Remove,
+}
+
+/// Address family of a fwmark service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Inet,
+    Inet6,
+}
+
+/// Transport protocol of an IPVS address service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpvsProtocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+/// What identifies an IPVS virtual service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpvsVirtual {
+    Address {
+        protocol: IpvsProtocol,
+        address: SocketAddr,
+    },
+    Fwmark {
+        mark: u32,
+        family: Family,
+    },
+}
+
+/// How IPVS forwards packets to a real server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarding {
+    /// Direct routing (`ipvsadm -g`).
+    Dr,
+    /// Masquerading (`ipvsadm -m`).
+    Nat,
+    /// IP-in-IP tunnelling (`ipvsadm -i`).
+    Tunnel,
+}
+
+/// A real server of an IPVS service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RealServer {
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub upper_threshold: u32,
+    pub lower_threshold: u32,
+}
+
+/// A kernel IPVS virtual service.
+#[derive(Debug, Clone)]
+pub struct IpvsService {
+    pub name: String,
+    pub virtual_service: IpvsVirtual,
+    /// Kernel scheduler module name (`ip_vs_<name>`).
+    pub scheduler: String,
+    pub persistence: Option<String>,
+    pub forwarding: Forwarding,
+    pub real_servers: Vec<RealServer>,
+    pub health: Option<HealthCheck>,
+}

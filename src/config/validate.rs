@@ -1,0 +1,1323 @@
+//! Raw file -> typed model, collecting every problem instead of stopping at the first.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::error::{ConfigError, Problem};
+use super::file::*;
+use super::model::*;
+
+/// The top level of the file: each section kept as a spanned table so that
+/// every entry is deserialized on its own (one bad entry does not hide the
+/// problems of the next) and problems point at a line.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Skeleton {
+    global: Option<Spanned<toml::Table>>,
+    admin: Option<Spanned<toml::Table>>,
+    tls: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    listener: Vec<Spanned<toml::Table>>,
+    #[serde(default)]
+    pool: Vec<Spanned<toml::Table>>,
+    #[serde(default)]
+    persistence: Vec<Spanned<toml::Table>>,
+    #[serde(default)]
+    vhost: Vec<Spanned<toml::Table>>,
+    ipvs: Option<Spanned<toml::Table>>,
+}
+
+/// Collects problems while validating one file.
+struct Checker<'a> {
+    src: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let before = &self.src[..offset.min(self.src.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        (line, column)
+    }
+
+    /// Where `field` is written inside the entry spanning `span`, or the entry itself.
+    fn locate(&self, span: &Range<usize>, field: Option<&str>) -> (usize, usize) {
+        let entry = &self.src[span.start.min(self.src.len())..span.end.min(self.src.len())];
+        if let Some(field) = field {
+            let mut offset = span.start;
+            for line in entry.split_inclusive('\n') {
+                let trimmed = line.trim_start();
+                if let Some(rest) = trimmed.strip_prefix(field) {
+                    if rest.trim_start().starts_with('=') {
+                        return self.position(offset + (line.len() - trimmed.len()));
+                    }
+                }
+                offset += line.len();
+            }
+        }
+        self.position(span.start)
+    }
+
+    fn report(
+        &mut self,
+        span: &Range<usize>,
+        path: &str,
+        field: Option<&str>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        let (line, column) = self.locate(span, field);
+        let full = match field {
+            Some(f) => format!("{path}.{f}"),
+            None => path.to_string(),
+        };
+        self.problems.push(Problem {
+            line: Some(line),
+            column: Some(column),
+            field: full,
+            problem: problem.into(),
+            fix: fix.into(),
+        });
+    }
+
+    /// Deserialize one entry, reporting serde problems. An unknown field is
+    /// reported and dropped, and the entry read again, so that one typo does
+    /// not hide the entry's other problems.
+    fn entry<T: for<'de> Deserialize<'de> + Default>(
+        &mut self,
+        table: &Spanned<toml::Table>,
+        path: &str,
+    ) -> T {
+        let mut fields = table.get_ref().clone();
+        loop {
+            match T::deserialize(toml::Value::Table(fields.clone())) {
+                Ok(raw) => return raw,
+                Err(e) => {
+                    let msg = e.message().trim().to_string();
+                    let unknown = msg.starts_with("unknown field");
+                    let field = if unknown {
+                        backticked(&msg).filter(|f| fields.contains_key(f.as_str()))
+                    } else {
+                        culprit::<T>(&fields, &msg)
+                    };
+                    let fix = if unknown {
+                        "remove it, or correct its spelling to one of the fields listed"
+                    } else {
+                        "give the value the type shown (see the configuration reference in README.md)"
+                    };
+                    self.report(&table.span(), path, field.as_deref(), msg, fix);
+                    match field {
+                        Some(f) => {
+                            fields.remove(&f);
+                        }
+                        _ => return T::default(),
+                    }
+                }
+            }
+        }
+    }
+
+    fn required<'v>(
+        &mut self,
+        span: &Range<usize>,
+        path: &str,
+        field: &str,
+        value: &'v Option<String>,
+        example: &str,
+    ) -> Option<&'v str> {
+        match value {
+            Some(v) => Some(v.as_str()),
+            None => {
+                self.report(
+                    span,
+                    path,
+                    None,
+                    format!("missing required field `{field}`"),
+                    format!("add `{field} = {example}`"),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(
+        &mut self,
+        span: &Range<usize>,
+        path: &str,
+        field: &str,
+        value: &Option<String>,
+        default: Duration,
+    ) -> Duration {
+        match value {
+            None => default,
+            Some(text) => match parse_duration(text) {
+                Ok(d) => d,
+                Err(why) => {
+                    self.report(
+                        span,
+                        path,
+                        Some(field),
+                        format!("invalid duration {text:?}: {why}"),
+                        "write a number with a unit: \"500ms\", \"30s\", \"5m\", \"1h\" or \"1d\"",
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn socket_addr(
+        &mut self,
+        span: &Range<usize>,
+        path: &str,
+        field: &str,
+        text: &str,
+    ) -> Option<SocketAddr> {
+        match SocketAddr::from_str(text) {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.report(
+                    span,
+                    path,
+                    Some(field),
+                    format!("invalid socket address {text:?}"),
+                    "write an IP address and a port: \"192.0.2.10:80\" or \"[2001:db8::10]:443\" (host names are not resolved)",
+                );
+                None
+            }
+        }
+    }
+
+    fn choice<T: Copy>(
+        &mut self,
+        span: &Range<usize>,
+        path: &str,
+        field: &str,
+        value: &Option<String>,
+        choices: &[(T, &str)],
+        default: T,
+    ) -> T {
+        let Some(text) = value else { return default };
+        match choices.iter().find(|(_, name)| *name == text) {
+            Some((v, _)) => *v,
+            None => {
+                let names: Vec<String> = choices.iter().map(|(_, n)| format!("\"{n}\"")).collect();
+                self.report(
+                    span,
+                    path,
+                    Some(field),
+                    format!("unknown value {text:?}"),
+                    format!("use one of {}", names.join(", ")),
+                );
+                default
+            }
+        }
+    }
+
+    fn unique_name(
+        &mut self,
+        seen: &mut HashSet<String>,
+        span: &Range<usize>,
+        path: &str,
+        kind: &str,
+        name: &Option<String>,
+        index: usize,
+    ) -> String {
+        match name {
+            None => {
+                self.report(
+                    span,
+                    path,
+                    None,
+                    "missing required field `name`",
+                    format!("add `name = \"...\"` so that other sections can refer to this {kind}"),
+                );
+                format!("#{index}")
+            }
+            Some(n) if n.is_empty() => {
+                self.report(
+                    span,
+                    path,
+                    Some("name"),
+                    "the name is empty",
+                    "give it a non-empty name",
+                );
+                format!("#{index}")
+            }
+            Some(n) => {
+                if !seen.insert(n.clone()) {
+                    self.report(
+                        span,
+                        path,
+                        Some("name"),
+                        format!("duplicate {kind} name {n:?}"),
+                        format!("give every {kind} a different name"),
+                    );
+                }
+                n.clone()
+            }
+        }
+    }
+}
+
+/// The key whose removal makes a type error go away: serde's message for a
+/// wrong type does not name the field, so find it by elimination.
+fn culprit<T: for<'de> Deserialize<'de>>(fields: &toml::Table, msg: &str) -> Option<String> {
+    fields.keys().find_map(|k| {
+        let mut fewer = fields.clone();
+        fewer.remove(k);
+        match T::deserialize(toml::Value::Table(fewer)) {
+            Ok(_) => Some(k.clone()),
+            Err(e) if e.message().trim() != msg => Some(k.clone()),
+            Err(_) => None,
+        }
+    })
+}
+
+fn backticked(msg: &str) -> Option<String> {
+    let start = msg.find('`')? + 1;
+    let len = msg[start..].find('`')?;
+    Some(msg[start..start + len].to_string())
+}
+
+/// Parse "500ms", "30s", "5m", "1h", "1d" or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "it does not start with a whole number".to_string())?;
+    let secs = |m: u64| n.checked_mul(m).map(Duration::from_secs);
+    let d = match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "" | "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86400),
+        other => return Err(format!("unknown unit {other:?}")),
+    };
+    d.ok_or_else(|| "it is too large".to_string())
+}
+
+/// Parse an IPv4 netmask given as dotted quad or prefix length.
+fn parse_netmask_v4(text: &str) -> Result<u8, String> {
+    if let Ok(prefix) = text.parse::<u8>() {
+        return if prefix <= 32 {
+            Ok(prefix)
+        } else {
+            Err("an IPv4 prefix length is at most 32".into())
+        };
+    }
+    let mask: std::net::Ipv4Addr = text
+        .parse()
+        .map_err(|_| "it is neither a dotted netmask nor a prefix length".to_string())?;
+    let bits = u32::from(mask);
+    let prefix = bits.leading_ones();
+    if bits.checked_shl(prefix).unwrap_or(0) != 0 {
+        return Err("the mask bits are not contiguous".into());
+    }
+    Ok(prefix as u8)
+}
+
+/// Validate the text of a configuration file into a [`Config`].
+pub(super) fn validate(src: &str, path: &Path) -> Result<Config, ConfigError> {
+    let invalid = |problems| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        problems,
+    };
+    let skeleton: Skeleton = match toml::from_str(src) {
+        Ok(s) => s,
+        Err(e) => {
+            let mut c = Checker {
+                src,
+                problems: Vec::new(),
+            };
+            let (line, column) = e.span().map_or((None, None), |s| {
+                let (l, col) = c.position(s.start);
+                (Some(l), Some(col))
+            });
+            let msg = e.message().trim().to_string();
+            let fix = if msg.starts_with("unknown field") {
+                "the sections are [global], [admin], [tls], [[listener]], [[pool]], [[persistence]], [[vhost]] and [ipvs] with [[ipvs.service]]; remove or rename this one"
+            } else {
+                "fix the TOML syntax at this position"
+            };
+            c.problems.push(Problem {
+                line,
+                column,
+                field: "(file)".into(),
+                problem: msg,
+                fix: fix.into(),
+            });
+            return Err(invalid(c.problems));
+        }
+    };
+    let mut c = Checker {
+        src,
+        problems: Vec::new(),
+    };
+    let config = build(&mut c, &skeleton, path);
+    if c.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(invalid(c.problems))
+    }
+}
+
+const WHOLE: Range<usize> = 0..0;
+
+fn build(c: &mut Checker<'_>, s: &Skeleton, path: &Path) -> Config {
+    let global = global(c, s.global.as_ref());
+    let admin = s.admin.as_ref().map(|t| admin(c, t));
+    let tls = tls_settings(c, s.tls.as_ref());
+    let mut names = HashSet::new();
+    let pools: Vec<Pool> = s
+        .pool
+        .iter()
+        .enumerate()
+        .map(|(i, t)| pool(c, t, i, &mut names))
+        .collect();
+    let mut names = HashSet::new();
+    let persistence: Vec<PersistenceGroup> = s
+        .persistence
+        .iter()
+        .enumerate()
+        .map(|(i, t)| persistence(c, t, i, &mut names))
+        .collect();
+    let mut names = HashSet::new();
+    let vhosts: Vec<Vhost> = s
+        .vhost
+        .iter()
+        .enumerate()
+        .map(|(i, t)| vhost(c, t, i, &mut names, &pools))
+        .collect();
+    let mut names = HashSet::new();
+    let listeners: Vec<Listener> = s
+        .listener
+        .iter()
+        .enumerate()
+        .map(|(i, t)| listener(c, t, i, &mut names, &pools, &persistence, &vhosts))
+        .collect();
+    let ipvs = ipvs(c, s.ipvs.as_ref(), &persistence);
+    check_binds(c, s, &listeners, admin.as_ref());
+    Config {
+        source: Some(path.to_path_buf()),
+        global,
+        admin,
+        tls,
+        listeners,
+        pools,
+        persistence,
+        vhosts,
+        ipvs,
+    }
+}
+
+fn global(c: &mut Checker<'_>, t: Option<&Spanned<toml::Table>>) -> Global {
+    let span = t.map_or(WHOLE, |t| t.span());
+    let raw: RawGlobal = t.map(|t| c.entry(t, "global")).unwrap_or_default();
+    let p = "global";
+    let max_connections = raw.max_connections.unwrap_or(100_000);
+    if max_connections == 0 {
+        c.report(
+            &span,
+            p,
+            Some("max_connections"),
+            "0 would refuse every connection",
+            "set a positive limit, e.g. 100000",
+        );
+    }
+    Global {
+        workers: raw.workers.unwrap_or(0),
+        grace_period: c.duration(
+            &span,
+            p,
+            "grace_period",
+            &raw.grace_period,
+            Duration::from_secs(30),
+        ),
+        max_connections,
+        log_format: c.choice(
+            &span,
+            p,
+            "log_format",
+            &raw.log_format,
+            &[(LogFormat::Text, "text"), (LogFormat::Json, "json")],
+            LogFormat::Text,
+        ),
+        access_log: c.choice(
+            &span,
+            p,
+            "access_log",
+            &raw.access_log,
+            &[
+                (AccessLog::Off, "off"),
+                (AccessLog::Common, "common"),
+                (AccessLog::Json, "json"),
+            ],
+            AccessLog::Common,
+        ),
+    }
+}
+
+fn admin(c: &mut Checker<'_>, t: &Spanned<toml::Table>) -> Admin {
+    let span = t.span();
+    let raw: RawAdmin = c.entry(t, "admin");
+    let listen_text = raw.listen.unwrap_or_else(|| "127.0.0.1:9100".into());
+    let listen = c
+        .socket_addr(&span, "admin", "listen", &listen_text)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9100)));
+    Admin {
+        listen,
+        token_file: raw.token_file.map(Into::into),
+    }
+}
+
+fn tls_settings(c: &mut Checker<'_>, t: Option<&Spanned<toml::Table>>) -> TlsSettings {
+    let span = t.map_or(WHOLE, |t| t.span());
+    let raw: RawTls = t.map(|t| c.entry(t, "tls")).unwrap_or_default();
+    TlsSettings {
+        min_version: c.choice(
+            &span,
+            "tls",
+            "min_version",
+            &raw.min_version,
+            &[(TlsVersion::Tls12, "1.2"), (TlsVersion::Tls13, "1.3")],
+            TlsVersion::Tls12,
+        ),
+        session_cache_size: raw.session_cache_size.unwrap_or(20_480),
+        session_tickets: raw.session_tickets.unwrap_or(true),
+        allow_invalid_dates: raw.allow_invalid_dates.unwrap_or(false),
+    }
+}
+
+fn health(c: &mut Checker<'_>, span: &Range<usize>, path: &str, raw: &RawHealth) -> HealthCheck {
+    let p = format!("{path}.health");
+    let kind = c.choice(
+        span,
+        &p,
+        "kind",
+        &raw.kind,
+        &[
+            (HealthKind::Tcp, "tcp"),
+            (HealthKind::Http, "http"),
+            (HealthKind::Https, "https"),
+            (HealthKind::Tls, "tls"),
+        ],
+        HealthKind::Tcp,
+    );
+    let interval = c.duration(span, &p, "interval", &raw.interval, Duration::from_secs(2));
+    let timeout = c.duration(span, &p, "timeout", &raw.timeout, Duration::from_secs(1));
+    let expect_status = match &raw.expect_status {
+        None => (200, 399),
+        Some(text) => parse_status_range(text).unwrap_or_else(|| {
+            c.report(
+                span,
+                &p,
+                Some("expect_status"),
+                format!("invalid status range {text:?}"),
+                "write a code (\"200\") or an inclusive range (\"200-399\") of codes 100..=599",
+            );
+            (200, 399)
+        }),
+    };
+    let (rise, fall) = (raw.rise.unwrap_or(2), raw.fall.unwrap_or(3));
+    for (field, v) in [("rise", rise), ("fall", fall)] {
+        if v == 0 {
+            c.report(
+                span,
+                &p,
+                Some(field),
+                "must be at least 1",
+                "count of consecutive results, e.g. rise = 2, fall = 3",
+            );
+        }
+    }
+    HealthCheck {
+        kind,
+        interval,
+        timeout,
+        rise,
+        fall,
+        path: raw.path.clone().unwrap_or_else(|| "/".into()),
+        host: raw.host.clone(),
+        expect_status,
+        expect_body: raw.expect_body.clone(),
+    }
+}
+
+fn parse_status_range(text: &str) -> Option<(u16, u16)> {
+    let (a, b) = match text.split_once('-') {
+        Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()?),
+        None => {
+            let v = text.trim().parse().ok()?;
+            (v, v)
+        }
+    };
+    ((100..=599).contains(&a) && (100..=599).contains(&b) && a <= b).then_some((a, b))
+}
+
+fn pool(
+    c: &mut Checker<'_>,
+    t: &Spanned<toml::Table>,
+    i: usize,
+    names: &mut HashSet<String>,
+) -> Pool {
+    let span = t.span();
+    let raw: RawPool = c.entry(t, &format!("pool[{i}]"));
+    let name = c.unique_name(names, &span, &format!("pool[{i}]"), "pool", &raw.name, i);
+    let p = format!("pool {name:?}");
+    let scheduler = c.choice(
+        &span,
+        &p,
+        "scheduler",
+        &raw.scheduler,
+        &SchedulerKind::ALL,
+        SchedulerKind::Wrr,
+    );
+    let mut backends = Vec::new();
+    let mut seen = HashSet::new();
+    for (j, b) in raw.backends.iter().enumerate() {
+        let bp = format!("{p}.backends[{j}]");
+        let Some(text) = c.required(&span, &bp, "address", &b.address, "\"192.0.2.21:80\"") else {
+            continue;
+        };
+        let Some(address) = c.socket_addr(&span, &bp, "address", text) else {
+            continue;
+        };
+        if !seen.insert(address) {
+            c.report(
+                &span,
+                &bp,
+                None,
+                format!("backend {address} is listed twice"),
+                "list each backend once; use `weight` to give it a larger share",
+            );
+        }
+        backends.push(Backend {
+            address,
+            weight: b.weight.unwrap_or(1),
+        });
+    }
+    if backends.is_empty() && raw.backends.is_empty() {
+        c.report(
+            &span,
+            &p,
+            Some("backends"),
+            "the pool has no backends",
+            "add `backends = [{ address = \"192.0.2.21:80\", weight = 1 }]`",
+        );
+    }
+    let mh_table_size = raw.mh_table_size.unwrap_or(65_537);
+    if !is_prime(mh_table_size) || mh_table_size < 7 {
+        c.report(
+            &span,
+            &p,
+            Some("mh_table_size"),
+            format!("{mh_table_size} is not a prime of at least 7"),
+            "use a prime well above 100 x the number of backends, e.g. 65537",
+        );
+    }
+    Pool {
+        health: raw.health.as_ref().map(|h| health(c, &span, &p, h)),
+        connect_timeout: c.duration(
+            &span,
+            &p,
+            "connect_timeout",
+            &raw.connect_timeout,
+            Duration::from_secs(5),
+        ),
+        response_timeout: c.duration(
+            &span,
+            &p,
+            "response_timeout",
+            &raw.response_timeout,
+            Duration::from_secs(60),
+        ),
+        name,
+        scheduler,
+        mh_table_size,
+        backends,
+        send_proxy: raw.send_proxy.unwrap_or(false),
+        http2: raw.http2.unwrap_or(false),
+    }
+}
+
+fn is_prime(n: u32) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+fn persistence(
+    c: &mut Checker<'_>,
+    t: &Spanned<toml::Table>,
+    i: usize,
+    names: &mut HashSet<String>,
+) -> PersistenceGroup {
+    let span = t.span();
+    let raw: RawPersistence = c.entry(t, &format!("persistence[{i}]"));
+    let name = c.unique_name(
+        names,
+        &span,
+        &format!("persistence[{i}]"),
+        "persistence group",
+        &raw.name,
+        i,
+    );
+    let p = format!("persistence {name:?}");
+    let prefix_v4 = match &raw.netmask {
+        None => 32,
+        Some(text) => parse_netmask_v4(text).unwrap_or_else(|why| {
+            c.report(
+                &span,
+                &p,
+                Some("netmask"),
+                format!("invalid IPv4 netmask {text:?}: {why}"),
+                "write it as ipvsadm -M does, \"255.255.255.0\", or as a prefix length, \"24\"",
+            );
+            32
+        }),
+    };
+    let prefix_v6 = raw.netmask_v6.unwrap_or(128);
+    if prefix_v6 > 128 {
+        c.report(
+            &span,
+            &p,
+            Some("netmask_v6"),
+            format!("{prefix_v6} is longer than an IPv6 address"),
+            "use a prefix length from 0 to 128, e.g. 64",
+        );
+    }
+    let max_entries = raw.max_entries.unwrap_or(1_000_000);
+    if max_entries == 0 {
+        c.report(
+            &span,
+            &p,
+            Some("max_entries"),
+            "0 entries would disable persistence",
+            "set a positive bound, e.g. 1000000",
+        );
+    }
+    PersistenceGroup {
+        timeout: c.duration(&span, &p, "timeout", &raw.timeout, Duration::from_secs(360)),
+        name,
+        prefix_v4,
+        prefix_v6,
+        max_entries,
+        expire_quiescent: raw.expire_quiescent.unwrap_or(false),
+    }
+}
+
+fn check_pool_ref(
+    c: &mut Checker<'_>,
+    span: &Range<usize>,
+    path: &str,
+    field: &str,
+    name: &str,
+    pools: &[Pool],
+) {
+    if !pools.iter().any(|p| p.name == name) {
+        let known: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+        c.report(
+            span,
+            path,
+            Some(field),
+            format!("no pool is named {name:?}"),
+            format!(
+                "define a [[pool]] with name = {name:?}, or use one of: {}",
+                if known.is_empty() {
+                    "(none defined)".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        );
+    }
+}
+
+fn vhost(
+    c: &mut Checker<'_>,
+    t: &Spanned<toml::Table>,
+    i: usize,
+    names: &mut HashSet<String>,
+    pools: &[Pool],
+) -> Vhost {
+    let span = t.span();
+    let raw: RawVhost = c.entry(t, &format!("vhost[{i}]"));
+    let name = c.unique_name(names, &span, &format!("vhost[{i}]"), "vhost", &raw.name, i);
+    let p = format!("vhost {name:?}");
+    let mut hosts = Vec::new();
+    for h in &raw.hosts {
+        let lower = h.to_ascii_lowercase();
+        let bare = lower.strip_prefix("*.").unwrap_or(&lower);
+        let ok = !bare.is_empty()
+            && !bare.contains('*')
+            && bare.split('.').all(|l| {
+                !l.is_empty() && l.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
+            });
+        if ok {
+            hosts.push(lower);
+        } else {
+            c.report(
+                &span,
+                &p,
+                Some("hosts"),
+                format!("{h:?} is not a host name"),
+                "write exact names (\"www.example.com\") or a leading wildcard (\"*.example.com\"), without port",
+            );
+        }
+    }
+    if raw.hosts.is_empty() {
+        c.report(
+            &span,
+            &p,
+            Some("hosts"),
+            "the vhost serves no host names",
+            "add `hosts = [\"www.example.com\"]`",
+        );
+    }
+    let mut certificates = Vec::new();
+    for (j, cert) in raw.certificates.iter().enumerate() {
+        let cp = format!("{p}.certificates[{j}]");
+        let cf = c.required(&span, &cp, "cert", &cert.cert, "\"certs/www.pem\"");
+        let kf = c.required(&span, &cp, "key", &cert.key, "\"certs/www.key\"");
+        if let (Some(cf), Some(kf)) = (cf, kf) {
+            certificates.push(CertificateFiles {
+                cert: cf.into(),
+                key: kf.into(),
+            });
+        }
+    }
+    if let Some(pool) = &raw.pool {
+        check_pool_ref(c, &span, &p, "pool", pool, pools);
+    }
+    let mut routes = Vec::new();
+    for (j, r) in raw.routes.iter().enumerate() {
+        let rp = format!("{p}.routes[{j}]");
+        let prefix = c.required(&span, &rp, "path_prefix", &r.path_prefix, "\"/api/\"");
+        let pool = c.required(&span, &rp, "pool", &r.pool, "\"api\"");
+        if let (Some(prefix), Some(pool)) = (prefix, pool) {
+            if !prefix.starts_with('/') {
+                c.report(
+                    &span,
+                    &rp,
+                    Some("path_prefix"),
+                    format!("{prefix:?} does not start with '/'"),
+                    "write an absolute path prefix such as \"/api/\"",
+                );
+            }
+            check_pool_ref(c, &span, &rp, "pool", pool, pools);
+            routes.push(Route {
+                path_prefix: prefix.into(),
+                pool: pool.into(),
+            });
+        }
+    }
+    if raw.pool.is_none() && routes.is_empty() && raw.redirect_https != Some(true) {
+        c.report(
+            &span,
+            &p,
+            Some("pool"),
+            "the vhost has no pool, no routes and no redirect: requests would have nowhere to go",
+            "add `pool = \"...\"`",
+        );
+    }
+    let hsts_max_age = raw
+        .hsts_max_age
+        .as_ref()
+        .map(|_| c.duration(&span, &p, "hsts_max_age", &raw.hsts_max_age, Duration::ZERO));
+    Vhost {
+        name,
+        hosts,
+        certificates,
+        pool: raw.pool.clone(),
+        routes,
+        redirect_https: raw.redirect_https.unwrap_or(false),
+        hsts_max_age,
+        max_body_size: raw.max_body_size,
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // one reference per section a listener may name
+fn listener(
+    c: &mut Checker<'_>,
+    t: &Spanned<toml::Table>,
+    i: usize,
+    names: &mut HashSet<String>,
+    pools: &[Pool],
+    groups: &[PersistenceGroup],
+    vhosts: &[Vhost],
+) -> Listener {
+    let span = t.span();
+    let raw: RawListener = c.entry(t, &format!("listener[{i}]"));
+    let name = c.unique_name(
+        names,
+        &span,
+        &format!("listener[{i}]"),
+        "listener",
+        &raw.name,
+        i,
+    );
+    let p = format!("listener {name:?}");
+    let bind = c
+        .required(&span, &p, "bind", &raw.bind, "\"198.51.100.100:80\"")
+        .and_then(|b| c.socket_addr(&span, &p, "bind", b))
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    if raw.protocol.is_none() {
+        c.report(
+            &span,
+            &p,
+            None,
+            "missing required field `protocol`",
+            "add `protocol = \"tcp\"` (or \"tls\", \"http\", \"https\")",
+        );
+    }
+    let protocol = c.choice(
+        &span,
+        &p,
+        "protocol",
+        &raw.protocol,
+        &[
+            (Protocol::Tcp, "tcp"),
+            (Protocol::Tls, "tls"),
+            (Protocol::Http, "http"),
+            (Protocol::Https, "https"),
+        ],
+        Protocol::Tcp,
+    );
+    match (&raw.pool, protocol) {
+        (Some(pool), Protocol::Tcp | Protocol::Tls) => {
+            check_pool_ref(c, &span, &p, "pool", pool, pools)
+        }
+        (None, Protocol::Tcp | Protocol::Tls) => c.report(
+            &span,
+            &p,
+            None,
+            format!("a {} listener needs a pool", protocol.as_str()),
+            "add `pool = \"...\"` naming a [[pool]]",
+        ),
+        (Some(_), Protocol::Http | Protocol::Https) => c.report(
+            &span,
+            &p,
+            Some("pool"),
+            "http and https listeners route to pools through vhosts",
+            "remove `pool` and set `pool` in the [[vhost]] sections this listener serves",
+        ),
+        (None, _) => {}
+    }
+    let mut served = Vec::new();
+    for v in &raw.vhosts {
+        if vhosts.iter().any(|x| &x.name == v) {
+            served.push(v.clone());
+        } else {
+            c.report(
+                &span,
+                &p,
+                Some("vhosts"),
+                format!("no vhost is named {v:?}"),
+                "define a [[vhost]] with that name or remove it from the list",
+            );
+        }
+    }
+    if raw.vhosts.is_empty() && (protocol.is_http() || protocol.is_tls()) {
+        served = vhosts.iter().map(|v| v.name.clone()).collect();
+    }
+    if (protocol.is_http() || protocol.is_tls()) && served.is_empty() && raw.vhosts.is_empty() {
+        c.report(
+            &span,
+            &p,
+            None,
+            format!(
+                "a {} listener needs at least one [[vhost]]",
+                protocol.as_str()
+            ),
+            "define a [[vhost]] (hosts, pool, and certificates for TLS)",
+        );
+    }
+    if protocol == Protocol::Tcp && !raw.vhosts.is_empty() {
+        c.report(
+            &span,
+            &p,
+            Some("vhosts"),
+            "a tcp listener does not look at host names",
+            "remove `vhosts`, or use protocol \"http\" to route by Host",
+        );
+    }
+    if protocol.is_tls() {
+        for v in served
+            .iter()
+            .filter_map(|n| vhosts.iter().find(|x| &x.name == n))
+        {
+            if v.certificates.is_empty() {
+                c.report(
+                    &span,
+                    &p,
+                    Some("vhosts"),
+                    format!("vhost {:?} has no certificate but is served over TLS", v.name),
+                    format!(
+                        "add `certificates = [{{ cert = \"...\", key = \"...\" }}]` to vhost {:?} (vipd gen-cert makes a self-signed pair)",
+                        v.name
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(d) = &raw.default_vhost {
+        if !served.contains(d) {
+            c.report(
+                &span,
+                &p,
+                Some("default_vhost"),
+                format!("{d:?} is not one of the vhosts this listener serves"),
+                "name a vhost listed in `vhosts`",
+            );
+        }
+    }
+    if let Some(g) = &raw.persistence {
+        if !groups.iter().any(|x| &x.name == g) {
+            c.report(
+                &span,
+                &p,
+                Some("persistence"),
+                format!("no persistence group is named {g:?}"),
+                format!("define [[persistence]] with name = {g:?}"),
+            );
+        }
+    }
+    let alpn = raw.alpn.clone().unwrap_or_else(|| match protocol {
+        Protocol::Https => vec!["h2".into(), "http/1.1".into()],
+        _ => Vec::new(),
+    });
+    for a in &alpn {
+        if !matches!(a.as_str(), "h2" | "http/1.1") || protocol != Protocol::Https {
+            c.report(
+                &span,
+                &p,
+                Some("alpn"),
+                format!("ALPN {a:?} is not served here"),
+                "only https listeners negotiate ALPN, with \"h2\" and \"http/1.1\"",
+            );
+        }
+    }
+    let mut trusted_proxies = Vec::new();
+    for t in &raw.trusted_proxies {
+        match t
+            .parse::<IpNet>()
+            .or_else(|_| t.parse::<IpAddr>().map(IpNet::from))
+        {
+            Ok(n) => trusted_proxies.push(n),
+            Err(_) => c.report(
+                &span,
+                &p,
+                Some("trusted_proxies"),
+                format!("{t:?} is not an address or network"),
+                "write addresses or CIDR networks: \"10.0.0.0/8\", \"2001:db8::1\"",
+            ),
+        }
+    }
+    let max_connections = raw.max_connections.unwrap_or(10_000);
+    if max_connections == 0 {
+        c.report(
+            &span,
+            &p,
+            Some("max_connections"),
+            "0 would refuse every connection",
+            "set a positive limit, e.g. 10000",
+        );
+    }
+    Listener {
+        bind,
+        protocol,
+        pool: raw.pool.clone(),
+        vhosts: served,
+        default_vhost: raw.default_vhost.clone(),
+        strict_sni: raw.strict_sni.unwrap_or(false),
+        alpn,
+        persistence: raw.persistence.clone(),
+        freebind: raw.freebind.unwrap_or(false),
+        reuseport: raw.reuseport.unwrap_or(false),
+        backlog: raw.backlog.unwrap_or(1024),
+        max_connections,
+        proxy_protocol: raw.proxy_protocol.unwrap_or(false),
+        trusted_proxies,
+        handshake_timeout: c.duration(
+            &span,
+            &p,
+            "handshake_timeout",
+            &raw.handshake_timeout,
+            Duration::from_secs(10),
+        ),
+        header_timeout: c.duration(
+            &span,
+            &p,
+            "header_timeout",
+            &raw.header_timeout,
+            Duration::from_secs(10),
+        ),
+        idle_timeout: c.duration(
+            &span,
+            &p,
+            "idle_timeout",
+            &raw.idle_timeout,
+            Duration::from_secs(if protocol.is_http() { 60 } else { 3600 }),
+        ),
+        name,
+    }
+}
+
+fn ipvs(
+    c: &mut Checker<'_>,
+    t: Option<&Spanned<toml::Table>>,
+    groups: &[PersistenceGroup],
+) -> Ipvs {
+    let span = t.map_or(WHOLE, |t| t.span());
+    let raw: RawIpvs = t.map(|t| c.entry(t, "ipvs")).unwrap_or_default();
+    let mut names = HashSet::new();
+    let mut keys = Vec::new();
+    let mut services = Vec::new();
+    for (i, s) in raw.service.iter().enumerate() {
+        let name = c.unique_name(
+            &mut names,
+            &span,
+            &format!("ipvs.service[{i}]"),
+            "IPVS service",
+            &s.name,
+            i,
+        );
+        let p = format!("ipvs.service {name:?}");
+        let protocol = c.choice(
+            &span,
+            &p,
+            "protocol",
+            &s.protocol,
+            &[
+                (IpvsProtocol::Tcp, "tcp"),
+                (IpvsProtocol::Udp, "udp"),
+                (IpvsProtocol::Sctp, "sctp"),
+            ],
+            IpvsProtocol::Tcp,
+        );
+        let family = c.choice(
+            &span,
+            &p,
+            "family",
+            &s.family,
+            &[(Family::Inet, "inet"), (Family::Inet6, "inet6")],
+            Family::Inet,
+        );
+        let virtual_service = match (&s.address, s.fwmark) {
+            (Some(a), None) => c
+                .socket_addr(&span, &p, "address", a)
+                .map(|address| IpvsVirtual::Address { protocol, address }),
+            (None, Some(mark)) if mark > 0 => Some(IpvsVirtual::Fwmark { mark, family }),
+            (None, Some(_)) => {
+                c.report(
+                    &span,
+                    &p,
+                    Some("fwmark"),
+                    "firewall mark 0 means no mark",
+                    "use a mark from 1, set by your nftables/iptables rule",
+                );
+                None
+            }
+            (Some(_), Some(_)) => {
+                c.report(
+                    &span,
+                    &p,
+                    None,
+                    "both `address` and `fwmark` are set",
+                    "a service is either VIP:port (`address`) or a firewall mark (`fwmark`, like ipvsadm -f); keep one",
+                );
+                None
+            }
+            (None, None) => {
+                c.report(
+                    &span,
+                    &p,
+                    None,
+                    "the service has neither `address` nor `fwmark`",
+                    "add `address = \"198.51.100.100:80\"` or `fwmark = 99`",
+                );
+                None
+            }
+        };
+        let scheduler = s.scheduler.clone().unwrap_or_else(|| "wrr".into());
+        if scheduler.is_empty()
+            || scheduler.len() > 15
+            || !scheduler
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+        {
+            c.report(
+                &span,
+                &p,
+                Some("scheduler"),
+                format!("{scheduler:?} is not a kernel scheduler name"),
+                "use an ip_vs scheduler: rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, fo, ovf, mh",
+            );
+        }
+        if let Some(g) = &s.persistence {
+            if !groups.iter().any(|x| &x.name == g) {
+                c.report(
+                    &span,
+                    &p,
+                    Some("persistence"),
+                    format!("no persistence group is named {g:?}"),
+                    format!("define [[persistence]] with name = {g:?}"),
+                );
+            }
+        }
+        let forwarding = c.choice(
+            &span,
+            &p,
+            "forwarding",
+            &s.forwarding,
+            &[
+                (Forwarding::Dr, "dr"),
+                (Forwarding::Nat, "nat"),
+                (Forwarding::Tunnel, "tunnel"),
+            ],
+            Forwarding::Dr,
+        );
+        let mut real_servers = Vec::new();
+        for (j, r) in s.real_servers.iter().enumerate() {
+            let rp = format!("{p}.real_servers[{j}]");
+            let Some(text) = c.required(&span, &rp, "address", &r.address, "\"198.51.100.11:80\"")
+            else {
+                continue;
+            };
+            let Some(address) = c.socket_addr(&span, &rp, "address", text) else {
+                continue;
+            };
+            if let Some(IpvsVirtual::Address { address: vip, .. }) = virtual_service {
+                if forwarding != Forwarding::Nat && address.port() != vip.port() {
+                    c.report(
+                        &span,
+                        &rp,
+                        Some("address"),
+                        format!(
+                            "real server port {} differs from the VIP port {}; in {} mode the kernel cannot change the port",
+                            address.port(),
+                            vip.port(),
+                            if forwarding == Forwarding::Dr { "dr" } else { "tunnel" }
+                        ),
+                        format!("use port {} on the real server, or forwarding = \"nat\"", vip.port()),
+                    );
+                }
+                if address.is_ipv4() != vip.is_ipv4() {
+                    c.report(
+                        &span,
+                        &rp,
+                        Some("address"),
+                        "the real server's address family differs from the VIP's",
+                        "use real servers of the VIP's family",
+                    );
+                }
+            }
+            let (upper, lower) = (
+                r.upper_threshold.unwrap_or(0),
+                r.lower_threshold.unwrap_or(0),
+            );
+            if upper != 0 && lower > upper {
+                c.report(
+                    &span,
+                    &rp,
+                    Some("lower_threshold"),
+                    "the lower threshold is above the upper threshold",
+                    "make lower_threshold <= upper_threshold (0 = no limit)",
+                );
+            }
+            real_servers.push(RealServer {
+                address,
+                weight: r.weight.unwrap_or(1),
+                upper_threshold: upper,
+                lower_threshold: lower,
+            });
+        }
+        if let Some(v) = virtual_service {
+            if keys.contains(&v) {
+                c.report(
+                    &span,
+                    &p,
+                    None,
+                    "another IPVS service has the same address (or fwmark)",
+                    "define each virtual service once",
+                );
+            }
+            keys.push(v);
+            services.push(IpvsService {
+                name,
+                virtual_service: v,
+                scheduler,
+                persistence: s.persistence.clone(),
+                forwarding,
+                real_servers,
+                health: s.health.as_ref().map(|h| health(c, &span, &p, h)),
+            });
+        }
+    }
+    Ipvs {
+        own_all: raw.own_all.unwrap_or(false),
+        on_shutdown: c.choice(
+            &span,
+            "ipvs",
+            "on_shutdown",
+            &raw.on_shutdown,
+            &[(OnShutdown::Keep, "keep"), (OnShutdown::Remove, "remove")],
+            OnShutdown::Keep,
+        ),
+        reconcile_interval: c.duration(
+            &span,
+            "ipvs",
+            "reconcile_interval",
+            &raw.reconcile_interval,
+            Duration::from_secs(30),
+        ),
+        drain_period: c.duration(
+            &span,
+            "ipvs",
+            "drain_period",
+            &raw.drain_period,
+            Duration::from_secs(60),
+        ),
+        services,
+    }
+}
+
+/// Two listeners on one address, or the admin endpoint on a listener's address.
+fn check_binds(c: &mut Checker<'_>, s: &Skeleton, listeners: &[Listener], admin: Option<&Admin>) {
+    for (i, l) in listeners.iter().enumerate() {
+        if l.bind.port() == 0 {
+            continue;
+        }
+        if listeners[..i].iter().any(|o| o.bind == l.bind) {
+            c.report(
+                &s.listener[i].span(),
+                &format!("listener {:?}", l.name),
+                Some("bind"),
+                format!("{} is already bound by another listener", l.bind),
+                "give each listener its own address:port; one listener can serve many vhosts",
+            );
+        }
+    }
+    if let (Some(a), Some(t)) = (admin, s.admin.as_ref()) {
+        if !a.listen.ip().is_loopback() && listeners.iter().any(|l| l.bind.ip() == a.listen.ip()) {
+            c.report(
+                &t.span(),
+                "admin",
+                Some("listen"),
+                format!("{} is a VIP served by a listener", a.listen.ip()),
+                "bind the admin endpoint to 127.0.0.1 or a management address, never the VIP",
+            );
+        }
+    }
+}

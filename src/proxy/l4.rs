@@ -1,0 +1,168 @@
+//! Layer-4 forwarding: a client stream spliced to a backend connection as a
+//! plain byte stream, both directions and half-close preserved.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::Snapshot;
+use crate::balance::Lease;
+use crate::config;
+use crate::shutdown::Shutdown;
+
+/// Bytes moved by one forwarded connection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Transferred {
+    /// Client to backend.
+    pub upstream: u64,
+    /// Backend to client.
+    pub downstream: u64,
+}
+
+/// Why forwarding ended early, with the side at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("no backend of pool {pool:?} is available")]
+    NoBackend { pool: String },
+    #[error("backend {addr}: connect failed: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("backend {addr}: connect timed out after {timeout:?}")]
+    ConnectTimeout { addr: SocketAddr, timeout: Duration },
+}
+
+/// Connect to a backend of `pool`, trying up to three backends (as HAProxy's
+/// `retries` with `redispatch`) when a connect fails.
+pub async fn connect(
+    pool_cfg: &config::Pool,
+    snap: &Snapshot,
+    client: SocketAddr,
+) -> Result<(TcpStream, Lease), ForwardError> {
+    let no_backend = || ForwardError::NoBackend {
+        pool: pool_cfg.name.clone(),
+    };
+    let pool = snap.pools.get(&pool_cfg.name).ok_or_else(no_backend)?;
+    let attempts = pool.backends.len().clamp(1, 3);
+    let mut last = no_backend();
+    for _ in 0..attempts {
+        let Some(lease) = pool.select(client.ip()) else {
+            break;
+        };
+        let addr = lease.address;
+        match tokio::time::timeout(pool_cfg.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok((stream, lease));
+            }
+            Ok(Err(source)) => {
+                warn!(backend = %addr, error = %source, side = "backend", "connect failed");
+                last = ForwardError::Connect { addr, source };
+            }
+            Err(_) => {
+                warn!(backend = %addr, side = "backend", "connect timed out");
+                last = ForwardError::ConnectTimeout {
+                    addr,
+                    timeout: pool_cfg.connect_timeout,
+                };
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Forward a `tcp` listener's connection to a backend of its pool.
+pub async fn forward(
+    client: TcpStream,
+    peer: SocketAddr,
+    listener: &config::Listener,
+    snap: &Snapshot,
+    shutdown: &Shutdown,
+) {
+    let started = Instant::now();
+    let Some(pool_cfg) = listener.pool.as_deref().and_then(|p| snap.config.pool(p)) else {
+        warn!("listener has no pool; closing");
+        return;
+    };
+    let (backend, lease) = match connect(pool_cfg, snap, peer).await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, side = "backend", "closing client connection: no backend reachable");
+            return;
+        }
+    };
+    let _ = shutdown;
+    let result = pipe(client, backend, listener.idle_timeout).await;
+    let ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(t) => info!(backend = %lease.address, bytes_in = t.upstream, bytes_out = t.downstream,
+            duration_ms = ms, "connection closed"),
+        Err(e) => {
+            info!(backend = %lease.address, error = %e, duration_ms = ms, "connection ended with error")
+        }
+    }
+}
+
+const BUFFER: usize = 32 * 1024;
+
+/// Copy both ways between `a` (client) and `b` (backend) until both sides
+/// have finished. EOF from one side is passed on as a write shutdown to the
+/// other (half-close), and the other direction keeps flowing. The connection
+/// is cut when neither side sends anything for `idle`.
+pub async fn pipe<A, B>(a: A, b: B, idle: Duration) -> io::Result<Transferred>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (ar, aw) = tokio::io::split(a);
+    let (br, bw) = tokio::io::split(b);
+    let start = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let up = copy_half(ar, bw, start, &last);
+    let down = copy_half(br, aw, start, &last);
+    let watchdog = async {
+        loop {
+            let deadline = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+            if Instant::now() >= deadline {
+                return io::Error::new(io::ErrorKind::TimedOut, "idle timeout");
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    tokio::select! {
+        r = async { tokio::try_join!(up, down) } => {
+            let (upstream, downstream) = r?;
+            Ok(Transferred { upstream, downstream })
+        }
+        e = watchdog => Err(e),
+    }
+}
+
+async fn copy_half<R, W>(mut r: R, mut w: W, start: Instant, last: &AtomicU64) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUFFER];
+    let mut total = 0u64;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            // The peer may already be gone; the other direction reports that.
+            let _ = w.shutdown().await;
+            return Ok(total);
+        }
+        w.write_all(&buf[..n]).await?;
+        total += n as u64;
+        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
