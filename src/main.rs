@@ -39,6 +39,9 @@ enum Command {
     },
     /// Run the built-in demo on localhost: two backends and the proxy in front.
     Demo,
+    /// Kernel IPVS: plan or apply a config's services, list the kernel table.
+    #[command(subcommand)]
+    Ipvs(vipd::ipvs::cli::IpvsCommand),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +65,13 @@ fn main() -> ExitCode {
             Ok(c) => exit(run(c)),
             Err(e) => config_failure(&e),
         },
+        Command::Ipvs(cmd) => {
+            let config = match cmd.config_path().map(config::load).transpose() {
+                Ok(c) => c,
+                Err(e) => return config_failure(&e),
+            };
+            exit(vipd::ipvs::cli::run(&cmd, config.as_ref()))
+        }
         Command::Demo => {
             let c = match config::parse(config::DEMO_CONFIG, Path::new("(embedded demo config)")) {
                 Ok(c) => c,

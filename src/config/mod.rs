@@ -91,8 +91,5 @@ fn unsupported(config: &Config) -> Vec<Problem> {
     if config.admin.is_some() {
         refuse("admin".into(), "the admin endpoint");
     }
-    if !config.ipvs.services.is_empty() {
-        refuse("ipvs.service".into(), "kernel IPVS services");
-    }
     out
 }

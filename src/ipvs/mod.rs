@@ -7,6 +7,7 @@
 //! - [`socket`]: the generic netlink socket: family resolution, requests, dumps.
 //! - [`reconcile`]: the diff between desired and kernel state, and its application.
 //! - [`list`]: `ipvsadm -Ln`-style rendering of the kernel table.
+//! - [`desired`]: the config's `[ipvs]` section as kernel-level desired state.
 //! - [`cli`]: the `vipd ipvs plan|apply|list` subcommands.
 //!
 //! The types in this file describe kernel-level state and do not depend on the
@@ -15,6 +16,7 @@
 pub mod attrs;
 pub mod cli;
 pub mod consts;
+pub mod desired;
 pub mod list;
 pub mod reconcile;
 pub mod socket;
