@@ -64,7 +64,9 @@ pub fn run(cmd: &IpvsCommand, config: Option<&Config>) -> anyhow::Result<()> {
             out.write_all(list::render(&info, &services, format).as_bytes())?;
         }
         IpvsCommand::Plan { config: path } | IpvsCommand::Apply { config: path } => {
-            let Some(cfg) = config else { bail!("{}: configuration not loaded", path.display()) };
+            let Some(cfg) = config else {
+                bail!("{}: configuration not loaded", path.display())
+            };
             let services = desired::services(cfg);
             for s in &services {
                 s.validate()?;
@@ -74,7 +76,11 @@ pub fn run(cmd: &IpvsCommand, config: Option<&Config>) -> anyhow::Result<()> {
             let actual = sock.services().context("reading the kernel IPVS table")?;
             let ops = reconciler.plan(&services, &actual, tokio::time::Instant::now());
             if ops.is_empty() {
-                writeln!(out, "# {}: the kernel IPVS table already matches", path.display())?;
+                writeln!(
+                    out,
+                    "# {}: the kernel IPVS table already matches",
+                    path.display()
+                )?;
                 return Ok(());
             }
             if matches!(cmd, IpvsCommand::Plan { .. }) {
@@ -91,7 +97,11 @@ pub fn run(cmd: &IpvsCommand, config: Option<&Config>) -> anyhow::Result<()> {
                 eprintln!("vipd: failed: {op}: {e}");
             }
             if !report.is_ok() {
-                bail!("{} of {} IPVS changes failed", report.failed.len(), report.failed.len() + report.applied.len());
+                bail!(
+                    "{} of {} IPVS changes failed",
+                    report.failed.len(),
+                    report.failed.len() + report.applied.len()
+                );
             }
         }
     }

@@ -35,9 +35,17 @@ fn service(cfg: &Config, s: &config::IpvsService) -> Service {
         config::Forwarding::Tunnel => Forward::Tunnel,
     };
     let mut svc = Service::new(key, s.scheduler.clone());
-    if let Some(group) = s.persistence.as_deref().and_then(|n| cfg.persistence_group(n)) {
+    if let Some(group) = s
+        .persistence
+        .as_deref()
+        .and_then(|n| cfg.persistence_group(n))
+    {
         // ipvsadm -p takes whole seconds, at least 1
-        svc.timeout = Some(u32::try_from(group.timeout.as_secs()).unwrap_or(u32::MAX).max(1));
+        svc.timeout = Some(
+            u32::try_from(group.timeout.as_secs())
+                .unwrap_or(u32::MAX)
+                .max(1),
+        );
         svc.netmask = match key.family() {
             Family::Inet => group.prefix_v4,
             Family::Inet6 => group.prefix_v6,
@@ -59,7 +67,10 @@ fn service(cfg: &Config, s: &config::IpvsService) -> Service {
 
 /// Ownership and drain settings from `[ipvs]`.
 pub fn policy(cfg: &Config) -> Policy {
-    Policy { own_all: cfg.ipvs.own_all, drain_period: cfg.ipvs.drain_period }
+    Policy {
+        own_all: cfg.ipvs.own_all,
+        drain_period: cfg.ipvs.drain_period,
+    }
 }
 
 #[cfg(test)]
@@ -111,6 +122,12 @@ real_servers = [ { address = "198.51.100.11:0" } ]
                 "ipvsadm -a -f 99 -r 198.51.100.11:0 -g -w 1",
             ]
         );
-        assert_eq!(policy(&cfg), Policy { own_all: true, drain_period: std::time::Duration::from_secs(5) });
+        assert_eq!(
+            policy(&cfg),
+            Policy {
+                own_all: true,
+                drain_period: std::time::Duration::from_secs(5)
+            }
+        );
     }
 }
