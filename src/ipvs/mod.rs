@@ -9,6 +9,7 @@
 //! - [`list`]: `ipvsadm -Ln`-style rendering of the kernel table.
 //! - [`desired`]: the config's `[ipvs]` section as kernel-level desired state.
 //! - [`cli`]: the `vipd ipvs plan|apply|list` subcommands.
+//! - [`task`]: the reconcile loop of `vipd run` (start, SIGHUP, interval, shutdown).
 //!
 //! The types in this file describe kernel-level state and do not depend on the
 //! config module: the config is converted into `Vec<Service>` by the caller.
@@ -20,6 +21,7 @@ pub mod desired;
 pub mod list;
 pub mod reconcile;
 pub mod socket;
+pub mod task;
 
 use std::fmt;
 use std::io;
