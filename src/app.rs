@@ -23,6 +23,8 @@ pub enum AppError {
     Bind(#[from] BindError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Ipvs(#[from] crate::ipvs::Error),
     #[error(
         "reload needs the configuration file path, and this configuration was not read from a file"
     )]
@@ -204,19 +206,28 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         signal(SignalKind::interrupt()).expect("register SIGINT handler"),
         signal(SignalKind::hangup()).expect("register SIGHUP handler"),
     );
+    let ipvs = crate::ipvs::task::IpvsTier::start(&config).await?;
     let running = Running::start(config).await?;
     info!("vipd started");
     loop {
         tokio::select! {
             _ = term.recv() => { info!(signal = "TERM", "shutting down"); break }
             _ = int.recv() => { info!(signal = "INT", "shutting down"); break }
-            _ = hup.recv() => match running.reload().await {
-                Ok(()) => info!("reload complete"),
-                Err(e) => error!(error = %e, "reload failed; the previous configuration stays in service"),
-            },
+            _ = hup.recv() => {
+                match running.reload().await {
+                    Ok(()) => info!("reload complete"),
+                    Err(e) => error!(error = %e, "reload failed; the previous configuration stays in service"),
+                }
+                if let Some(ipvs) = &ipvs {
+                    ipvs.reload_from_source();
+                }
+            }
         }
     }
     running.stop().await;
+    if let Some(ipvs) = ipvs {
+        ipvs.stop().await;
+    }
     info!("vipd stopped");
     Ok(())
 }

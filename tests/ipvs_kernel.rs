@@ -485,3 +485,112 @@ fn e2e_nat_rr_alternates_real_servers_and_replies_pass_the_director() {
     assert_eq!(svc.stats.conns, 4);
     assert!(svc.stats.outpkts > 0, "NAT replies pass the director");
 }
+
+// ------------------------------------------------------------- vipd run
+
+fn run_config(with_api: bool) -> String {
+    let api = if with_api {
+        r#"
+[[ipvs.service]]
+name = "api"
+address = "192.0.2.10:443"
+scheduler = "rr"
+real_servers = [ { address = "192.0.2.21:443" } ]
+"#
+    } else {
+        ""
+    };
+    format!(
+        r#"
+[ipvs]
+on_shutdown = "remove"
+reconcile_interval = "1s"
+drain_period = "1s"
+
+[[ipvs.service]]
+name = "web"
+address = "192.0.2.10:80"
+scheduler = "wrr"
+real_servers = [ {{ address = "192.0.2.21:80", weight = 1 }}, {{ address = "192.0.2.22:80", weight = 2 }} ]
+{api}"#
+    )
+}
+
+/// Polls the kernel table (no process spawn) until `cond` holds.
+fn wait_for(s: &mut IpvsSocket, what: &str, cond: impl Fn(&[vipd::ipvs::KernelService]) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let table = s.services().unwrap();
+        if cond(&table) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {table:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn table_vipd_run_reconciles_at_start_periodically_on_sighup_and_removes_on_shutdown() {
+    let mut s = sock();
+    s.flush().unwrap();
+    let dir = std::env::temp_dir().join("vipd-run-test");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("vipd.toml");
+    let log = dir.join("vipd.log");
+    std::fs::write(&cfg, run_config(true)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vipd"))
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let web = tcp("192.0.2.10:80");
+    let api = tcp("192.0.2.10:443");
+    let has = |k: ServiceKey| move |t: &[vipd::ipvs::KernelService]| t.iter().any(|s| s.key == k);
+    wait_for(&mut s, "both services at start", |t| {
+        has(web)(t) && has(api)(t)
+    });
+
+    s.delete_service(&web).unwrap();
+    wait_for(
+        &mut s,
+        "the periodic pass to repair the hand-deleted service",
+        |t| t.iter().any(|s| s.key == web && s.dests.len() == 2),
+    );
+
+    std::fs::write(&cfg, run_config(false)).unwrap();
+    run("kill", &["-HUP", &pid]);
+    wait_for(
+        &mut s,
+        "SIGHUP to remove the service dropped from the config",
+        |t| has(web)(t) && !has(api)(t),
+    );
+
+    run("kill", &["-TERM", &pid]);
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "vipd run exited with {status}: {log}");
+    assert_eq!(
+        s.services().unwrap(),
+        [],
+        "on_shutdown = \"remove\" deletes vipd's services: {log}"
+    );
+}
+
+#[test]
+fn table_without_cap_net_admin_the_error_says_so() {
+    in_vm();
+    let cmd = format!("{} ipvs list", env!("CARGO_BIN_EXE_vipd"));
+    let out = Command::new("su")
+        .args(["-s", "/usr/bin/bash", "nobody", "-c", &cmd])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "vipd: get IPVS info: permission denied: programming IPVS needs CAP_NET_ADMIN (run vipd as root or grant it the capability)\n"
+    );
+}

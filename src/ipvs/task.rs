@@ -51,7 +51,8 @@ pub struct IpvsTier {
 async fn pass(mut r: Reconciler, d: Arc<Desired>) -> (Reconciler, super::Result<()>) {
     let res = tokio::task::spawn_blocking(move || {
         r.set_policy(d.policy.clone());
-        let res = IpvsSocket::open().and_then(|mut sock| r.reconcile(&mut sock, &d.services, Instant::now()));
+        let res = IpvsSocket::open()
+            .and_then(|mut sock| r.reconcile(&mut sock, &d.services, Instant::now()));
         let res = res.map(|report| {
             for op in &report.applied {
                 info!(op = %op, "ipvs change applied");
@@ -103,7 +104,12 @@ impl IpvsTier {
                 }
             }
         });
-        Ok(Some(IpvsTier { desired: tx, stop, task, source: cfg.source.clone() }))
+        Ok(Some(IpvsTier {
+            desired: tx,
+            stop,
+            task,
+            source: cfg.source.clone(),
+        }))
     }
 
     /// Converges to a new config now (SIGHUP).
@@ -117,7 +123,9 @@ impl IpvsTier {
         let Some(path) = &self.source else { return };
         match config::load(path) {
             Ok(cfg) => self.reload(&cfg),
-            Err(e) => error!(error = %e, "ipvs: reload failed; the previous IPVS configuration stays"),
+            Err(e) => {
+                error!(error = %e, "ipvs: reload failed; the previous IPVS configuration stays")
+            }
         }
     }
 
