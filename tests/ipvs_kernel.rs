@@ -77,8 +77,15 @@ fn run(prog: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("UTF-8 output")
 }
 
+/// The vipd binary: `VIPD_BIN` (a stripped copy that run.sh puts in the
+/// guest's initramfs, much faster to start than the debug build over 9p), or
+/// the one cargo built.
+fn vipd_bin() -> String {
+    std::env::var("VIPD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_vipd").to_string())
+}
+
 fn vipd(args: &[&str]) -> String {
-    run(env!("CARGO_BIN_EXE_vipd"), args)
+    run(&vipd_bin(), args)
 }
 
 fn ipvsadm(args: &[&str]) -> String {
@@ -541,7 +548,7 @@ fn table_vipd_run_reconciles_at_start_periodically_on_sighup_and_removes_on_shut
     let cfg = dir.join("vipd.toml");
     let log = dir.join("vipd.log");
     std::fs::write(&cfg, run_config(true)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vipd"))
+    let mut child = Command::new(vipd_bin())
         .args(["run", "-c", cfg.to_str().unwrap()])
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -583,7 +590,7 @@ fn table_vipd_run_reconciles_at_start_periodically_on_sighup_and_removes_on_shut
 #[test]
 fn table_without_cap_net_admin_the_error_says_so() {
     in_vm();
-    let cmd = format!("{} ipvs list", env!("CARGO_BIN_EXE_vipd"));
+    let cmd = format!("{} ipvs list", vipd_bin());
     let out = Command::new("su")
         .args(["-s", "/usr/bin/bash", "nobody", "-c", &cmd])
         .output()
