@@ -36,6 +36,8 @@ pub enum AppError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error(transparent)]
+    Ipvs(#[from] crate::ipvs::Error),
     #[error(
         "reload needs the configuration file path, and this configuration was not read from a file"
     )]
@@ -390,6 +392,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     );
     let user = config.global.user.clone();
     let group = config.global.group.clone();
+    let ipvs = crate::ipvs::task::IpvsTier::start(&config).await?;
     let running = Running::start(config).await?;
     if let Some(user) = user {
         crate::privileges::drop_to(&user, group.as_deref())?;
@@ -405,14 +408,22 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         tokio::select! {
             _ = term.recv() => { info!(signal = "TERM", "shutting down"); break }
             _ = int.recv() => { info!(signal = "INT", "shutting down"); break }
-            _ = hup.recv() => match running.reload().await {
-                Ok(()) => info!("reload complete"),
-                Err(e) => error!(error = %e, "reload failed; the previous configuration stays in service"),
-            },
+            _ = hup.recv() => {
+                match running.reload().await {
+                    Ok(()) => info!("reload complete"),
+                    Err(e) => error!(error = %e, "reload failed; the previous configuration stays in service"),
+                }
+                if let Some(ipvs) = &ipvs {
+                    ipvs.reload_from_source();
+                }
+            }
         }
     }
     let _ = sd_notify::notify("STOPPING=1");
     running.stop().await;
+    if let Some(ipvs) = ipvs {
+        ipvs.stop().await;
+    }
     info!("vipd stopped");
     Ok(())
 }
