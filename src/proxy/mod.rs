@@ -6,12 +6,13 @@
 
 pub mod l4;
 pub mod listener;
+pub mod proxy_protocol;
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::balance::Pools;
+use crate::balance::{PersistenceTables, Pools};
 use crate::config::Config;
 
 /// Everything a connection needs that a reload may replace, swapped as one.
@@ -19,13 +20,22 @@ use crate::config::Config;
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub pools: Pools,
+    /// Client-IP persistence tables by group name. The tables themselves are
+    /// shared with the previous snapshot (same `Arc` per group), so clients
+    /// keep their backends across reloads.
+    pub persistence: PersistenceTables,
 }
 
 impl Snapshot {
     /// Build the snapshot for `config`, carrying live state from `previous`.
     pub fn build(config: Arc<Config>, previous: Option<&Snapshot>) -> Self {
         let pools = Pools::build(&config, previous.map(|p| &p.pools));
-        Self { config, pools }
+        let persistence = PersistenceTables::build(&config, previous.map(|p| &p.persistence));
+        Self {
+            config,
+            pools,
+            persistence,
+        }
     }
 }
 
