@@ -322,7 +322,7 @@ pub(crate) mod testing {
             .iter()
             .enumerate()
             .map(|(i, &w)| {
-                let ip = Ipv4Addr::new(10, 0, 0, i as u8 + 1);
+                let ip = Ipv4Addr::from(0x0a00_0001 + i as u32);
                 Backend::new(SocketAddr::new(ip.into(), 80), w)
             })
             .collect()
