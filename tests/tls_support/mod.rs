@@ -277,6 +277,8 @@ pub const TLS12_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS12];
 pub const TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
 
 /// A client that accepts any chain and offers every signature scheme.
+/// Resumption is off: a resumed handshake carries no certificate, and the
+/// tests compare the certificate served.
 pub fn client(versions: &[&'static SupportedProtocolVersion]) -> ClientConfig {
     let schemes = provider()
         .signature_verification_algorithms
@@ -289,23 +291,27 @@ pub fn client_with_schemes(
     versions: &[&'static SupportedProtocolVersion],
     schemes: Vec<SignatureScheme>,
 ) -> ClientConfig {
-    ClientConfig::builder_with_provider(Arc::new(provider()))
+    let mut cfg = ClientConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(versions)
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyChain { schemes }))
-        .with_no_client_auth()
+        .with_no_client_auth();
+    cfg.resumption = rustls::client::Resumption::disabled();
+    cfg
 }
 
 /// A client that verifies the chain against the test CA, as a browser would.
 pub fn verifying_client(pki: &Pki) -> ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca_der()).unwrap();
-    ClientConfig::builder_with_provider(Arc::new(provider()))
+    let mut cfg = ClientConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(TLS13_AND_12)
         .unwrap()
         .with_root_certificates(roots)
-        .with_no_client_auth()
+        .with_no_client_auth();
+    cfg.resumption = rustls::client::Resumption::disabled();
+    cfg
 }
 
 /// Handshake with `addr` presenting SNI `name` (unless the config has
