@@ -78,6 +78,9 @@ impl Issued {
     }
 }
 
+/// A date as (year, month, day).
+pub type Ymd = (i32, u8, u8);
+
 /// The test certificate authority.
 pub struct Pki {
     ca: rcgen::Certificate,
@@ -111,7 +114,7 @@ impl Pki {
         &self,
         names: &[&str],
         alg: Alg,
-        dates: Option<((i32, u8, u8), (i32, u8, u8))>,
+        dates: Option<(Ymd, Ymd)>,
     ) -> Issued {
         let key = match alg {
             Alg::Ecdsa => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
