@@ -30,15 +30,22 @@ pub enum AppError {
         "reload needs the configuration file path, and this configuration was not read from a file"
     )]
     NoSource,
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
 }
 
 /// Identity of a bound socket: a listener keeps its socket across reloads
-/// while its name, address and protocol stay the same.
-type ListenerKey = (String, SocketAddr, config::Protocol);
+/// while its name and address stay the same. Everything else (protocol,
+/// pool, vhosts, timeouts) is read from the snapshot per connection, so it
+/// changes with a reload; socket options (backlog, freebind, reuseport) apply
+/// when the socket is bound.
+type ListenerKey = (String, SocketAddr);
 
 struct Bound {
     addr: SocketAddr,
     stop: CancellationToken,
+    /// The accept loop; finished once the socket is closed.
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// A running proxy: its listeners, its snapshot, and its shutdown handle.
@@ -48,6 +55,8 @@ pub struct Running {
     global_limit: Arc<Semaphore>,
     listeners: Mutex<HashMap<ListenerKey, Bound>>,
     source: Option<PathBuf>,
+    /// Serialises reloads (SIGHUP and admin requests may race).
+    reloading: Mutex<()>,
 }
 
 impl Running {
@@ -63,6 +72,7 @@ impl Running {
             global_limit: Arc::new(Semaphore::new(config.global.max_connections)),
             listeners: Mutex::new(HashMap::new()),
             source: config.source.clone(),
+            reloading: Mutex::new(()),
         });
         running.sync_listeners(&config).await?;
         Ok(running)
@@ -76,7 +86,7 @@ impl Running {
         let wanted: Vec<(ListenerKey, &config::Listener)> = config
             .listeners
             .iter()
-            .map(|l| ((l.name.clone(), l.bind, l.protocol), l))
+            .map(|l| ((l.name.clone(), l.bind), l))
             .collect();
         let mut fresh = Vec::new();
         for (key, l) in &wanted {
@@ -101,15 +111,15 @@ impl Running {
                 global_limit: self.global_limit.clone(),
                 shutdown: self.shutdown.clone(),
             };
-            info!(listener = %key.0, %addr, protocol = key.2.as_str(), "listening");
+            info!(listener = %key.0, %addr, "listening");
             let token = stop.clone();
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 tokio::select! {
                     _ = token.cancelled() => {}
                     _ = listener::run(socket, ctx) => {}
                 }
             });
-            current.insert(key, Bound { addr, stop });
+            current.insert(key, Bound { addr, stop, task });
         }
         Ok(())
     }
@@ -137,14 +147,20 @@ impl Running {
     /// apply them. On any error the running configuration and certificates
     /// stay in place.
     pub async fn reload(&self) -> Result<(), AppError> {
+        let _one_at_a_time = self.reloading.lock().await;
         let path = self.source.as_ref().ok_or(AppError::NoSource)?;
         let config = config::load(path)?;
-        self.apply(config).await
+        self.swap(config).await
     }
 
     /// Apply a new configuration: bind new listeners first, then swap the
     /// snapshot, then stop removed listeners.
     pub async fn apply(&self, config: Config) -> Result<(), AppError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        self.swap(config).await
+    }
+
+    async fn swap(&self, config: Config) -> Result<(), AppError> {
         let config = Arc::new(config);
         let previous = self.snapshot.load_full();
         let next = Arc::new(Snapshot::build(config.clone(), Some(&previous))?);
@@ -161,8 +177,11 @@ impl Running {
     /// Returns true if every connection finished in time.
     pub async fn stop(&self) -> bool {
         self.shutdown.trigger();
-        for bound in self.listeners.lock().await.values() {
+        // Close every listening socket before draining, so that new
+        // connections are refused rather than left in a backlog.
+        for (_, bound) in self.listeners.lock().await.drain() {
             bound.stop.cancel();
+            let _ = bound.task.await;
         }
         let grace = self.snapshot.load().config.global.grace_period;
         let open = self.shutdown.active();
@@ -194,7 +213,13 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         signal(SignalKind::interrupt()).expect("register SIGINT handler"),
         signal(SignalKind::hangup()).expect("register SIGHUP handler"),
     );
+    let user = config.global.user.clone();
+    let group = config.global.group.clone();
     let running = Running::start(config).await?;
+    if let Some(user) = user {
+        crate::privileges::drop_to(&user, group.as_deref())?;
+        info!(%user, "dropped privileges after binding");
+    }
     info!("vipd started");
     loop {
         tokio::select! {

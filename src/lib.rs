@@ -11,6 +11,7 @@
 //! - [`shutdown`]: the shutdown signal and drain wait.
 //! - [`app`]: composition root: binds, spawns, handles signals.
 //! - [`demo`]: the built-in demo backends.
+//! - [`privileges`]: dropping root after binding.
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs)] // fields of the config model are documented in README.md
@@ -19,6 +20,7 @@ pub mod app;
 pub mod balance;
 pub mod config;
 pub mod demo;
+pub mod privileges;
 pub mod proxy;
 pub mod shutdown;
 pub mod tls;

@@ -7,6 +7,7 @@
 //! a reload whose certificates fail to load swaps nothing at all.
 
 pub mod l4;
+pub mod limits;
 pub mod listener;
 pub mod terminate;
 
