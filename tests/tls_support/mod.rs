@@ -110,12 +110,7 @@ impl Pki {
     }
 
     /// A leaf for `names` valid between two dates (year, month, day).
-    pub fn issue_dated(
-        &self,
-        names: &[&str],
-        alg: Alg,
-        dates: Option<(Ymd, Ymd)>,
-    ) -> Issued {
+    pub fn issue_dated(&self, names: &[&str], alg: Alg, dates: Option<(Ymd, Ymd)>) -> Issued {
         let key = match alg {
             Alg::Ecdsa => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
             Alg::Rsa => {
