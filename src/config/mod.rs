@@ -78,21 +78,12 @@ fn unsupported(config: &Config) -> Vec<Problem> {
                 &format!("scheduler {:?}", pool.scheduler.as_str()),
             );
         }
-        if pool.health.is_some() {
-            refuse(format!("{p}.health"), "active health checking");
-        }
         if pool.send_proxy {
             refuse(format!("{p}.send_proxy"), "sending the PROXY protocol");
         }
         if pool.http2 {
             refuse(format!("{p}.http2"), "HTTP/2 to backends");
         }
-    }
-    if config.admin.is_some() {
-        refuse("admin".into(), "the admin endpoint");
-    }
-    if !config.ipvs.services.is_empty() {
-        refuse("ipvs.service".into(), "kernel IPVS services");
     }
     out
 }

@@ -13,6 +13,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use super::SharedSnapshot;
 use super::limits::ClientLimiter;
 use crate::config;
+use crate::metrics::ListenerStats;
 use crate::shutdown::Shutdown;
 
 /// Why a listener could not be bound.
@@ -97,6 +98,8 @@ pub struct Context {
     /// Cap over all listeners.
     pub global_limit: Arc<Semaphore>,
     pub shutdown: Shutdown,
+    /// This listener's counters, resolved once at bind.
+    pub stats: Arc<ListenerStats>,
 }
 
 /// Accept connections until shutdown, handing each to its own task.
@@ -165,6 +168,7 @@ pub async fn run(listener: TcpListener, ctx: Context) {
         ctx.shutdown.spawn(
             async move {
                 let _permits = (global, local, client_permit);
+                let _active = ctx2.stats.open();
                 handle(stream, peer, ctx2).await;
             }
             .instrument(span),
@@ -187,7 +191,9 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Context) {
         return;
     };
     match cfg.protocol {
-        config::Protocol::Tcp => super::l4::forward(stream, peer, cfg, &snap, &ctx.shutdown).await,
+        config::Protocol::Tcp => {
+            super::l4::forward(stream, peer, cfg, &snap, &ctx.shutdown, &ctx.stats).await
+        }
         config::Protocol::Tls => super::terminate::forward(stream, peer, cfg, &snap).await,
         other => warn!(
             protocol = other.as_str(),
