@@ -60,6 +60,8 @@ pub(super) struct RawListener {
     pub(super) handshake_timeout: Option<String>,
     pub(super) header_timeout: Option<String>,
     pub(super) idle_timeout: Option<String>,
+    pub(super) forwarded: Option<bool>,
+    pub(super) via: Option<bool>,
 }
 
 /// One backend inside a pool.
@@ -99,6 +101,8 @@ pub(super) struct RawPool {
     pub(super) response_timeout: Option<String>,
     pub(super) send_proxy: Option<bool>,
     pub(super) http2: Option<bool>,
+    pub(super) idle_timeout: Option<String>,
+    pub(super) max_idle: Option<usize>,
 }
 
 /// One `[[persistence]]` group.

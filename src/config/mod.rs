@@ -54,7 +54,7 @@ fn unsupported(config: &Config) -> Vec<Problem> {
     };
     for l in &config.listeners {
         let p = format!("listener {:?}", l.name);
-        if l.protocol != Protocol::Tcp {
+        if matches!(l.protocol, Protocol::Tls | Protocol::Https) {
             refuse(
                 format!("{p}.protocol"),
                 &format!("protocol {:?}", l.protocol.as_str()),
@@ -83,9 +83,6 @@ fn unsupported(config: &Config) -> Vec<Problem> {
         }
         if pool.send_proxy {
             refuse(format!("{p}.send_proxy"), "sending the PROXY protocol");
-        }
-        if pool.http2 {
-            refuse(format!("{p}.http2"), "HTTP/2 to backends");
         }
     }
     if config.admin.is_some() {

@@ -173,6 +173,16 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Context) {
     };
     match cfg.protocol {
         config::Protocol::Tcp => super::l4::forward(stream, peer, cfg, &snap, &ctx.shutdown).await,
+        config::Protocol::Http => {
+            let accepted = super::http::Accepted {
+                peer,
+                listener: cfg,
+                snapshot: ctx.snapshot.clone(),
+                shutdown: ctx.shutdown.clone(),
+                sni: None,
+            };
+            super::http::serve(stream, accepted).await
+        }
         other => warn!(
             protocol = other.as_str(),
             "protocol not served by this build"

@@ -4,6 +4,7 @@
 //! [`Snapshot`] behind an `ArcSwap`, so that a reload swaps config and pools
 //! together and open connections keep the snapshot they started with.
 
+pub mod http;
 pub mod l4;
 pub mod listener;
 
@@ -19,13 +20,25 @@ use crate::config::Config;
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub pools: Pools,
+    /// Vhost and path routing of every HTTP listener.
+    pub http: http::Routes,
+    /// Backend clients of HTTP listeners; their idle connections outlive
+    /// reloads that keep a pool's connection settings.
+    pub upstreams: http::Upstreams,
 }
 
 impl Snapshot {
     /// Build the snapshot for `config`, carrying live state from `previous`.
     pub fn build(config: Arc<Config>, previous: Option<&Snapshot>) -> Self {
         let pools = Pools::build(&config, previous.map(|p| &p.pools));
-        Self { config, pools }
+        let http = http::Routes::build(&config);
+        let upstreams = http::Upstreams::build(&config, previous.map(|p| &p.upstreams));
+        Self {
+            config,
+            pools,
+            http,
+            upstreams,
+        }
     }
 }
 
