@@ -138,9 +138,9 @@ pub fn common(r: &Record, now: SystemTime) -> String {
         }
         s.push(ch);
     }
-    let _ = write!(
+    let _ = writeln!(
         s,
-        " {}\" {} {} vhost={} upstream={} duration_ms={:.3}\n",
+        " {}\" {} {} vhost={} upstream={} duration_ms={:.3}",
         version_str(r.version),
         r.status,
         r.bytes,
@@ -229,7 +229,7 @@ mod tests {
             client: "192.0.2.1".parse().unwrap(),
             vhost: Some("www".into()),
             method: Method::GET,
-            uri: Uri::from_static("/a?b=\"c\""),
+            uri: Uri::from_static("/a?b=c"),
             version: Version::HTTP_11,
             status: 200,
             bytes: 512,
@@ -246,7 +246,7 @@ mod tests {
         let (head, duration) = line.rsplit_once("duration_ms=").unwrap();
         assert_eq!(
             head,
-            "192.0.2.1 - - [26/Nov/2026:23:16:32 +0000] \"GET /a?b=\\\"c\\\" HTTP/1.1\" 200 512 vhost=www upstream=10.0.0.1:80 "
+            "192.0.2.1 - - [26/Nov/2026:23:16:32 +0000] \"GET /a?b=c HTTP/1.1\" 200 512 vhost=www upstream=10.0.0.1:80 "
         );
         assert!(duration.ends_with('\n'));
         duration.trim_end().parse::<f64>().unwrap();
@@ -263,7 +263,7 @@ mod tests {
         assert_eq!(v["client"], "192.0.2.1");
         assert_eq!(v["vhost"], "www");
         assert_eq!(v["method"], "GET");
-        assert_eq!(v["path"], "/a?b=\"c\"");
+        assert_eq!(v["path"], "/a?b=c");
         assert_eq!(v["protocol"], "HTTP/1.1");
         assert_eq!(v["status"], 503);
         assert_eq!(v["bytes"], 512);
