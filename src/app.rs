@@ -15,6 +15,7 @@ use crate::config::{self, Config, ConfigError};
 use crate::proxy::listener::{self, BindError};
 use crate::proxy::{SharedSnapshot, Snapshot};
 use crate::shutdown::Shutdown;
+use crate::tls::TlsError;
 
 /// Why the app could not start or reload.
 #[derive(Debug, thiserror::Error)]
@@ -25,10 +26,14 @@ pub enum AppError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Ipvs(#[from] crate::ipvs::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error(
         "reload needs the configuration file path, and this configuration was not read from a file"
     )]
     NoSource,
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
 }
 
 /// Identity of a bound socket: a listener keeps its socket across reloads
@@ -60,7 +65,9 @@ impl Running {
     /// Bind every listener of `config` and start serving.
     pub async fn start(config: Config) -> Result<Arc<Self>, AppError> {
         let config = Arc::new(config);
-        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config.clone(), None)));
+        let first = Snapshot::build(config.clone(), None)?;
+        first.tls.log_summary();
+        let snapshot = Arc::new(ArcSwap::from_pointee(first));
         let running = Arc::new(Self {
             snapshot,
             shutdown: Shutdown::new(),
@@ -138,8 +145,9 @@ impl Running {
         self.snapshot.load_full()
     }
 
-    /// Re-read the configuration file and apply it. On any error the running
-    /// configuration stays in place.
+    /// Re-read the configuration file and every certificate and key, and
+    /// apply them. On any error the running configuration and certificates
+    /// stay in place.
     pub async fn reload(&self) -> Result<(), AppError> {
         let _one_at_a_time = self.reloading.lock().await;
         let path = self.source.as_ref().ok_or(AppError::NoSource)?;
@@ -157,12 +165,13 @@ impl Running {
     async fn swap(&self, config: Config) -> Result<(), AppError> {
         let config = Arc::new(config);
         let previous = self.snapshot.load_full();
-        let next = Snapshot::build(config.clone(), Some(&previous));
-        self.snapshot.store(Arc::new(next));
+        let next = Arc::new(Snapshot::build(config.clone(), Some(&previous))?);
+        self.snapshot.store(next.clone());
         if let Err(e) = self.sync_listeners(&config).await {
             self.snapshot.store(previous);
             return Err(e);
         }
+        next.tls.log_summary();
         Ok(())
     }
 
@@ -207,7 +216,13 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         signal(SignalKind::hangup()).expect("register SIGHUP handler"),
     );
     let ipvs = crate::ipvs::task::IpvsTier::start(&config).await?;
+    let user = config.global.user.clone();
+    let group = config.global.group.clone();
     let running = Running::start(config).await?;
+    if let Some(user) = user {
+        crate::privileges::drop_to(&user, group.as_deref())?;
+        info!(%user, "dropped privileges after binding");
+    }
     info!("vipd started");
     loop {
         tokio::select! {

@@ -8,9 +8,11 @@
 //! - [`balance`]: schedulers and pools (pure selection, no I/O).
 //! - [`proxy`]: listeners, accept loops, L4 forwarding.
 //! - [`ipvs`]: the kernel IPVS tier over generic netlink, reconciled.
+//! - [`tls`]: certificates, SNI resolution, rustls acceptors, reload, gen-cert.
 //! - [`shutdown`]: the shutdown signal and drain wait.
 //! - [`app`]: composition root: binds, spawns, handles signals.
 //! - [`demo`]: the built-in demo backends.
+//! - [`privileges`]: dropping root after binding.
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs)] // fields of the config model are documented in README.md
@@ -20,5 +22,7 @@ pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod ipvs;
+pub mod privileges;
 pub mod proxy;
 pub mod shutdown;
+pub mod tls;

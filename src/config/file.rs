@@ -16,6 +16,8 @@ pub(super) struct RawGlobal {
     pub(super) max_connections: Option<usize>,
     pub(super) log_format: Option<String>,
     pub(super) access_log: Option<String>,
+    pub(super) user: Option<String>,
+    pub(super) group: Option<String>,
 }
 
 /// `[admin]`: the read-mostly admin/metrics endpoint.

@@ -53,6 +53,10 @@ pub struct Global {
     pub max_connections: usize,
     pub log_format: LogFormat,
     pub access_log: AccessLog,
+    /// Switch to this user once listeners are bound (needs root at start).
+    pub user: Option<String>,
+    /// Group to switch to (default: the user's primary group).
+    pub group: Option<String>,
 }
 
 /// Format of the process log.

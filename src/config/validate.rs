@@ -467,6 +467,8 @@ fn global(c: &mut Checker<'_>, t: Option<&Spanned<toml::Table>>) -> Global {
             ],
             AccessLog::Common,
         ),
+        user: raw.user,
+        group: raw.group,
     }
 }
 

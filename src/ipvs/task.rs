@@ -76,6 +76,14 @@ impl IpvsTier {
             return Ok(None);
         }
         let d = Arc::new(Desired::of(cfg));
+        if let Some(user) = &cfg.global.user {
+            // setuid() drops CAP_NET_ADMIN, which every IPVS command needs
+            warn!(
+                %user,
+                "global.user drops root after binding: later IPVS passes (interval, SIGHUP, \
+                 on_shutdown = \"remove\") will fail with \"permission denied\""
+            );
+        }
         for s in &d.services {
             if let Err(e) = s.validate() {
                 warn!(error = %e, "ipvs service definition");

@@ -188,6 +188,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Context) {
     };
     match cfg.protocol {
         config::Protocol::Tcp => super::l4::forward(stream, peer, cfg, &snap, &ctx.shutdown).await,
+        config::Protocol::Tls => super::terminate::forward(stream, peer, cfg, &snap).await,
         other => warn!(
             protocol = other.as_str(),
             "protocol not served by this build"
