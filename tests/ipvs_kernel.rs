@@ -190,7 +190,8 @@ fn table_a_service_deleted_by_hand_is_repaired_by_the_next_reconcile() {
     s.flush().unwrap();
 }
 
-/// A table with every kind of service and forwarding, made by ipvsadm.
+/// A table with every kind of service and forwarding, made by ipvsadm, plus
+/// marks and addresses more than 2^31 apart (ipvsadm's sort overflows there).
 const RICH_TABLE: &str = "
 ipvsadm -A -t 192.0.2.10:80 -s sh -b sh-fallback,sh-port
 ipvsadm -a -t 192.0.2.10:80 -r 192.0.2.21:80 -g -w 1 -x 100 -y 10
@@ -204,6 +205,11 @@ ipvsadm -a -u [2001:db8::10]:53 -r [2001:db8::21]:53 -m -w 3
 ipvsadm -A -f 7 -6 -s mh -b mh-port
 ipvsadm -A -f 99 -s rr -p
 ipvsadm -a -f 99 -r 192.0.2.21:0 -g -w 1
+ipvsadm -A -f 3000000000 -s rr
+ipvsadm -A -t [2001:db8::10]:80 -s rr
+ipvsadm -A -t [2001:db8:9000::10]:80 -s rr
+ipvsadm -a -t [2001:db8:9000::10]:80 -r [2001:db8::21]:80 -m
+ipvsadm -a -t [2001:db8:9000::10]:80 -r [2001:db8:9000::21]:80 -m
 ";
 
 #[test]
