@@ -108,13 +108,6 @@ fn main() -> ExitCode {
             Ok(c) => exit(run(c)),
             Err(e) => config_failure(&e),
         },
-        Command::Ipvs(cmd) => {
-            let config = match cmd.config_path().map(config::load).transpose() {
-                Ok(c) => c,
-                Err(e) => return config_failure(&e),
-            };
-            exit(vipd::ipvs::cli::run(&cmd, config.as_ref()))
-        }
         Command::GenCert {
             names,
             out_dir,
@@ -123,6 +116,13 @@ fn main() -> ExitCode {
             days,
             force,
         } => exit(gen_cert(&names, &out_dir, stem, key_type, days, force)),
+        Command::Ipvs(cmd) => {
+            let config = match cmd.config_path().map(config::load).transpose() {
+                Ok(c) => c,
+                Err(e) => return config_failure(&e),
+            };
+            exit(vipd::ipvs::cli::run(&cmd, config.as_ref()))
+        }
         Command::Demo => {
             let c = match config::parse(config::DEMO_CONFIG, Path::new("(embedded demo config)")) {
                 Ok(c) => c,

@@ -2,8 +2,6 @@
 //! listener's `handshake_timeout`), then forward the plaintext to a backend
 //! of the listener's pool as a byte stream.
 
-use std::net::SocketAddr;
-
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -14,7 +12,7 @@ use crate::config;
 /// Handshake with the client, connect a backend, and splice the two.
 pub async fn forward(
     client: TcpStream,
-    peer: SocketAddr,
+    origin: l4::Origin,
     listener: &config::Listener,
     snap: &Snapshot,
 ) {
@@ -26,7 +24,7 @@ pub async fn forward(
     let tls = match acceptor.accept(client).await {
         Ok(s) => s,
         Err(e) => {
-            debug!(%peer, failure = %e, side = "client", "TLS handshake failed");
+            debug!(peer = %origin.client, failure = %e, side = "client", "TLS handshake failed");
             return;
         }
     };
@@ -43,7 +41,7 @@ pub async fn forward(
         warn!("listener has no pool; closing");
         return;
     };
-    let (backend, lease) = match l4::connect(pool_cfg, snap, peer).await {
+    let (backend, lease) = match l4::connect_for(listener, pool_cfg, snap, origin).await {
         Ok(c) => c,
         Err(e) => {
             warn!(error = %e, side = "backend", "closing client connection: no backend reachable");
