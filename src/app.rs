@@ -23,6 +23,7 @@ use crate::proxy::listener::{self, BindError};
 use crate::proxy::{SharedSnapshot, Snapshot};
 use crate::sd_notify;
 use crate::shutdown::Shutdown;
+use crate::tls::TlsError;
 
 /// Why the app could not start or reload.
 #[derive(Debug, thiserror::Error)]
@@ -33,19 +34,28 @@ pub enum AppError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error(
         "reload needs the configuration file path, and this configuration was not read from a file"
     )]
     NoSource,
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
 }
 
 /// Identity of a bound socket: a listener keeps its socket across reloads
-/// while its name, address and protocol stay the same.
-type ListenerKey = (String, SocketAddr, config::Protocol);
+/// while its name and address stay the same. Everything else (protocol,
+/// pool, vhosts, timeouts) is read from the snapshot per connection, so it
+/// changes with a reload; socket options (backlog, freebind, reuseport) apply
+/// when the socket is bound.
+type ListenerKey = (String, SocketAddr);
 
 struct Bound {
     addr: SocketAddr,
     stop: CancellationToken,
+    /// The accept loop; finished once the socket is closed.
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// The admin endpoint while it runs.
@@ -95,7 +105,9 @@ impl Running {
     pub async fn start(config: Config) -> Result<Arc<Self>, AppError> {
         let config = Arc::new(config);
         let plan = prepare_admin(&config, None).await?;
-        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config.clone(), None)));
+        let first = Snapshot::build(config.clone(), None)?;
+        first.tls.log_summary();
+        let snapshot = Arc::new(ArcSwap::from_pointee(first));
         let running = Arc::new(Self {
             snapshot,
             shutdown: Shutdown::new(),
@@ -192,7 +204,7 @@ impl Running {
         let wanted: Vec<(ListenerKey, &config::Listener)> = config
             .listeners
             .iter()
-            .map(|l| ((l.name.clone(), l.bind, l.protocol), l))
+            .map(|l| ((l.name.clone(), l.bind), l))
             .collect();
         let mut fresh = Vec::new();
         for (key, l) in &wanted {
@@ -218,15 +230,15 @@ impl Running {
                 shutdown: self.shutdown.clone(),
                 stats: self.metrics.listener(&key.0),
             };
-            info!(listener = %key.0, %addr, protocol = key.2.as_str(), "listening");
+            info!(listener = %key.0, %addr, "listening");
             let token = stop.clone();
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 tokio::select! {
                     _ = token.cancelled() => {}
                     _ = listener::run(socket, ctx) => {}
                 }
             });
-            current.insert(key, Bound { addr, stop });
+            current.insert(key, Bound { addr, stop, task });
         }
         Ok(())
     }
@@ -250,15 +262,16 @@ impl Running {
         self.snapshot.load_full()
     }
 
-    /// Re-read the configuration file and apply it. On any error the running
-    /// configuration stays in place. SIGHUP and `POST /api/reload` both come
-    /// here; the outcome is counted in the metrics.
+    /// Re-read the configuration file and every certificate and key, and
+    /// apply them. On any error the running configuration and certificates
+    /// stay in place. SIGHUP and `POST /api/reload` both come here; the
+    /// outcome is counted in the metrics.
     pub async fn reload(&self) -> Result<(), AppError> {
-        let _one = self.reloading.lock().await;
+        let _one_at_a_time = self.reloading.lock().await;
         let result = async {
             let path = self.source.as_ref().ok_or(AppError::NoSource)?;
             let config = config::load(path)?;
-            self.apply(config).await
+            self.swap(config).await
         }
         .await;
         self.metrics
@@ -276,12 +289,17 @@ impl Running {
     /// listeners, then restart health checkers (health state carries over by
     /// backend address).
     pub async fn apply(&self, config: Config) -> Result<(), AppError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        self.swap(config).await
+    }
+
+    async fn swap(&self, config: Config) -> Result<(), AppError> {
         let config = Arc::new(config);
         let current = self.admin.lock().await.as_ref().map(|a| a.configured);
         let plan = prepare_admin(&config, Some(current)).await?;
         let previous = self.snapshot.load_full();
-        let next = Snapshot::build(config.clone(), Some(&previous));
-        self.snapshot.store(Arc::new(next));
+        let next = Arc::new(Snapshot::build(config.clone(), Some(&previous))?);
+        self.snapshot.store(next.clone());
         if let Err(e) = self.sync_listeners(&config).await {
             self.snapshot.store(previous);
             return Err(e);
@@ -290,6 +308,7 @@ impl Running {
         self.commit_admin(plan).await;
         self.metrics
             .retain_listeners(|n| config.listeners.iter().any(|l| l.name == n));
+        next.tls.log_summary();
         Ok(())
     }
 
@@ -297,8 +316,11 @@ impl Running {
     /// Returns true if every connection finished in time.
     pub async fn stop(&self) -> bool {
         self.shutdown.trigger();
-        for bound in self.listeners.lock().await.values() {
+        // Close every listening socket before draining, so that new
+        // connections are refused rather than left in a backlog.
+        for (_, bound) in self.listeners.lock().await.drain() {
             bound.stop.cancel();
+            let _ = bound.task.await;
         }
         let grace = self.snapshot.load().config.global.grace_period;
         let open = self.shutdown.active();
@@ -367,7 +389,13 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         signal(SignalKind::interrupt()).expect("register SIGINT handler"),
         signal(SignalKind::hangup()).expect("register SIGHUP handler"),
     );
+    let user = config.global.user.clone();
+    let group = config.global.group.clone();
     let running = Running::start(config).await?;
+    if let Some(user) = user {
+        crate::privileges::drop_to(&user, group.as_deref())?;
+        info!(%user, "dropped privileges after binding");
+    }
     info!("vipd started");
     match sd_notify::notify("READY=1") {
         Ok(true) => info!("notified systemd: ready"),

@@ -11,9 +11,11 @@
 //! - [`metrics`]: counters the data path increments.
 //! - [`admin`]: admin HTTP endpoint: metrics, JSON views, drain, reload.
 //! - [`sd_notify`]: systemd readiness notification.
+//! - [`tls`]: certificates, SNI resolution, rustls acceptors, reload, gen-cert.
 //! - [`shutdown`]: the shutdown signal and drain wait.
 //! - [`app`]: composition root: binds, spawns, handles signals.
 //! - [`demo`]: the built-in demo backends.
+//! - [`privileges`]: dropping root after binding.
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs)] // fields of the config model are documented in README.md
@@ -25,6 +27,8 @@ pub mod config;
 pub mod demo;
 pub mod health;
 pub mod metrics;
+pub mod privileges;
 pub mod proxy;
 pub mod sd_notify;
 pub mod shutdown;
+pub mod tls;

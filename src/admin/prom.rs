@@ -179,13 +179,15 @@ impl Collector for Scrape {
         self.listeners(&mut f)?;
         self.backends(&mut f)?;
         self.persistence(&mut f)?;
-        let certs = metrics.certificates();
+        let certs = self.snapshot.tls.certificates();
+        let index: Vec<String> = certs.iter().map(|c| c.index.to_string()).collect();
         f.gauge(
             "vipd_certificate_expiry_timestamp_seconds",
             "Unix time at which a served certificate expires (notAfter).",
-            certs.iter().map(|c| {
-                let name = c.names.first().map_or("", String::as_str);
-                ([("vhost", c.vhost.as_str()), ("name", name)], c.not_after)
+            certs.iter().zip(&index).map(|(c, i)| {
+                let name = c.cert.names.first().map_or("", String::as_str);
+                let l: L3<'_> = [("vhost", &c.vhost), ("index", i), ("name", name)];
+                (l, c.cert.not_after_unix)
             }),
         )?;
         let rs = self.admin.ipvs.all();

@@ -54,7 +54,7 @@ fn unsupported(config: &Config) -> Vec<Problem> {
     };
     for l in &config.listeners {
         let p = format!("listener {:?}", l.name);
-        if l.protocol != Protocol::Tcp {
+        if l.protocol.is_http() {
             refuse(
                 format!("{p}.protocol"),
                 &format!("protocol {:?}", l.protocol.as_str()),

@@ -103,8 +103,12 @@ impl Checker<'_> {
                 Ok(raw) => return raw,
                 Err(e) => {
                     let msg = e.message().trim().to_string();
-                    let field = backticked(&msg).filter(|f| fields.contains_key(f.as_str()));
                     let unknown = msg.starts_with("unknown field");
+                    let field = if unknown {
+                        backticked(&msg).filter(|f| fields.contains_key(f.as_str()))
+                    } else {
+                        culprit::<T>(&fields, &msg)
+                    };
                     let fix = if unknown {
                         "remove it, or correct its spelling to one of the fields listed"
                     } else {
@@ -112,7 +116,7 @@ impl Checker<'_> {
                     };
                     self.report(&table.span(), path, field.as_deref(), msg, fix);
                     match field {
-                        Some(f) if unknown => {
+                        Some(f) => {
                             fields.remove(&f);
                         }
                         _ => return T::default(),
@@ -263,6 +267,20 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+/// The key whose removal makes a type error go away: serde's message for a
+/// wrong type does not name the field, so find it by elimination.
+fn culprit<T: for<'de> Deserialize<'de>>(fields: &toml::Table, msg: &str) -> Option<String> {
+    fields.keys().find_map(|k| {
+        let mut fewer = fields.clone();
+        fewer.remove(k);
+        match T::deserialize(toml::Value::Table(fewer)) {
+            Ok(_) => Some(k.clone()),
+            Err(e) if e.message().trim() != msg => Some(k.clone()),
+            Err(_) => None,
+        }
+    })
 }
 
 fn backticked(msg: &str) -> Option<String> {
@@ -449,6 +467,8 @@ fn global(c: &mut Checker<'_>, t: Option<&Spanned<toml::Table>>) -> Global {
             ],
             AccessLog::Common,
         ),
+        user: raw.user,
+        group: raw.group,
     }
 }
 
@@ -1088,6 +1108,8 @@ fn listener(
         reuseport: raw.reuseport.unwrap_or(false),
         backlog: raw.backlog.unwrap_or(1024),
         max_connections,
+        max_connections_per_client: raw.max_connections_per_client.unwrap_or(0),
+        connection_rate_per_client: raw.connection_rate_per_client.unwrap_or(0),
         proxy_protocol: raw.proxy_protocol.unwrap_or(false),
         trusted_proxies,
         handshake_timeout: c.duration(
