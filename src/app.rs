@@ -33,9 +33,11 @@ pub enum AppError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
     Admin(#[from] AdminError),
     #[error(transparent)]
-    Tls(#[from] TlsError),
+    Ipvs(#[from] crate::ipvs::Error),
     #[error(
         "reload needs the configuration file path, and this configuration was not read from a file"
     )]
@@ -104,9 +106,9 @@ impl Running {
     /// checkers, and start serving.
     pub async fn start(config: Config) -> Result<Arc<Self>, AppError> {
         let config = Arc::new(config);
-        let plan = prepare_admin(&config, None).await?;
         let first = Snapshot::build(config.clone(), None)?;
         first.tls.log_summary();
+        let plan = prepare_admin(&config, None).await?;
         let snapshot = Arc::new(ArcSwap::from_pointee(first));
         let running = Arc::new(Self {
             snapshot,
@@ -304,11 +306,11 @@ impl Running {
             self.snapshot.store(previous);
             return Err(e);
         }
+        next.tls.log_summary();
         self.restart_checkers(&config);
         self.commit_admin(plan).await;
         self.metrics
             .retain_listeners(|n| config.listeners.iter().any(|l| l.name == n));
-        next.tls.log_summary();
         Ok(())
     }
 
@@ -391,6 +393,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     );
     let user = config.global.user.clone();
     let group = config.global.group.clone();
+    let ipvs = crate::ipvs::task::IpvsTier::start(&config).await?;
     let running = Running::start(config).await?;
     if let Some(user) = user {
         crate::privileges::drop_to(&user, group.as_deref())?;
@@ -406,14 +409,22 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         tokio::select! {
             _ = term.recv() => { info!(signal = "TERM", "shutting down"); break }
             _ = int.recv() => { info!(signal = "INT", "shutting down"); break }
-            _ = hup.recv() => match running.reload().await {
-                Ok(()) => info!("reload complete"),
-                Err(e) => error!(error = %e, "reload failed; the previous configuration stays in service"),
-            },
+            _ = hup.recv() => {
+                match running.reload().await {
+                    Ok(()) => info!("reload complete"),
+                    Err(e) => error!(error = %e, "reload failed; the previous configuration stays in service"),
+                }
+                if let Some(ipvs) = &ipvs {
+                    ipvs.reload_from_source();
+                }
+            }
         }
     }
     let _ = sd_notify::notify("STOPPING=1");
     running.stop().await;
+    if let Some(ipvs) = ipvs {
+        ipvs.stop().await;
+    }
     info!("vipd stopped");
     Ok(())
 }

@@ -85,8 +85,5 @@ fn unsupported(config: &Config) -> Vec<Problem> {
             refuse(format!("{p}.http2"), "HTTP/2 to backends");
         }
     }
-    if !config.ipvs.services.is_empty() {
-        refuse("ipvs.service".into(), "kernel IPVS services");
-    }
     out
 }
