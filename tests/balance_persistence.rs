@@ -82,10 +82,18 @@ async fn a_client_reaches_the_same_host_on_both_listeners_of_a_group() {
     // New clients were scheduled rr over the three hosts, in order.
     let want: Vec<IpAddr> = (0..12).map(|i| ip(HOSTS[i % 3])).collect();
     assert_eq!(hosts, want);
-    let table = running.snapshot().persistence.get("sticky").unwrap().clone();
+    let table = running
+        .snapshot()
+        .persistence
+        .get("sticky")
+        .unwrap()
+        .clone();
     assert_eq!(table.len(), 13);
     let e = table.lookup(ip("127.0.0.10")).unwrap();
-    assert_eq!((e.client.to_string(), e.backend), ("127.0.0.10/32".to_string(), ip("127.0.0.2")));
+    assert_eq!(
+        (e.client.to_string(), e.backend),
+        ("127.0.0.10/32".to_string(), ip("127.0.0.2"))
+    );
     running.stop().await;
 }
 
@@ -105,7 +113,12 @@ async fn clients_in_one_netmask_share_a_host() {
     // 127.0.0.8/30, .12/30 and .16/30 take the hosts in rr order.
     let want: Vec<IpAddr> = (0..12).map(|i| ip(HOSTS[i / 4])).collect();
     assert_eq!(got, want);
-    let table = running.snapshot().persistence.get("sticky").unwrap().clone();
+    let table = running
+        .snapshot()
+        .persistence
+        .get("sticky")
+        .unwrap()
+        .clone();
     let rows: Vec<(String, IpAddr)> = table
         .list()
         .into_iter()
@@ -134,8 +147,16 @@ async fn a_client_is_rescheduled_when_its_host_is_removed_or_unhealthy() {
 
     // Reload without the first host: its client moves, the others stay.
     let fewer = two_ports(p80, p443, &HOSTS[1..], "255.255.255.255");
-    running.apply(balance_support::config(&fewer)).await.unwrap();
-    let table = running.snapshot().persistence.get("sticky").unwrap().clone();
+    running
+        .apply(balance_support::config(&fewer))
+        .await
+        .unwrap();
+    let table = running
+        .snapshot()
+        .persistence
+        .get("sticky")
+        .unwrap()
+        .clone();
     assert_eq!(table.lookup(ip("127.0.0.10")), None);
     assert_eq!(backend_for("127.0.0.11", http).await.ip(), ip(HOSTS[1]));
     assert_eq!(backend_for("127.0.0.12", http).await.ip(), ip(HOSTS[2]));
@@ -145,7 +166,10 @@ async fn a_client_is_rescheduled_when_its_host_is_removed_or_unhealthy() {
     // A host marked unhealthy loses its clients to the scheduler.
     let snap = running.snapshot();
     let pool = snap.pools.get("web80").unwrap();
-    pool.backends[0].state.healthy.store(false, Ordering::Relaxed);
+    pool.backends[0]
+        .state
+        .healthy
+        .store(false, Ordering::Relaxed);
     assert_eq!(backend_for("127.0.0.11", http).await.ip(), ip(HOSTS[2]));
     assert_eq!(backend_for("127.0.0.10", http).await.ip(), ip(HOSTS[2]));
     running.stop().await;

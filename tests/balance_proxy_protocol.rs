@@ -62,15 +62,26 @@ async fn the_v1_and_v2_source_address_becomes_the_client_and_the_header_is_strip
     let edge = running.local_addr("edge").await.unwrap();
 
     let v1 = b"PROXY TCP4 192.0.2.7 198.51.100.1 56324 443\r\nhello v1";
-    assert_eq!(exchange("127.0.0.1", edge, v1).await, format!("127.0.0.1:{port}\n"));
+    assert_eq!(
+        exchange("127.0.0.1", edge, v1).await,
+        format!("127.0.0.1:{port}\n")
+    );
     assert_eq!(received.recv().await.unwrap().bytes, b"hello v1");
 
     let mut v2 = proxy_protocol::encode_v2("[2001:db8::9]:4000".parse().unwrap(), edge);
     v2.extend_from_slice(b"hello v2");
-    assert_eq!(exchange("127.0.0.1", edge, &v2).await, format!("127.0.0.1:{port}\n"));
+    assert_eq!(
+        exchange("127.0.0.1", edge, &v2).await,
+        format!("127.0.0.1:{port}\n")
+    );
     assert_eq!(received.recv().await.unwrap().bytes, b"hello v2");
 
-    let table = running.snapshot().persistence.get("sticky").unwrap().clone();
+    let table = running
+        .snapshot()
+        .persistence
+        .get("sticky")
+        .unwrap()
+        .clone();
     let clients: Vec<String> = table.list().iter().map(|e| e.client.to_string()).collect();
     assert_eq!(clients, ["192.0.2.7/32", "2001:db8::9/128"]);
     assert_eq!(table.lookup(ip("127.0.0.1")), None);
@@ -94,7 +105,10 @@ async fn a_malformed_or_missing_header_closes_the_connection_and_forwards_nothin
     }
     // The backend's first connection is the next valid one.
     let ok = b"PROXY TCP4 192.0.2.8 198.51.100.1 1 2\r\nfirst";
-    assert_eq!(exchange("127.0.0.1", edge, ok).await, format!("127.0.0.1:{port}\n"));
+    assert_eq!(
+        exchange("127.0.0.1", edge, ok).await,
+        format!("127.0.0.1:{port}\n")
+    );
     assert_eq!(received.recv().await.unwrap().bytes, b"first");
     assert!(received.try_recv().is_err());
     running.stop().await;

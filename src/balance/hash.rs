@@ -195,7 +195,9 @@ impl Scheduler for Maglev {
         found.or_else(|| {
             let n = backends.len();
             let start = (h % n as u64) as usize;
-            (0..n).map(|k| (start + k) % n).find(|&i| backends[i].available())
+            (0..n)
+                .map(|k| (start + k) % n)
+                .find(|&i| backends[i].available())
         })
     }
 }
@@ -279,7 +281,11 @@ mod tests {
         let ten = backends(&[1; 10]);
         let before = owners(&Maglev::new(&ten, 65_537), &ten, 100_000);
         let removed = ten[3].address;
-        let nine: Vec<Backend> = ten.iter().filter(|b| b.address != removed).cloned().collect();
+        let nine: Vec<Backend> = ten
+            .iter()
+            .filter(|b| b.address != removed)
+            .cloned()
+            .collect();
         let after = owners(&Maglev::new(&nine, 65_537), &nine, 100_000);
         let on_removed = before.values().filter(|a| **a == removed).count();
         let moved = before.iter().filter(|(c, a)| after[c] != **a).count();

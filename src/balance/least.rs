@@ -75,7 +75,10 @@ pub struct NeverQueue;
 
 impl Scheduler for NeverQueue {
     fn pick(&self, backends: &[Backend], _client: IpAddr) -> Option<usize> {
-        if let Some(i) = backends.iter().position(|b| b.available() && b.active() == 0) {
+        if let Some(i) = backends
+            .iter()
+            .position(|b| b.available() && b.active() == 0)
+        {
             return Some(i);
         }
         least_by(backends, true, |b| b.active() + 1)

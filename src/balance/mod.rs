@@ -200,7 +200,11 @@ impl Pool {
     /// the backend host the client's prefix already sticks to when it can
     /// still take connections, otherwise a scheduled one that the client then
     /// sticks to.
-    pub fn select_persistent(&self, client: IpAddr, table: &Arc<PersistenceTable>) -> Option<Lease> {
+    pub fn select_persistent(
+        &self,
+        client: IpAddr,
+        table: &Arc<PersistenceTable>,
+    ) -> Option<Lease> {
         table.select(self, client)
     }
 }
@@ -335,12 +339,7 @@ pub(crate) mod testing {
 
     /// How many of `picks` picks of `s` land on each backend, with no
     /// connection kept open (`hold = false`) or every one kept (`hold`).
-    pub(crate) fn counts(
-        s: &dyn Scheduler,
-        b: &[Backend],
-        picks: u32,
-        hold: bool,
-    ) -> Vec<u32> {
+    pub(crate) fn counts(s: &dyn Scheduler, b: &[Backend], picks: u32, hold: bool) -> Vec<u32> {
         let mut out = vec![0; b.len()];
         for i in 0..picks {
             let k = s.pick(b, client(i)).expect("a backend is available");
@@ -396,11 +395,17 @@ mod tests {
     fn every_scheduler_skips_unhealthy_and_weight_zero_backends() {
         for (kind, name) in SchedulerKind::ALL {
             let pool = Pool::new(&pool_cfg(kind, &[1, 0, 1]), None);
-            pool.backends[0].state.healthy.store(false, Ordering::Relaxed);
+            pool.backends[0]
+                .state
+                .healthy
+                .store(false, Ordering::Relaxed);
             for i in 0..200 {
                 assert_eq!(pool.pick(client(i)), Some(2), "scheduler {name}");
             }
-            pool.backends[2].state.healthy.store(false, Ordering::Relaxed);
+            pool.backends[2]
+                .state
+                .healthy
+                .store(false, Ordering::Relaxed);
             assert_eq!(pool.pick(client(0)), None, "scheduler {name}");
         }
     }

@@ -72,7 +72,9 @@ impl Settings {
     fn key(&self, client: IpAddr) -> IpAddr {
         match client.to_canonical() {
             IpAddr::V4(a) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_v4)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix_v4))
+                    .unwrap_or(0);
                 IpAddr::V4((u32::from(a) & mask).into())
             }
             IpAddr::V6(a) => {
@@ -350,7 +352,7 @@ impl PersistenceTable {
             .iter()
             .filter_map(|(k, e)| row(&inner.settings, *k, e, now))
             .collect();
-        out.sort_by(|a, b| a.client.cmp(&b.client));
+        out.sort_by_key(|e| e.client);
         out
     }
 }

@@ -213,8 +213,8 @@ async fn read_proxy_header(
     peer: SocketAddr,
     cfg: &config::Listener,
 ) -> Option<proxy_protocol::ProxyHeader> {
-    let trusted =
-        cfg.trusted_proxies.is_empty() || cfg.trusted_proxies.iter().any(|n| n.contains(&peer.ip()));
+    let trusted = cfg.trusted_proxies.is_empty()
+        || cfg.trusted_proxies.iter().any(|n| n.contains(&peer.ip()));
     if !trusted {
         warn!(peer = %peer, "closing connection: PROXY protocol peer is not in trusted_proxies");
         return None;
@@ -226,8 +226,11 @@ async fn read_proxy_header(
             None
         }
         Err(_) => {
-            warn!(timeout_ms = cfg.header_timeout.as_millis() as u64, side = "client",
-                "closing connection: no PROXY protocol header in time");
+            warn!(
+                timeout_ms = cfg.header_timeout.as_millis() as u64,
+                side = "client",
+                "closing connection: no PROXY protocol header in time"
+            );
             None
         }
     }

@@ -115,8 +115,8 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed, HeaderError> {
         }
         return Ok(Parsed::Incomplete);
     };
-    let line =
-        std::str::from_utf8(&buf[V1_PREFIX.len()..end]).map_err(|_| HeaderError::V1("not ASCII"))?;
+    let line = std::str::from_utf8(&buf[V1_PREFIX.len()..end])
+        .map_err(|_| HeaderError::V1("not ASCII"))?;
     let mut fields = line.split(' ');
     let family = fields.next().unwrap_or("");
     let header = match family {
@@ -348,15 +348,42 @@ mod tests {
         let cases: &[(&[u8], &str)] = &[
             (b"GET / HTTP/1.1\r\n", "not a PROXY protocol header"),
             (b"PROXX TCP4", "not a PROXY protocol header"),
-            (b"PROXY TCP5 1.2.3.4 1.2.3.4 1 2\r\n", "PROXY v1 header is malformed: protocol is not TCP4, TCP6 or UNKNOWN"),
-            (b"PROXY TCP4 1.2.3.4 1.2.3.4 1\r\n", "PROXY v1 header is malformed: expected source, destination, source port and destination port"),
-            (b"PROXY TCP4 1.2.3.4  1.2.3.4 1 2\r\n", "PROXY v1 header is malformed: expected source, destination, source port and destination port"),
-            (b"PROXY TCP4 1.2.3.256 1.2.3.4 1 2\r\n", "PROXY v1 header is malformed: invalid IPv4 address"),
-            (b"PROXY TCP4 ::1 1.2.3.4 1 2\r\n", "PROXY v1 header is malformed: invalid IPv4 address"),
-            (b"PROXY TCP6 1.2.3.4 ::1 1 2\r\n", "PROXY v1 header is malformed: invalid IPv6 address"),
-            (b"PROXY TCP4 1.2.3.4 1.2.3.4 65536 2\r\n", "PROXY v1 header is malformed: invalid port"),
-            (b"PROXY TCP4 1.2.3.4 1.2.3.4 +1 2\r\n", "PROXY v1 header is malformed: invalid port"),
-            (b"PROXY TCP4 1.2.3.4 1.2.3.4 01 2\r\n", "PROXY v1 header is malformed: invalid port"),
+            (
+                b"PROXY TCP5 1.2.3.4 1.2.3.4 1 2\r\n",
+                "PROXY v1 header is malformed: protocol is not TCP4, TCP6 or UNKNOWN",
+            ),
+            (
+                b"PROXY TCP4 1.2.3.4 1.2.3.4 1\r\n",
+                "PROXY v1 header is malformed: expected source, destination, source port and destination port",
+            ),
+            (
+                b"PROXY TCP4 1.2.3.4  1.2.3.4 1 2\r\n",
+                "PROXY v1 header is malformed: expected source, destination, source port and destination port",
+            ),
+            (
+                b"PROXY TCP4 1.2.3.256 1.2.3.4 1 2\r\n",
+                "PROXY v1 header is malformed: invalid IPv4 address",
+            ),
+            (
+                b"PROXY TCP4 ::1 1.2.3.4 1 2\r\n",
+                "PROXY v1 header is malformed: invalid IPv4 address",
+            ),
+            (
+                b"PROXY TCP6 1.2.3.4 ::1 1 2\r\n",
+                "PROXY v1 header is malformed: invalid IPv6 address",
+            ),
+            (
+                b"PROXY TCP4 1.2.3.4 1.2.3.4 65536 2\r\n",
+                "PROXY v1 header is malformed: invalid port",
+            ),
+            (
+                b"PROXY TCP4 1.2.3.4 1.2.3.4 +1 2\r\n",
+                "PROXY v1 header is malformed: invalid port",
+            ),
+            (
+                b"PROXY TCP4 1.2.3.4 1.2.3.4 01 2\r\n",
+                "PROXY v1 header is malformed: invalid port",
+            ),
         ];
         for (buf, want) in cases {
             let got = parse(buf).map(|_| ()).unwrap_err().to_string();
@@ -372,9 +399,24 @@ mod tests {
     #[test]
     fn v2_round_trips_ipv4_and_ipv6_and_mixed_families() {
         let cases = [
-            ("192.0.2.7:56324", "198.51.100.1:443", "192.0.2.7:56324", "198.51.100.1:443"),
-            ("[2001:db8::7]:1", "[2001:db8::1]:2", "[2001:db8::7]:1", "[2001:db8::1]:2"),
-            ("192.0.2.7:9", "[2001:db8::1]:2", "[::ffff:192.0.2.7]:9", "[2001:db8::1]:2"),
+            (
+                "192.0.2.7:56324",
+                "198.51.100.1:443",
+                "192.0.2.7:56324",
+                "198.51.100.1:443",
+            ),
+            (
+                "[2001:db8::7]:1",
+                "[2001:db8::1]:2",
+                "[2001:db8::7]:1",
+                "[2001:db8::1]:2",
+            ),
+            (
+                "192.0.2.7:9",
+                "[2001:db8::1]:2",
+                "[::ffff:192.0.2.7]:9",
+                "[2001:db8::1]:2",
+            ),
         ];
         for (src, dst, want_src, want_dst) in cases {
             let mut bytes = encode_v2(src.parse().unwrap(), dst.parse().unwrap());
@@ -382,21 +424,27 @@ mod tests {
             bytes.extend_from_slice(b"payload");
             let (h, len) = complete(&bytes);
             assert_eq!(len, n);
-            assert_eq!((h.version, h.source, h.destination), (2, sa(want_src), sa(want_dst)));
+            assert_eq!(
+                (h.version, h.source, h.destination),
+                (2, sa(want_src), sa(want_dst))
+            );
         }
     }
 
     #[test]
     fn v2_encoding_is_the_specified_byte_layout() {
-        let bytes = encode_v2("192.0.2.7:256".parse().unwrap(), "10.0.0.1:443".parse().unwrap());
+        let bytes = encode_v2(
+            "192.0.2.7:256".parse().unwrap(),
+            "10.0.0.1:443".parse().unwrap(),
+        );
         assert_eq!(
             bytes,
             [
                 &V2_SIGNATURE[..],
-                &[0x21, 0x11, 0, 12],   // v2 PROXY, INET STREAM, 12 bytes
-                &[192, 0, 2, 7],        // source
-                &[10, 0, 0, 1],         // destination
-                &[1, 0, 1, 0xbb],       // ports 256, 443
+                &[0x21, 0x11, 0, 12], // v2 PROXY, INET STREAM, 12 bytes
+                &[192, 0, 2, 7],      // source
+                &[10, 0, 0, 1],       // destination
+                &[1, 0, 1, 0xbb],     // ports 256, 443
             ]
             .concat()
         );
@@ -408,9 +456,19 @@ mod tests {
         local.extend_from_slice(&[0x20, 0x00, 0, 3, 1, 0, 0]);
         assert_eq!(
             complete(&local),
-            (ProxyHeader { version: 2, source: None, destination: None }, 19)
+            (
+                ProxyHeader {
+                    version: 2,
+                    source: None,
+                    destination: None
+                },
+                19
+            )
         );
-        let mut with_tlv = encode_v2("192.0.2.7:1".parse().unwrap(), "10.0.0.1:2".parse().unwrap());
+        let mut with_tlv = encode_v2(
+            "192.0.2.7:1".parse().unwrap(),
+            "10.0.0.1:2".parse().unwrap(),
+        );
         with_tlv[15] = 12 + 4;
         with_tlv.extend_from_slice(&[0x04, 0, 1, 0xff]); // PP2_TYPE_NOOP
         let (h, len) = complete(&with_tlv);
@@ -426,12 +484,30 @@ mod tests {
             v
         };
         let cases = [
-            (header(0x11, 0x11, 12), "PROXY v2 header has version 1, expected 2"),
-            (header(0x22, 0x11, 12), "PROXY v2 header has unknown command 0x2"),
-            (header(0x21, 0x12, 12), "PROXY v2 header has unsupported address family and transport 0x12"),
-            (header(0x21, 0x11, 8), "PROXY v2 header is 8 bytes long, too short for its 12-byte addresses"),
-            (header(0x21, 0x21, 12), "PROXY v2 header is 12 bytes long, too short for its 36-byte addresses"),
-            (header(0x21, 0x11, 5000), "PROXY v2 header announces 5000 bytes, more than the 4096 accepted"),
+            (
+                header(0x11, 0x11, 12),
+                "PROXY v2 header has version 1, expected 2",
+            ),
+            (
+                header(0x22, 0x11, 12),
+                "PROXY v2 header has unknown command 0x2",
+            ),
+            (
+                header(0x21, 0x12, 12),
+                "PROXY v2 header has unsupported address family and transport 0x12",
+            ),
+            (
+                header(0x21, 0x11, 8),
+                "PROXY v2 header is 8 bytes long, too short for its 12-byte addresses",
+            ),
+            (
+                header(0x21, 0x21, 12),
+                "PROXY v2 header is 12 bytes long, too short for its 36-byte addresses",
+            ),
+            (
+                header(0x21, 0x11, 5000),
+                "PROXY v2 header announces 5000 bytes, more than the 4096 accepted",
+            ),
         ];
         for (buf, want) in cases {
             assert_eq!(parse(&buf).unwrap_err().to_string(), want);

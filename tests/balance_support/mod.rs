@@ -78,7 +78,9 @@ pub(crate) async fn backend_for(from: &str, to: SocketAddr) -> SocketAddr {
     let stream = connect_from(from, to).await;
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line).await.unwrap();
-    line.trim().parse().unwrap_or_else(|_| panic!("greeting {line:?}"))
+    line.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("greeting {line:?}"))
 }
 
 /// Parse a configuration text.

@@ -4,7 +4,12 @@ use super::*;
 use crate::balance::Backend;
 use crate::config::SchedulerKind;
 
-fn group(timeout_s: u64, prefix_v4: u8, max_entries: usize, expire_quiescent: bool) -> config::PersistenceGroup {
+fn group(
+    timeout_s: u64,
+    prefix_v4: u8,
+    max_entries: usize,
+    expire_quiescent: bool,
+) -> config::PersistenceGroup {
     config::PersistenceGroup {
         name: "web".into(),
         timeout: Duration::from_secs(timeout_s),
@@ -53,14 +58,32 @@ fn a_client_reaches_the_same_backend_host_through_every_pool_of_the_group() {
 fn clients_of_one_netmask_share_an_entry() {
     let table = Arc::new(PersistenceTable::new(&group(360, 24, 100, false)));
     let p = pool(80, 3);
-    let picks: Vec<SocketAddr> = ["192.0.2.1", "192.0.2.200", "192.0.3.1", "2001:db8::1", "2001:db8::ffff:1", "2001:db8:0:1::1"]
-        .iter()
-        .map(|c| p.select_persistent(ip(c), &table).unwrap().address)
-        .collect();
+    let picks: Vec<SocketAddr> = [
+        "192.0.2.1",
+        "192.0.2.200",
+        "192.0.3.1",
+        "2001:db8::1",
+        "2001:db8::ffff:1",
+        "2001:db8:0:1::1",
+    ]
+    .iter()
+    .map(|c| p.select_persistent(ip(c), &table).unwrap().address)
+    .collect();
     let host = |i: u8| SocketAddr::from(([10, 0, 0, i], 80));
-    assert_eq!(picks, vec![host(1), host(1), host(2), host(3), host(3), host(1)]);
+    assert_eq!(
+        picks,
+        vec![host(1), host(1), host(2), host(3), host(3), host(1)]
+    );
     let clients: Vec<String> = table.list().iter().map(|e| e.client.to_string()).collect();
-    assert_eq!(clients, ["192.0.2.0/24", "192.0.3.0/24", "2001:db8::/64", "2001:db8:0:1::/64"]);
+    assert_eq!(
+        clients,
+        [
+            "192.0.2.0/24",
+            "192.0.3.0/24",
+            "2001:db8::/64",
+            "2001:db8:0:1::/64"
+        ]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -77,9 +100,15 @@ async fn an_entry_lives_while_connections_are_open_and_expires_timeout_after_the
     assert_eq!(table.lookup(client).unwrap().expires_in, None);
     drop(second);
     let e = table.lookup(client).unwrap();
-    assert_eq!((e.connections, e.expires_in), (0, Some(Duration::from_secs(360))));
+    assert_eq!(
+        (e.connections, e.expires_in),
+        (0, Some(Duration::from_secs(360)))
+    );
     tokio::time::advance(Duration::from_secs(359)).await;
-    assert_eq!(table.lookup(client).unwrap().expires_in, Some(Duration::from_secs(1)));
+    assert_eq!(
+        table.lookup(client).unwrap().expires_in,
+        Some(Duration::from_secs(1))
+    );
     // Reconnecting within the timeout sticks and stops the countdown.
     let again = p.select_persistent(client, &table).unwrap();
     assert_eq!(again.address.ip(), ip("10.0.0.1"));
@@ -98,11 +127,26 @@ fn an_unhealthy_persistent_backend_reschedules_the_client() {
     let table = Arc::new(PersistenceTable::new(&group(360, 32, 100, false)));
     let p = pool(80, 3);
     let client = ip("192.0.2.1");
-    assert_eq!(p.select_persistent(client, &table).unwrap().address.ip(), ip("10.0.0.1"));
-    p.backends[0].state.healthy.store(false, std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(p.select_persistent(client, &table).unwrap().address.ip(), ip("10.0.0.2"));
-    p.backends[0].state.healthy.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(p.select_persistent(client, &table).unwrap().address.ip(), ip("10.0.0.2"));
+    assert_eq!(
+        p.select_persistent(client, &table).unwrap().address.ip(),
+        ip("10.0.0.1")
+    );
+    p.backends[0]
+        .state
+        .healthy
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        p.select_persistent(client, &table).unwrap().address.ip(),
+        ip("10.0.0.2")
+    );
+    p.backends[0]
+        .state
+        .healthy
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        p.select_persistent(client, &table).unwrap().address.ip(),
+        ip("10.0.0.2")
+    );
 }
 
 #[test]
@@ -115,9 +159,18 @@ fn weight_zero_keeps_persistence_unless_expire_quiescent() {
         let mut quiesced: Vec<Backend> = p.backends.clone();
         quiesced[0].weight = 0;
         let q = Pool::from_backends("p", quiesced, SchedulerKind::Rr, 65_537);
-        assert_eq!(q.select_persistent(client, &table).unwrap().address.ip(), ip(want));
+        assert_eq!(
+            q.select_persistent(client, &table).unwrap().address.ip(),
+            ip(want)
+        );
         // New clients never go to the quiesced backend.
-        assert_eq!(q.select_persistent(ip("192.0.2.9"), &table).unwrap().address.ip(), ip("10.0.0.2"));
+        assert_eq!(
+            q.select_persistent(ip("192.0.2.9"), &table)
+                .unwrap()
+                .address
+                .ip(),
+            ip("10.0.0.2")
+        );
     }
 }
 
