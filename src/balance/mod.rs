@@ -10,9 +10,17 @@
 //!
 //! Every scheduler skips backends that are unhealthy or have weight 0, the
 //! way IPVS skips overloaded and quiesced real servers.
+//!
+//! Health, drain and slow-start state of a backend is kept in
+//! [`BackendState`] (methods in `live.rs`) and consulted by
+//! [`Backend::available`], so every scheduler honours it. Load-aware
+//! schedulers read the weight in force ([`Backend::weight`], which an admin
+//! override may change without a reload) on every pick; the tables of `wrr`,
+//! `sh`, `mh` and `p2c` are built from the configured weights.
 
 mod hash;
 mod least;
+mod live;
 pub mod persist;
 mod rr;
 
@@ -20,14 +28,16 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 pub use hash::{Maglev, SourceHash};
 pub use least::{LeastConnection, NeverQueue, PowerOfTwo, ShortestExpectedDelay, WeightedLeast};
+pub use live::AllDown;
 pub use persist::{PersistenceEntry, PersistenceTable, PersistenceTables};
 pub use rr::{RoundRobin, WeightedRoundRobin};
 
 use crate::config::{self, SchedulerKind};
+use crate::metrics::BackendStats;
 
 /// Live state of one backend, shared by the scheduler, the proxy, health
 /// checks and metrics. Kept across reloads for backends that stay.
@@ -39,6 +49,23 @@ pub struct BackendState {
     pub active: AtomicU64,
     /// Connections ever opened to the backend.
     pub total: AtomicU64,
+    /// Traffic and check counters for metrics.
+    pub stats: BackendStats,
+    /// Weight set through the admin API, overriding the configured one;
+    /// `live::NO_OVERRIDE` when unset. 0 drains the backend.
+    pub weight_override: AtomicU32,
+    /// When the backend last came up (ms on `live`'s clock), 0 if it has
+    /// been up since it was first seen: the start of its slow-start ramp.
+    pub up_since_ms: AtomicU64,
+    /// Slow-start period of its pool in ms (0 = none), set at build.
+    pub slow_start_ms: AtomicU64,
+    /// Admission counter spreading a ramping backend's share evenly.
+    pub ramp_tick: AtomicU64,
+    /// Consecutive connect failures on live traffic (passive check).
+    pub passive_failures: AtomicU32,
+    /// Set when passive checks took it down and no active check will bring
+    /// it back: it may be retried from this time (ms on `live`'s clock).
+    pub retry_at_ms: AtomicU64,
 }
 
 impl Default for BackendState {
@@ -47,6 +74,13 @@ impl Default for BackendState {
             healthy: AtomicBool::new(true),
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
+            stats: BackendStats::default(),
+            weight_override: AtomicU32::new(live::NO_OVERRIDE),
+            up_since_ms: AtomicU64::new(0),
+            slow_start_ms: AtomicU64::new(0),
+            ramp_tick: AtomicU64::new(0),
+            passive_failures: AtomicU32::new(0),
+            retry_at_ms: AtomicU64::new(0),
         }
     }
 }
@@ -72,14 +106,10 @@ impl Backend {
         }
     }
 
-    /// Whether the backend may receive new connections.
+    /// Whether the backend may receive a new connection: up, not drained,
+    /// and (while ramping after coming up) admitted by its slow-start share.
     pub fn available(&self) -> bool {
-        self.weight > 0 && self.healthy()
-    }
-
-    /// Whether health checks currently pass (weight not considered).
-    pub fn healthy(&self) -> bool {
-        self.state.healthy.load(Ordering::Relaxed)
+        self.is_up() && self.state.slow_start_admits()
     }
 
     /// Connections currently open.
@@ -125,8 +155,9 @@ pub struct Pool {
     /// Backends in configuration order (the order schedulers walk).
     pub backends: Vec<Backend>,
     kind: SchedulerKind,
-    mh_table_size: u32,
     scheduler: Box<dyn Scheduler>,
+    /// What to do when no backend is up.
+    pub on_all_down: AllDown,
 }
 
 impl Pool {
@@ -144,10 +175,16 @@ impl Pool {
                     .unwrap_or_default(),
             })
             .collect();
-        Self::from_backends(&cfg.name, backends, cfg.scheduler, cfg.mh_table_size)
+        for b in &backends {
+            b.state.configure(cfg);
+        }
+        let mut pool = Self::from_backends(&cfg.name, backends, cfg.scheduler, cfg.mh_table_size);
+        pool.on_all_down = AllDown::new(cfg, previous.map(|p| &p.on_all_down));
+        pool
     }
 
-    /// Build from backends directly (tests, benches).
+    /// Build from backends directly (tests, benches); refuses connections
+    /// when no backend is up.
     pub fn from_backends(
         name: &str,
         backends: Vec<Backend>,
@@ -159,28 +196,14 @@ impl Pool {
             name: name.to_owned(),
             backends,
             kind,
-            mh_table_size,
             scheduler,
+            on_all_down: AllDown::Refuse,
         }
     }
 
     /// The scheduling algorithm.
     pub fn scheduler_kind(&self) -> SchedulerKind {
         self.kind
-    }
-
-    /// Whether `cfg` describes exactly this pool's scheduling (same
-    /// backends, weights, order and scheduler), so the pool, with its
-    /// scheduler position, can be kept across a reload.
-    fn same_as(&self, cfg: &config::Pool) -> bool {
-        self.kind == cfg.scheduler
-            && self.mh_table_size == cfg.mh_table_size
-            && self.backends.len() == cfg.backends.len()
-            && self
-                .backends
-                .iter()
-                .zip(&cfg.backends)
-                .all(|(b, c)| b.address == c.address && b.weight == c.weight)
     }
 
     /// Index of the backend the scheduler picks for `client`, without
@@ -190,10 +213,13 @@ impl Pool {
     }
 
     /// Choose a backend for `client`; the lease counts the connection as
-    /// active until dropped.
+    /// active until dropped. When no backend is up, [`Pool::on_all_down`]
+    /// decides (see [`AllDown`]).
     pub fn select(&self, client: IpAddr) -> Option<Lease> {
-        let i = self.pick(client)?;
-        Some(Lease::new(&self.backends[i], None))
+        if let Some(i) = self.pick(client) {
+            return Some(Lease::new(&self.backends[i], None));
+        }
+        self.fallback().map(|b| Lease::new(b, None))
     }
 
     /// Choose a backend for `client` through the persistence table `table`:
@@ -241,6 +267,11 @@ impl Lease {
         }
     }
 
+    /// The live state of the leased backend (stats, passive reports).
+    pub fn state(&self) -> &Arc<BackendState> {
+        &self.state
+    }
+
     /// Whether the choice went through a persistence table.
     pub fn is_persistent(&self) -> bool {
         self.sticky.is_some()
@@ -261,20 +292,19 @@ pub struct Pools {
 }
 
 impl Pools {
-    /// Build all pools, carrying backend state over from `previous`. A pool
-    /// whose backends, weights and scheduler did not change is kept as is,
-    /// so its scheduler continues where it was (rr/wrr position).
+    /// Build all pools, carrying backend state over from `previous`.
+    /// Schedulers start afresh, as the kernel's do when a service's real
+    /// servers change.
     pub fn build(config: &config::Config, previous: Option<&Pools>) -> Self {
         let by_name = config
             .pools
             .iter()
             .map(|cfg| {
                 let prev = previous.and_then(|p| p.get(&cfg.name));
-                let pool = match prev {
-                    Some(p) if p.same_as(cfg) => p.clone(),
-                    _ => Arc::new(Pool::new(cfg, prev.map(|p| &**p))),
-                };
-                (cfg.name.clone(), pool)
+                (
+                    cfg.name.clone(),
+                    Arc::new(Pool::new(cfg, prev.map(|p| &**p))),
+                )
             })
             .collect();
         Self { by_name }
@@ -371,24 +401,21 @@ mod tests {
     use super::testing::*;
     use super::*;
 
+    fn config_for(kind: SchedulerKind, weights: &[u32]) -> config::Config {
+        let list: Vec<String> = backends(weights)
+            .iter()
+            .map(|b| format!("{{ address = \"{}\", weight = {} }}", b.address, b.weight))
+            .collect();
+        let text = format!(
+            "[[pool]]\nname = \"p\"\nscheduler = \"{}\"\nbackends = [{}]\n",
+            kind.as_str(),
+            list.join(", ")
+        );
+        crate::config::parse(&text, std::path::Path::new("t.toml")).unwrap()
+    }
+
     fn pool_cfg(kind: SchedulerKind, weights: &[u32]) -> config::Pool {
-        config::Pool {
-            name: "p".into(),
-            scheduler: kind,
-            mh_table_size: 65_537,
-            backends: backends(weights)
-                .iter()
-                .map(|b| config::Backend {
-                    address: b.address,
-                    weight: b.weight,
-                })
-                .collect(),
-            health: None,
-            connect_timeout: std::time::Duration::from_secs(1),
-            response_timeout: std::time::Duration::from_secs(1),
-            send_proxy: false,
-            http2: false,
-        }
+        config_for(kind, weights).pools.remove(0)
     }
 
     #[test]
@@ -421,25 +448,17 @@ mod tests {
     }
 
     #[test]
-    fn reload_keeps_an_unchanged_pool_and_carries_state_into_a_changed_one() {
-        let a = pool_cfg(SchedulerKind::Wrr, &[4, 3, 2]);
-        let mut config = crate::config::parse(
-            "[[pool]]\nname = \"p\"\nbackends = [{ address = \"10.0.0.1:80\" }]\n",
-            std::path::Path::new("t.toml"),
-        )
-        .unwrap();
-        config.pools = vec![a.clone()];
+    fn reload_carries_backend_state_into_the_rebuilt_pool() {
+        let config = config_for(SchedulerKind::Wrr, &[4, 3, 2]);
         let first = Pools::build(&config, None);
         let p1 = first.get("p").unwrap().clone();
         p1.backends[1].state.healthy.store(false, Ordering::Relaxed);
-        let same = Pools::build(&config, Some(&first));
-        assert!(Arc::ptr_eq(same.get("p").unwrap(), &p1));
-        config.pools = vec![pool_cfg(SchedulerKind::Wrr, &[4, 3, 2, 1])];
-        let changed = Pools::build(&config, Some(&same));
-        let p2 = changed.get("p").unwrap();
-        assert!(!Arc::ptr_eq(p2, &p1));
+        let config = config_for(SchedulerKind::Wrr, &[4, 3, 2, 1]);
+        let second = Pools::build(&config, Some(&first));
+        let p2 = second.get("p").unwrap();
         assert!(Arc::ptr_eq(&p2.backends[1].state, &p1.backends[1].state));
-        assert!(!p2.backends[1].healthy());
-        assert!(p2.backends[3].healthy());
+        assert!(!p2.backends[1].state.is_healthy());
+        assert!(p2.backends[3].state.is_healthy());
+        assert_eq!(p2.scheduler_kind(), SchedulerKind::Wrr);
     }
 }

@@ -54,7 +54,7 @@ fn unsupported(config: &Config) -> Vec<Problem> {
     };
     for l in &config.listeners {
         let p = format!("listener {:?}", l.name);
-        if l.protocol != Protocol::Tcp {
+        if l.protocol.is_http() {
             refuse(
                 format!("{p}.protocol"),
                 &format!("protocol {:?}", l.protocol.as_str()),
@@ -63,9 +63,6 @@ fn unsupported(config: &Config) -> Vec<Problem> {
     }
     for pool in &config.pools {
         let p = format!("pool {:?}", pool.name);
-        if pool.health.is_some() {
-            refuse(format!("{p}.health"), "active health checking");
-        }
         let over_http = config.vhosts.iter().any(|v| {
             v.pool.as_deref() == Some(pool.name.as_str())
                 || v.routes.iter().any(|r| r.pool == pool.name)
@@ -79,12 +76,6 @@ fn unsupported(config: &Config) -> Vec<Problem> {
         if pool.http2 {
             refuse(format!("{p}.http2"), "HTTP/2 to backends");
         }
-    }
-    if config.admin.is_some() {
-        refuse("admin".into(), "the admin endpoint");
-    }
-    if !config.ipvs.services.is_empty() {
-        refuse("ipvs.service".into(), "kernel IPVS services");
     }
     out
 }

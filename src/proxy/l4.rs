@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use super::{Snapshot, proxy_protocol};
 use crate::balance::{Lease, PersistenceTable};
 use crate::config;
+use crate::metrics::ListenerStats;
 use crate::shutdown::Shutdown;
 
 /// Bytes moved by one forwarded connection.
@@ -53,7 +54,8 @@ pub struct Origin {
 }
 
 /// Connect to a backend of `pool` for `client`, trying up to three backends
-/// (as HAProxy's `retries` with `redispatch`) when a connect fails. No
+/// (as HAProxy's `retries` with `redispatch`) when a connect fails. Every
+/// outcome is reported to the backend's passive health check. No
 /// persistence and no PROXY header: listeners use [`connect_for`].
 pub async fn connect(
     pool_cfg: &config::Pool,
@@ -63,9 +65,10 @@ pub async fn connect(
     connect_with(pool_cfg, snap, None, client, None).await
 }
 
-/// Connect to a backend of `pool` for a connection of `listener`: through
-/// the listener's persistence group when it names one, and sending a PROXY
-/// v2 header with `origin` when the pool has `send_proxy`.
+/// Connect to a backend of `pool` for a connection of `listener`, as
+/// [`connect`] does, but through the listener's persistence group when it
+/// names one, and sending a PROXY v2 header with `origin` when the pool has
+/// `send_proxy`.
 pub async fn connect_for(
     listener: &config::Listener,
     pool_cfg: &config::Pool,
@@ -101,6 +104,8 @@ async fn connect_with(
             break;
         };
         let addr = lease.address;
+        let state = lease.state().clone();
+        let began = Instant::now();
         let connected = tokio::time::timeout(pool_cfg.connect_timeout, async {
             let mut stream = TcpStream::connect(addr).await?;
             if let (true, Some(o)) = (pool_cfg.send_proxy, origin) {
@@ -114,21 +119,37 @@ async fn connect_with(
         match connected {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
+                state.stats.connect_latency.observe(began.elapsed());
+                if state.connect_succeeded() {
+                    pool.log_flip(
+                        addr,
+                        true,
+                        "passive check: connect succeeded after cool-down",
+                    );
+                }
                 return Ok((stream, lease));
             }
             Ok(Err(source)) => {
                 warn!(backend = %addr, error = %source, side = "backend", "connect failed");
-                lease.connect_failed();
                 last = ForwardError::Connect { addr, source };
             }
             Err(_) => {
                 warn!(backend = %addr, side = "backend", "connect timed out");
-                lease.connect_failed();
                 last = ForwardError::ConnectTimeout {
                     addr,
                     timeout: pool_cfg.connect_timeout,
                 };
             }
+        }
+        // A persistent client is rescheduled rather than sent back to a
+        // backend that just refused it.
+        lease.connect_failed();
+        if state.connect_failed(pool_cfg) {
+            let cause = format!(
+                "passive check: {} consecutive connect failures; last: {last}",
+                pool_cfg.passive_fall
+            );
+            pool.log_flip(addr, false, &cause);
         }
     }
     Err(last)
@@ -141,6 +162,7 @@ pub async fn forward(
     listener: &config::Listener,
     snap: &Snapshot,
     shutdown: &Shutdown,
+    stats: &ListenerStats,
 ) {
     let started = Instant::now();
     let Some(pool_cfg) = listener.pool.as_deref().and_then(|p| snap.config.pool(p)) else {
@@ -157,6 +179,10 @@ pub async fn forward(
     let _ = shutdown;
     let result = pipe(client, backend, listener.idle_timeout).await;
     let ms = started.elapsed().as_millis() as u64;
+    if let Ok(t) = &result {
+        stats.add_bytes(t.upstream, t.downstream);
+        lease.state().stats.add_bytes(t.upstream, t.downstream);
+    }
     match result {
         Ok(t) => info!(backend = %lease.address, bytes_in = t.upstream, bytes_out = t.downstream,
             duration_ms = ms, "connection closed"),
