@@ -30,8 +30,11 @@ pub enum AppError {
 }
 
 /// Identity of a bound socket: a listener keeps its socket across reloads
-/// while its name, address and protocol stay the same.
-type ListenerKey = (String, SocketAddr, config::Protocol);
+/// while its name and address stay the same. Everything else (protocol,
+/// pool, vhosts, timeouts) is read from the snapshot per connection, so it
+/// changes with a reload; socket options (backlog, freebind, reuseport) apply
+/// when the socket is bound.
+type ListenerKey = (String, SocketAddr);
 
 struct Bound {
     addr: SocketAddr,
@@ -47,6 +50,8 @@ pub struct Running {
     global_limit: Arc<Semaphore>,
     listeners: Mutex<HashMap<ListenerKey, Bound>>,
     source: Option<PathBuf>,
+    /// Serialises reloads (SIGHUP and admin requests may race).
+    reloading: Mutex<()>,
 }
 
 impl Running {
@@ -60,6 +65,7 @@ impl Running {
             global_limit: Arc::new(Semaphore::new(config.global.max_connections)),
             listeners: Mutex::new(HashMap::new()),
             source: config.source.clone(),
+            reloading: Mutex::new(()),
         });
         running.sync_listeners(&config).await?;
         Ok(running)
@@ -73,7 +79,7 @@ impl Running {
         let wanted: Vec<(ListenerKey, &config::Listener)> = config
             .listeners
             .iter()
-            .map(|l| ((l.name.clone(), l.bind, l.protocol), l))
+            .map(|l| ((l.name.clone(), l.bind), l))
             .collect();
         let mut fresh = Vec::new();
         for (key, l) in &wanted {
@@ -98,7 +104,7 @@ impl Running {
                 global_limit: self.global_limit.clone(),
                 shutdown: self.shutdown.clone(),
             };
-            info!(listener = %key.0, %addr, protocol = key.2.as_str(), "listening");
+            info!(listener = %key.0, %addr, "listening");
             let token = stop.clone();
             let task = tokio::spawn(async move {
                 tokio::select! {
@@ -133,14 +139,20 @@ impl Running {
     /// Re-read the configuration file and apply it. On any error the running
     /// configuration stays in place.
     pub async fn reload(&self) -> Result<(), AppError> {
+        let _one_at_a_time = self.reloading.lock().await;
         let path = self.source.as_ref().ok_or(AppError::NoSource)?;
         let config = config::load(path)?;
-        self.apply(config).await
+        self.swap(config).await
     }
 
     /// Apply a new configuration: bind new listeners first, then swap the
     /// snapshot, then stop removed listeners.
     pub async fn apply(&self, config: Config) -> Result<(), AppError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        self.swap(config).await
+    }
+
+    async fn swap(&self, config: Config) -> Result<(), AppError> {
         let config = Arc::new(config);
         let previous = self.snapshot.load_full();
         let next = Snapshot::build(config.clone(), Some(&previous));

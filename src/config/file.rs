@@ -54,6 +54,8 @@ pub(super) struct RawListener {
     pub(super) reuseport: Option<bool>,
     pub(super) backlog: Option<u32>,
     pub(super) max_connections: Option<usize>,
+    pub(super) max_connections_per_client: Option<usize>,
+    pub(super) connection_rate_per_client: Option<u32>,
     pub(super) proxy_protocol: Option<bool>,
     #[serde(default)]
     pub(super) trusted_proxies: Vec<String>,

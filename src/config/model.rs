@@ -152,6 +152,10 @@ pub struct Listener {
     pub reuseport: bool,
     pub backlog: u32,
     pub max_connections: usize,
+    /// Concurrent connections one client IP may hold (0 = no limit).
+    pub max_connections_per_client: usize,
+    /// New connections per second one client IP may open (0 = no limit).
+    pub connection_rate_per_client: u32,
     /// Expect a PROXY protocol v1/v2 header from a trusted upstream.
     pub proxy_protocol: bool,
     pub trusted_proxies: Vec<IpNet>,

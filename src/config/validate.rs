@@ -1047,6 +1047,8 @@ fn listener(
         reuseport: raw.reuseport.unwrap_or(false),
         backlog: raw.backlog.unwrap_or(1024),
         max_connections,
+        max_connections_per_client: raw.max_connections_per_client.unwrap_or(0),
+        connection_rate_per_client: raw.connection_rate_per_client.unwrap_or(0),
         proxy_protocol: raw.proxy_protocol.unwrap_or(false),
         trusted_proxies,
         handshake_timeout: c.duration(

@@ -8,9 +8,10 @@ use std::time::Duration;
 use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tracing::{Instrument, debug, error, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::SharedSnapshot;
+use super::limits::ClientLimiter;
 use crate::config;
 use crate::shutdown::Shutdown;
 
@@ -105,10 +106,16 @@ pub struct Context {
 /// instead of accepting and dropping them. Running out of file descriptors
 /// backs off instead of spinning.
 pub async fn run(listener: TcpListener, ctx: Context) {
-    let limit = {
+    // Limits are read once: changing them takes a new listener name or a restart.
+    let (limit, per_client) = {
         let snap = ctx.snapshot.load();
         let cfg = snap.config.listeners.iter().find(|l| *l.name == *ctx.name);
-        Arc::new(Semaphore::new(cfg.map_or(10_000, |l| l.max_connections)))
+        (
+            Arc::new(Semaphore::new(cfg.map_or(10_000, |l| l.max_connections))),
+            cfg.and_then(|l| {
+                ClientLimiter::new(l.max_connections_per_client, l.connection_rate_per_client)
+            }),
+        )
     };
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -144,12 +151,20 @@ pub async fn run(listener: TcpListener, ctx: Context) {
                 continue;
             }
         };
+        let client_permit = match per_client.as_ref().map(|l| l.admit(peer.ip())) {
+            Some(Err(why)) => {
+                info!(listener = %ctx.name, client = %peer, reason = %why, "connection refused: per-client limit");
+                continue;
+            }
+            Some(Ok(p)) => Some(p),
+            None => None,
+        };
         let _ = stream.set_nodelay(true);
         let ctx2 = ctx.clone();
         let span = info_span!("conn", listener = %ctx.name, client = %peer);
         ctx.shutdown.spawn(
             async move {
-                let _permits = (global, local);
+                let _permits = (global, local, client_permit);
                 handle(stream, peer, ctx2).await;
             }
             .instrument(span),

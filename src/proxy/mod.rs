@@ -5,6 +5,7 @@
 //! together and open connections keep the snapshot they started with.
 
 pub mod l4;
+pub mod limits;
 pub mod listener;
 
 use std::sync::Arc;

@@ -99,9 +99,14 @@ impl Vipd {
     }
 
     pub fn run_file(path: &Path, dir: PathBuf) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vipd"))
-            .args(["run", "-c"])
-            .arg(path)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vipd"));
+        cmd.args(["run", "-c"]).arg(path);
+        Self::spawn(&mut cmd, dir)
+    }
+
+    /// Run a prepared command (e.g. vipd under a shell that sets limits).
+    pub fn spawn(cmd: &mut Command, dir: PathBuf) -> Self {
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -165,6 +170,11 @@ impl Vipd {
                 (n.to_string(), addr)
             })
             .collect()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     /// Everything logged so far.
