@@ -72,7 +72,7 @@ while [[ $# -gt 0 ]]; do
     --no-install) INSTALL=0 ;;
     --no-build) BUILD=0 ;;
     --results) RESULTS_FILE=$2; shift ;;
-    -h|--help) sed -n '2,/^# ====/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '3,/^# ====/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -462,7 +462,8 @@ run_tests() {
         BENCH_DELAY_MS=$LAT_DELAY_MS python3 "$LIB" load --raw "$OUT/raw/$t.${INST[$i]}.$rep.txt" --jsonl "$RESULTS" \
           --timeout $((DURATION + 20)) --cpus "$(load_cpus "${I_W[$i]}")" --proxy-pids "${I_PIDS[$i]}" \
           --meta test="$t" --meta proxy="${I_PROXY[$i]}" --meta workers="${I_W[$i]}" --meta rep="$rep" \
-          --meta unit="$(unit_of "$t")" -- "${CMD[@]}"
+          --meta unit="$(unit_of "$t")" --meta load_cpus="$(load_cpus "${I_W[$i]}")" \
+          --meta threads="$(load_threads "${I_W[$i]}")" -- "${CMD[@]}"
       done
     done
   done
@@ -481,6 +482,10 @@ write_results() {
     echo "- command: \`$CMDLINE\` (as root, from the repository root)"
     echo "- machine: $NCPU CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(uname -sr), $(awk '/MemTotal/{printf "%.1f GiB RAM", $2/1048576}' /proc/meminfo)"
     echo "- load average at start: $LOADAVG"
+    if python3 -c "import sys; sys.exit(0 if float('${LOADAVG%% *}') > 0.5 * $NCPU else 1)"; then
+      echo "- **WARNING: the machine was busy when this run started (load average ${LOADAVG%% *} on $NCPU CPUs): these numbers are noise.**"
+    fi
+    ((QUICK)) && echo "- **quick mode: one short run per figure; a smoke signal, not a measurement.**"
     echo "- vipd: $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && git diff --quiet HEAD 2>/dev/null || echo ' (dirty)') built with profile $VIPD_PROFILE, RUST_LOG=$VIPD_LOG; serves: ${VIPD_MODES:-nothing}"
     echo "- $(haproxy -v | head -1)"
     echo "- $(nginx -v 2>&1)"

@@ -338,6 +338,24 @@ TESTS = [
 TEST_INFO = {t[0]: t for t in TESTS}
 
 
+def cpu_list(spec):
+    out = []
+    for part in (spec or '').split(','):
+        if part:
+            a, _, b = part.partition('-')
+            out += list(range(int(a), int(b or a) + 1))
+    return out
+
+
+def load_busy(r):
+    """Busy % of the load generator's CPUs (client + backends) in a run."""
+    busy = r.get('cpu_busy') or {}
+    cpus = cpu_list(r.get('load_cpus')) or [int(c[3:]) for c in busy]
+    v = [busy.get('cpu%d' % c) for c in cpus]
+    v = [x for x in v if x is not None]
+    return sum(v) / len(v) if v else None
+
+
 def median(v):
     v = [x for x in v if x is not None]
     return statistics.median(v) if v else None
@@ -366,16 +384,18 @@ def cmd_summary(argv):
         vals = [v for v in vals if v is not None]
         if not vals:
             return None
-        pcs, ccs = [], []
+        pcs, ccs, lbs = [], [], []
         for r in rs:
             v, pc = figure(r, unit), r.get('proxy_cpu')
             if v is not None and pc and unit not in ('ms', 'KiB/conn'):
                 pcs.append(v / pc)
             if r.get('client_cpu') is not None:
-                ccs.append(r['client_cpu'])
+                ccs.append(r['client_cpu'] / max(1, int(r.get('threads') or 1)))
+            if load_busy(r) is not None:
+                lbs.append(load_busy(r))
         return dict(med=median(vals), lo=min(vals), hi=max(vals), n=len(vals),
                     per_core=median(pcs), proxy_cpu=median([r.get('proxy_cpu') for r in rs]),
-                    client_cpu=median(ccs), rate=median([r.get('rate') for r in rs]),
+                    client_cpu=median(ccs), load_busy=median(lbs), rate=median([r.get('rate') for r in rs]),
                     p50=median([r.get('p50') for r in rs]),
                     errors=sum(int(r.get('errors') or 0) for r in rs if test != 'mem'),
                     conns=median([r.get('conns') for r in rs]))
@@ -384,8 +404,8 @@ def cmd_summary(argv):
     out.append('| figure | unit | w | haproxy | nginx | vipd | vipd/haproxy | vipd/nginx | target vs haproxy (per core) |')
     out.append('|---|---|---|---|---|---|---|---|---|')
     notes = []
-    details = ['| test | proxy | w | median | min..max | n | proxy CPU | per proxy core | client CPU | p50 ms | errors |',
-               '|---|---|---|---|---|---|---|---|---|---|---|']
+    details = ['| test | proxy | w | median | min..max | n | proxy CPU | per proxy core | client thread CPU | load CPUs busy | p50 ms | errors |',
+               '|---|---|---|---|---|---|---|---|---|---|---|---|']
     verdicts = []
     for test, desc, unit, higher, target in TESTS:
         present = any(k[0] == test for k in groups) or any(k[0] == test for k in skips)
@@ -431,20 +451,23 @@ def cmd_summary(argv):
                 x = a[p]
                 if x is None:
                     continue
-                details.append('| %s | %s | %s | %s | %s..%s | %d | %s | %s | %s | %s | %d |' % (
+                details.append('| %s | %s | %s | %s | %s..%s | %d | %s | %s | %s | %s | %s | %d |' % (
                     test, p, w, fmt(x['med']), fmt(x['lo']), fmt(x['hi']), x['n'],
                     '-' if x['proxy_cpu'] is None else '%.0f%%' % (100 * x['proxy_cpu']),
                     fmt(x['per_core']),
                     '-' if x['client_cpu'] is None else '%.0f%%' % (100 * x['client_cpu']),
+                    '-' if x['load_busy'] is None else '%.0f%%' % x['load_busy'],
                     fmt(x['p50']), x['errors']))
-            if test.startswith('hs_') or test == 'tcp_cps':
-                cb = [(p, a[p]['client_cpu']) for p in proxies if a[p] and a[p]['client_cpu'] is not None]
-                bound = [p for p, c in cb if c >= 0.9 * (int(w) if int(w) > 1 else 1)]
-                s = ', '.join('%s %.0f%%' % (p, 100 * c) for p, c in cb)
+            if unit not in ('ms', 'KiB/conn'):
+                cb = [(p, a[p]['client_cpu'], a[p]['load_busy']) for p in proxies
+                      if a[p] and a[p]['client_cpu'] is not None]
+                bound = [p for p, c, lb in cb if c >= 0.9 or (lb or 0) >= 95]
+                s = ', '.join('%s %.0f%% (load CPUs %s%% busy)' % (
+                    p, 100 * c, '-' if lb is None else '%.0f' % lb) for p, c, lb in cb)
                 if bound:
-                    notes.append('- %s w%s: load generator CPU %s -> CLIENT-BOUND for %s: compare the per-core figures, not the raw rates.' % (test, w, s, ', '.join(bound)))
-                else:
-                    notes.append('- %s w%s: load generator CPU %s -> not client-bound (client below 90%% of its core(s)).' % (test, w, s))
+                    notes.append('- %s w%s: client thread CPU %s -> LOAD-SIDE BOUND for %s (the client thread used >= 90%% of a core, or the load CPUs - client, backends and anything else running - were >= 95%% busy): the raw rate may be the client\'s limit; compare per-core figures.' % (test, w, s, ', '.join(bound)))
+                elif test.startswith('hs_'):
+                    notes.append('- %s w%s: client thread CPU %s -> the client is not the bottleneck.' % (test, w, s))
             if test.startswith('lat_'):
                 rates = ', '.join('%s %s req/s' % (p, fmt(a[p]['rate'])) for p in proxies if a[p])
                 notes.append('- %s w%s: achieved load %s (same connections and think time for all).' % (test, w, rates))
