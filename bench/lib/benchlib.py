@@ -462,12 +462,12 @@ def cmd_summary(argv):
                 cb = [(p, a[p]['client_cpu'], a[p]['load_busy']) for p in proxies
                       if a[p] and a[p]['client_cpu'] is not None]
                 bound = [p for p, c, lb in cb if c >= 0.9 or (lb or 0) >= 95]
-                s = ', '.join('%s %.0f%% (load CPUs %s%% busy)' % (
-                    p, 100 * c, '-' if lb is None else '%.0f' % lb) for p, c, lb in cb)
+                s = ', '.join('%s %.0f%%/%s' % (
+                    p, 100 * c, '-' if lb is None else '%.0f%%' % lb) for p, c, lb in cb)
                 if bound:
-                    notes.append('- %s w%s: client thread CPU %s -> LOAD-SIDE BOUND for %s (the client thread used >= 90%% of a core, or the load CPUs - client, backends and anything else running - were >= 95%% busy): the raw rate may be the client\'s limit; compare per-core figures.' % (test, w, s, ', '.join(bound)))
+                    notes.append('- %s w%s: client thread / load CPUs busy: %s -> LOAD-SIDE BOUND (%s)' % (test, w, s, ', '.join(bound)))
                 elif test.startswith('hs_'):
-                    notes.append('- %s w%s: client thread CPU %s -> the client is not the bottleneck.' % (test, w, s))
+                    notes.append('- %s w%s: client thread / load CPUs busy: %s -> the client is not the bottleneck' % (test, w, s))
             if test.startswith('lat_'):
                 rates = ', '.join('%s %s req/s' % (p, fmt(a[p]['rate'])) for p in proxies if a[p])
                 notes.append('- %s w%s: achieved load %s (same connections and think time for all).' % (test, w, rates))
@@ -476,7 +476,9 @@ def cmd_summary(argv):
                 notes.append('- mem w%s: idle TLS connections actually opened: %s.' % (w, cs))
     text = '\n'.join(out) + '\n'
     if notes:
-        text += '\nNotes:\n' + '\n'.join(notes) + '\n'
+        text += ('\nNotes (LOAD-SIDE BOUND: the load generator thread used >= 90% of a core, or the CPUs it '
+                 'shares with the backends were >= 95% busy, so the raw rate may be the load side\'s limit '
+                 'rather than the proxy\'s: compare the per-core figures):\n') + '\n'.join(notes) + '\n'
     text += '\nDetails (medians over runs; per proxy core = figure / proxy utime+stime share of one core):\n\n' + '\n'.join(details) + '\n'
     with open(out_md, 'w') as f:
         f.write(text)
