@@ -13,7 +13,7 @@
 #   --quick | --smoke          see above
 #   --reps N --duration S      runs per figure (median reported), seconds each
 #   --workers "1 2"            worker/thread counts to test
-#   --tests "a b"              subset of: mem https_h1 https_h2 http_ka hs_full
+#   --tests "a b"              subset of: mem mem_tcp https_h1 https_h2 http_ka hs_full
 #                              hs_resume tcp_bulk tcp_cps tls_bulk lat_https lat_tcp
 #   --proxies "haproxy nginx vipd"   contestants
 #   --no-install               do not apt-get install missing peers
@@ -47,6 +47,8 @@
 #   lat_tcp    the same through the L4 tcp listener
 #   mem        VmRSS growth of the proxy per idle TLS connection (KiB/conn),
 #              MEM_CONNS connections, on the fresh process before any load
+#   mem_tcp    the same for idle L4 tcp connections that carried one request
+#              (capped so that 2 fds per connection fit the fd limit)
 # A mode vipd's build does not serve (refused by `vipd check`, or accepted but
 # failing a functional probe) is reported "n/a: vipd has no <mode> yet".
 # =============================================================================
@@ -59,7 +61,7 @@ TPL=$HERE/templates
 CMDLINE="bash bench/run.sh $*"
 
 QUICK=0 SMOKE=0 INSTALL=1 BUILD=1 RESULTS_FILE=
-ALL_TESTS="mem https_h1 https_h2 http_ka hs_full hs_resume tcp_bulk tcp_cps tls_bulk lat_https lat_tcp"
+ALL_TESTS="mem mem_tcp https_h1 https_h2 http_ka hs_full hs_resume tcp_bulk tcp_cps tls_bulk lat_https lat_tcp"
 while [[ $# -gt 0 ]]; do
   case $1 in
     --quick) QUICK=1 ;;
@@ -394,10 +396,10 @@ check_instance() { # functional checks: both backends used, resumption on/off, A
 needs_mode() {
   case $1 in
     http_ka) echo http ;; https_h1|hs_full|hs_resume|lat_https|mem) echo https ;;
-    https_h2) echo h2 ;; tcp_bulk|tcp_cps|lat_tcp) echo tcp ;; tls_bulk) echo tls ;;
+    https_h2) echo h2 ;; tcp_bulk|tcp_cps|lat_tcp|mem_tcp) echo tcp ;; tls_bulk) echo tls ;;
   esac
 }
-unit_of() { case $1 in tcp_bulk|tls_bulk) echo MB/s ;; lat_*) echo ms ;; mem) echo KiB/conn ;; hs_*|tcp_cps) echo conn/s ;; *) echo req/s ;; esac; }
+unit_of() { case $1 in tcp_bulk|tls_bulk) echo MB/s ;; lat_*) echo ms ;; mem|mem_tcp) echo KiB/conn ;; hs_*|tcp_cps) echo conn/s ;; *) echo req/s ;; esac; }
 
 CMD=()
 test_cmd() { # test_cmd TEST INSTANCE DURATION -> CMD
@@ -423,13 +425,20 @@ skip() { # skip TEST PROXY REASON
   printf '{"kind": "skip", "test": "%s", "proxy": "%s", "reason": "%s"}\n' "$1" "$2" "$3" >>"$RESULTS"
 }
 
-mem_test() {
-  local i=$1 n=$MEM_CONNS
-  log "mem: $n idle TLS connections to ${INST[$i]} (request=$MEM_REQUEST)"
-  timeout -k 5 300 python3 "$LIB" mem --port "$(port_of "$i" https)" --n "$n" --pids "${I_PIDS[$i]}" \
-    --jsonl "$RESULTS" --cpus "$(load_cpus "${I_W[$i]}")" --request "$MEM_REQUEST" \
-    --meta test=mem --meta proxy="${I_PROXY[$i]}" --meta workers="${I_W[$i]}" --meta rep=1 --meta unit=KiB/conn \
-    || log "WARNING: mem test of ${INST[$i]} failed"
+mem_test() { # mem_test INSTANCE TEST
+  local i=$1 t=$2 n=$MEM_CONNS port req=$MEM_REQUEST plain=0
+  port=$(port_of "$i" https)
+  if [[ $t == mem_tcp ]]; then
+    # every idle L4 connection also holds a backend connection: 2 fds in the
+    # proxy, 1 in the backend nginx; one request through it, then idle
+    port=$(port_of "$i" tcp); plain=1; req=1
+    ((n > (FD_LIMIT - 2000) / 2)) && n=$(((FD_LIMIT - 2000) / 2))
+  fi
+  log "$t: $n idle connections to ${INST[$i]} (request=$req)"
+  timeout -k 5 300 python3 "$LIB" mem --port "$port" --n "$n" --pids "${I_PIDS[$i]}" \
+    --jsonl "$RESULTS" --cpus "$(load_cpus "${I_W[$i]}")" --request "$req" --plain "$plain" \
+    --meta test="$t" --meta proxy="${I_PROXY[$i]}" --meta workers="${I_W[$i]}" --meta rep=1 --meta unit=KiB/conn \
+    || log "WARNING: $t test of ${INST[$i]} failed"
 }
 
 run_tests() {
@@ -440,8 +449,8 @@ run_tests() {
     for p in $PROXIES; do
       [[ $p == vipd && " $VIPD_MODES " != *" $mode "* ]] && skip "$t" vipd "vipd has no $mode yet"
     done
-    if [[ $t == mem ]]; then
-      for i in "${!INST[@]}"; do has_mode "$i" https && mem_test "$i"; done
+    if [[ $t == mem* ]]; then
+      for i in "${!INST[@]}"; do has_mode "$i" "$mode" && mem_test "$i" "$t"; done
       continue
     fi
     # warm-up, not recorded (fills upstream pools, ticket keys, caches)

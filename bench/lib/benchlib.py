@@ -273,6 +273,7 @@ def cmd_mem(argv):
     before = rss_kib(tree(roots))
     n = int(opts['n'])
     request = opts.get('request') == '1'
+    plain = opts.get('plain') == '1'
     r = dict(opts['meta'])
 
     async def go():
@@ -280,6 +281,8 @@ def cmd_mem(argv):
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         ctx.set_alpn_protocols(['http/1.1'])
+        if plain:
+            ctx = None
         sem = asyncio.Semaphore(64)
         req = b'GET /1k HTTP/1.1\r\nHost: localhost\r\n\r\n'
 
@@ -315,8 +318,8 @@ def cmd_mem(argv):
              kib_per_conn=(after - before) / opened if opened else None)
     with open(opts['jsonl'], 'a') as f:
         f.write(json.dumps(r) + '\n')
-    print('mem         %-8s w%s  %d/%d idle TLS conns (request=%d): RSS %d -> %d KiB = %s KiB/conn' % (
-        r.get('proxy'), r.get('workers'), opened, n, request, before, after,
+    print('%-11s %-8s w%s  %d/%d idle %s conns (request=%d): RSS %d -> %d KiB = %s KiB/conn' % (
+        r.get('test'), r.get('proxy'), r.get('workers'), opened, n, 'TCP' if plain else 'TLS', request, before, after,
         fmt(r['kib_per_conn'])), file=sys.stderr)
 
 
@@ -334,6 +337,7 @@ TESTS = [
     ('lat_https', 'p99 latency, HTTPS/1.1 at fixed moderate load', 'ms', False, 1.0),
     ('lat_tcp', 'p99 latency, L4 tcp at fixed moderate load', 'ms', False, 1.0),
     ('mem', 'RSS per idle TLS connection', 'KiB/conn', False, 1.0),
+    ('mem_tcp', 'RSS per idle L4 tcp connection (after one request)', 'KiB/conn', False, None),
 ]
 TEST_INFO = {t[0]: t for t in TESTS}
 
@@ -397,12 +401,12 @@ def cmd_summary(argv):
                     per_core=median(pcs), proxy_cpu=median([r.get('proxy_cpu') for r in rs]),
                     client_cpu=median(ccs), load_busy=median(lbs), rate=median([r.get('rate') for r in rs]),
                     p50=median([r.get('p50') for r in rs]),
-                    errors=sum(int(r.get('errors') or 0) for r in rs if test != 'mem'),
+                    errors=sum(int(r.get('errors') or 0) for r in rs),
                     conns=median([r.get('conns') for r in rs]))
 
-    out = []
-    out.append('| figure | unit | w | haproxy | nginx | vipd | vipd/haproxy | vipd/nginx | target vs haproxy (per core) |')
-    out.append('|---|---|---|---|---|---|---|---|---|')
+    peers = [p for p in ('haproxy', 'nginx') if p in proxies and 'vipd' in proxies]
+    cols = ['figure', 'unit', 'w'] + proxies + ['vipd/%s' % p for p in peers] + ['target vs haproxy (per core)']
+    out = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
     notes = []
     details = ['| test | proxy | w | median | min..max | n | proxy CPU | per proxy core | client thread CPU | load CPUs busy | p50 ms | errors |',
                '|---|---|---|---|---|---|---|---|---|---|---|---|']
@@ -437,7 +441,7 @@ def cmd_summary(argv):
                     s += ' (%.2f/core)' % rc
                 return s, (rc if rc is not None else r)
             rh, rhv = ratio('vipd', 'haproxy')
-            rn, _ = ratio('vipd', 'nginx')
+            rcells = [ratio('vipd', p)[0] for p in peers]
             tgt = '-'
             if target is not None:
                 tgt = ('>= %.1fx' if higher else '<= %.1fx') % target
@@ -445,8 +449,7 @@ def cmd_summary(argv):
                     ok = rhv >= target if higher else rhv <= target
                     tgt += ': %s' % ('met' if ok else 'NOT met')
                     verdicts.append((test, w, ok))
-            out.append('| %s | %s | %s | %s | %s | %s |' % (
-                desc, unit, w, ' | '.join(cells), rh, rn + ' | ' + tgt))
+            out.append('| %s |' % ' | '.join([desc, unit, w] + cells + rcells + [tgt]))
             for p in proxies:
                 x = a[p]
                 if x is None:
@@ -471,9 +474,9 @@ def cmd_summary(argv):
             if test.startswith('lat_'):
                 rates = ', '.join('%s %s req/s' % (p, fmt(a[p]['rate'])) for p in proxies if a[p])
                 notes.append('- %s w%s: achieved load %s (same connections and think time for all).' % (test, w, rates))
-            if test == 'mem':
+            if test.startswith('mem'):
                 cs = ', '.join('%s %d' % (p, a[p]['conns'] or 0) for p in proxies if a[p])
-                notes.append('- mem w%s: idle TLS connections actually opened: %s.' % (w, cs))
+                notes.append('- %s w%s: idle connections actually opened: %s.' % (test, w, cs))
     text = '\n'.join(out) + '\n'
     if notes:
         text += ('\nNotes (LOAD-SIDE BOUND: the load generator thread used >= 90% of a core, or the CPUs it '
