@@ -439,6 +439,16 @@ mem_test() { # mem_test INSTANCE TEST
     --jsonl "$RESULTS" --cpus "$(load_cpus "${I_W[$i]}")" --request "$req" --plain "$plain" \
     --meta test="$t" --meta proxy="${I_PROXY[$i]}" --meta workers="${I_W[$i]}" --meta rep=1 --meta unit=KiB/conn \
     || log "WARNING: $t test of ${INST[$i]} failed"
+  # allocators and haproxy's pools keep freed memory: the next measurement
+  # on this instance gets a fresh process
+  restart_instance "$i"
+}
+
+restart_instance() {
+  local p
+  for p in ${I_PIDS[$1]}; do kill_group "$p"; done
+  I_PIDS[$1]=""
+  start_instance "$1"
 }
 
 run_tests() {
