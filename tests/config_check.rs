@@ -33,7 +33,7 @@ pool = "nope"
     assert_eq!(
         problems(&text),
         vec![
-            "3:1: global.workerz: unknown field `workerz`, expected one of `workers`, `grace_period`, `max_connections`, `log_format`, `access_log`\n    fix: remove it, or correct its spelling to one of the fields listed",
+            "3:1: global.workerz: unknown field `workerz`, expected one of `workers`, `grace_period`, `max_connections`, `log_format`, `access_log`, `user`, `group`\n    fix: remove it, or correct its spelling to one of the fields listed",
             "2:1: global.grace_period: invalid duration \"3 parsecs\": unknown unit \"parsecs\"\n    fix: write a number with a unit: \"500ms\", \"30s\", \"5m\", \"1h\" or \"1d\"",
             "7:1: listener \"www\".bind: invalid socket address \"192.0.2.10\"\n    fix: write an IP address and a port: \"192.0.2.10:80\" or \"[2001:db8::10]:443\" (host names are not resolved)",
             "8:1: listener \"www\".protocol: unknown value \"htp\"\n    fix: use one of \"tcp\", \"tls\", \"http\", \"https\"",

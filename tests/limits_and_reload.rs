@@ -185,3 +185,24 @@ fn sighup_every_100ms_under_load_fails_no_connection() {
     assert!(!vipd.log().contains("reload failed"));
     assert!(vipd.alive());
 }
+
+#[test]
+fn vipd_drops_to_the_configured_user_after_binding() {
+    let backend = echo_backend_thread();
+    let vipd = Vipd::run(&config(backend, "").replacen(
+        "grace_period = \"2s\"",
+        "grace_period = \"2s\"\nuser = \"nobody\"",
+        1,
+    ));
+    let addr = vipd.listening(&["l4"])["l4"];
+    vipd.wait_for("dropped privileges after binding", Duration::from_secs(5));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vipd.child.id())).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    let nobody = Command::new("id").args(["-u", "nobody"]).output().unwrap();
+    let nobody = String::from_utf8(nobody.stdout).unwrap();
+    let uids: Vec<&str> = uid_line.split_whitespace().skip(1).collect();
+    assert_eq!(uids, vec![nobody.trim(); 4], "{uid_line}");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    echo_round_trip(&mut s, b"still serving").unwrap();
+}

@@ -16,6 +16,8 @@ pub(super) struct RawGlobal {
     pub(super) max_connections: Option<usize>,
     pub(super) log_format: Option<String>,
     pub(super) access_log: Option<String>,
+    pub(super) user: Option<String>,
+    pub(super) group: Option<String>,
 }
 
 /// `[admin]`: the read-mostly admin/metrics endpoint.
@@ -101,6 +103,11 @@ pub(super) struct RawPool {
     pub(super) response_timeout: Option<String>,
     pub(super) send_proxy: Option<bool>,
     pub(super) http2: Option<bool>,
+    pub(super) slow_start: Option<String>,
+    pub(super) on_all_down: Option<String>,
+    pub(super) sorry: Option<String>,
+    pub(super) passive_fall: Option<u32>,
+    pub(super) passive_cooldown: Option<String>,
 }
 
 /// One `[[persistence]]` group.

@@ -467,6 +467,8 @@ fn global(c: &mut Checker<'_>, t: Option<&Spanned<toml::Table>>) -> Global {
             ],
             AccessLog::Common,
         ),
+        user: raw.user,
+        group: raw.group,
     }
 }
 
@@ -628,7 +630,18 @@ fn pool(
             "use a prime well above 100 x the number of backends, e.g. 65537",
         );
     }
+    let on_all_down = on_all_down(c, &span, &p, &raw);
     Pool {
+        slow_start: c.duration(&span, &p, "slow_start", &raw.slow_start, Duration::ZERO),
+        on_all_down,
+        passive_fall: raw.passive_fall.unwrap_or(3),
+        passive_cooldown: c.duration(
+            &span,
+            &p,
+            "passive_cooldown",
+            &raw.passive_cooldown,
+            Duration::from_secs(10),
+        ),
         health: raw.health.as_ref().map(|h| health(c, &span, &p, h)),
         connect_timeout: c.duration(
             &span,
@@ -650,6 +663,54 @@ fn pool(
         backends,
         send_proxy: raw.send_proxy.unwrap_or(false),
         http2: raw.http2.unwrap_or(false),
+    }
+}
+
+/// `on_all_down` and the `sorry` server it may name.
+fn on_all_down(c: &mut Checker<'_>, span: &Range<usize>, p: &str, raw: &RawPool) -> OnAllDown {
+    let sorry = raw
+        .sorry
+        .as_deref()
+        .and_then(|t| c.socket_addr(span, p, "sorry", t));
+    match raw.on_all_down.as_deref() {
+        None if raw.sorry.is_some() => sorry.map_or(OnAllDown::FailOpen, OnAllDown::Sorry),
+        None | Some("fail_open") => {
+            if raw.sorry.is_some() {
+                c.report(
+                    span,
+                    p,
+                    Some("sorry"),
+                    "a sorry server is set but `on_all_down` is \"fail_open\"",
+                    "set `on_all_down = \"sorry\"`, or remove `sorry`",
+                );
+            }
+            OnAllDown::FailOpen
+        }
+        Some("refuse") => OnAllDown::Refuse,
+        Some("sorry") => match (sorry, &raw.sorry) {
+            (Some(a), _) => OnAllDown::Sorry(a),
+            (None, Some(_)) => OnAllDown::FailOpen,
+            (None, None) => {
+                c.report(
+                    span,
+                    p,
+                    Some("on_all_down"),
+                    "`on_all_down = \"sorry\"` needs a sorry server",
+                    "add `sorry = \"192.0.2.99:80\"`, the server that answers while every backend is down",
+                );
+                OnAllDown::FailOpen
+            }
+        },
+        Some(other) => {
+            c.report(
+                span,
+                p,
+                Some("on_all_down"),
+                format!("unknown value {other:?}"),
+                "use one of \"fail_open\", \"sorry\", \"refuse\"",
+            );
+            OnAllDown::FailOpen
+        }
     }
 }
 
