@@ -13,8 +13,9 @@
 #   --quick | --smoke          see above
 #   --reps N --duration S      runs per figure (median reported), seconds each
 #   --workers "1 2"            worker/thread counts to test
-#   --tests "a b"              subset of: mem mem_tcp https_h1 https_h2 http_ka hs_full
-#                              hs_resume tcp_bulk tcp_cps tls_bulk lat_https lat_tcp
+#   --tests "a b"              subset of: mem mem_tls mem_tcp https_h1 https_h2 http_ka hs_full
+#                              hs_resume hs_full_tls hs_resume_tls tcp_bulk tcp_cps
+#                              tls_bulk lat_https lat_tcp
 #   --proxies "haproxy nginx vipd"   contestants
 #   --no-install               do not apt-get install missing peers
 #   --no-build                 use VIPD_BIN (default target/<profile>/vipd)
@@ -38,6 +39,8 @@
 #   http_ka    plain HTTP/1.1 keep-alive req/s, 1 KiB
 #   hs_full    new TLS connection per request, resumption disabled, conn/s
 #   hs_resume  same on the listener with session tickets, conn/s
+#   hs_full_tls, hs_resume_tls  the same through `tls` listeners (TLS
+#              terminated, then a new L4 connection to the backend each time)
 #   tcp_bulk   L4 tcp pass-through of a 10 MiB body, MB/s (BULK_CONNS conns)
 #   tcp_cps    L4 tcp, new TCP connection per request, conn/s (accept path)
 #   tls_bulk   `tls` listener (TLS terminated, raw TCP upstream), 10 MiB, MB/s
@@ -47,8 +50,11 @@
 #   lat_tcp    the same through the L4 tcp listener
 #   mem        VmRSS growth of the proxy per idle TLS connection (KiB/conn),
 #              MEM_CONNS connections, on the fresh process before any load
+#   mem_tls    the same through the `tls` listener (TLS terminated, one backend
+#              connection each), after one request per connection
 #   mem_tcp    the same for idle L4 tcp connections that carried one request
-#              (capped so that 2 fds per connection fit the fd limit)
+#              (mem_tls/mem_tcp: capped so that 2 fds per connection fit the
+#              fd limit)
 # A mode vipd's build does not serve (refused by `vipd check`, or accepted but
 # failing a functional probe) is reported "n/a: vipd has no <mode> yet".
 # =============================================================================
@@ -61,7 +67,7 @@ TPL=$HERE/templates
 CMDLINE="bash bench/run.sh $*"
 
 QUICK=0 SMOKE=0 INSTALL=1 BUILD=1 RESULTS_FILE=
-ALL_TESTS="mem mem_tcp https_h1 https_h2 http_ka hs_full hs_resume tcp_bulk tcp_cps tls_bulk lat_https lat_tcp"
+ALL_TESTS="mem mem_tls mem_tcp https_h1 https_h2 http_ka hs_full hs_resume hs_full_tls hs_resume_tls tcp_bulk tcp_cps tls_bulk lat_https lat_tcp"
 while [[ $# -gt 0 ]]; do
   case $1 in
     --quick) QUICK=1 ;;
@@ -249,7 +255,7 @@ render() { # render TEMPLATE OUT MODES KEY=VALUE...
 common_kv() { # common_kv DIR WORKERS PORTBASE
   local b=$3
   echo "DIR=$1" "WORKERS=$2" "HTTP_PORT=$((b + 1))" "HTTPS_PORT=$((b + 2))" "HTTPS_NR_PORT=$((b + 3))" \
-    "TCP_PORT=$((b + 4))" "TLS_PORT=$((b + 5))" "BACKEND1=$B1" "BACKEND2=$B2" \
+    "TCP_PORT=$((b + 4))" "TLS_PORT=$((b + 5))" "TLS_NR_PORT=$((b + 6))" "BACKEND1=$B1" "BACKEND2=$B2" \
     "CERT=$WORK/tls/cert.pem" "KEY=$WORK/tls/key.pem" "CERTKEY=$WORK/tls/certkey.pem" \
     "MAXCONN=$MAXCONN" "FD_LIMIT=$FD_LIMIT" "WWW=$WORK/www"
 }
@@ -324,7 +330,7 @@ add_instance() { # add_instance PROXY WORKERS
 }
 port_of() { # port_of INSTANCE KIND
   local b=${I_BASE[$1]}
-  case $2 in http) echo $((b + 1)) ;; https) echo $((b + 2)) ;; https_nr) echo $((b + 3)) ;; tcp) echo $((b + 4)) ;; tls) echo $((b + 5)) ;; esac
+  case $2 in http) echo $((b + 1)) ;; https) echo $((b + 2)) ;; https_nr) echo $((b + 3)) ;; tcp) echo $((b + 4)) ;; tls) echo $((b + 5)) ;; tls_nr) echo $((b + 6)) ;; esac
 }
 has_mode() { [[ " ${I_MODES[$1]} " == *" $2 "* ]]; }
 
@@ -332,7 +338,7 @@ start_instance() {
   local i=$1 name=${INST[$1]} proxy=${I_PROXY[$1]} w=${I_W[$1]} d=$WORK/${INST[$1]} cpus p k
   cpus=$(proxy_cpus "$w")
   mkdir -p "$d/tmp"
-  for k in http https https_nr tcp tls; do p=$(port_of "$i" $k); port_open "$p" && die "port $p is in use (set BASE_PORT)"; done
+  for k in http https https_nr tcp tls tls_nr; do p=$(port_of "$i" $k); port_open "$p" && die "port $p is in use (set BASE_PORT)"; done
   local kv; kv=$(common_kv "$d" "$w" "${I_BASE[$i]}")
   case $proxy in
     haproxy)
@@ -353,9 +359,12 @@ start_instance() {
       "$VIPD_BIN" check -c "$d/vipd.toml" >"$d/configtest.log" 2>&1 || die "vipd config: $(cat "$d/configtest.log")"
       RUST_LOG=$VIPD_LOG start_bg "$name" "$cpus" "$VIPD_BIN" run -c "$d/vipd.toml"
       I_PIDS[$i]=$LAST_PID
-      if has_mode "$i" https; then
-        # full-handshake listener: a second process, tickets and cache off
-        render "$TPL/vipd.toml" "$d/vipd-noresume.toml" "https_nr vhost" $kv TICKETS=false SESSION_CACHE=0
+      if has_mode "$i" https || has_mode "$i" tls; then
+        # full-handshake listeners: a second process, tickets and cache off
+        local nr="vhost"
+        has_mode "$i" https && nr+=" https_nr"
+        has_mode "$i" tls && nr+=" tls_nr"
+        render "$TPL/vipd.toml" "$d/vipd-noresume.toml" "$nr" $kv TICKETS=false SESSION_CACHE=0
         "$VIPD_BIN" check -c "$d/vipd-noresume.toml" >"$d/configtest-nr.log" 2>&1 || die "vipd config: $(cat "$d/configtest-nr.log")"
         RUST_LOG=$VIPD_LOG start_bg "$name-noresume" "$cpus" "$VIPD_BIN" run -c "$d/vipd-noresume.toml"
         I_PIDS[$i]+=" $LAST_PID"
@@ -366,7 +375,8 @@ start_instance() {
     [[ $m == h2 ]] && continue
     wait_port "$(port_of "$i" "$m")" || die "$name did not open its $m port; log: $WORK/logs/$name.log"
   done
-  has_mode "$i" https && { wait_port "$(port_of "$i" https_nr)" || die "$name did not open its no-resume port"; }
+  has_mode "$i" https && { wait_port "$(port_of "$i" https_nr)" || die "$name did not open its https no-resume port"; }
+  has_mode "$i" tls && { wait_port "$(port_of "$i" tls_nr)" || die "$name did not open its tls no-resume port"; }
   echo "{\"kind\": \"started\", \"proxy\": \"$proxy\", \"workers\": $w}" >>"$RESULTS"
   log "started $name (pids ${I_PIDS[$i]}, cpus ${cpus:-all}) modes: ${I_MODES[$i]}"
 }
@@ -378,20 +388,24 @@ check_instance() { # functional checks: both backends used, resumption on/off, A
   }
   has_mode "$i" http && { b=$(backends_seen "http://127.0.0.1:$(port_of "$i" http)/1k"); res+="http->[${b% }] "; }
   has_mode "$i" tcp && { b=$(backends_seen "http://127.0.0.1:$(port_of "$i" tcp)/1k"); res+="tcp->[${b% }] "; }
-  if has_mode "$i" https; then
+  local kind
+  for kind in https tls; do
+    has_mode "$i" $kind || continue
     local port lab sess=$WORK/tmp/sess-${INST[$i]}.pem r
     for lab in resume noresume; do
-      port=$(port_of "$i" https); [[ $lab == noresume ]] && port=$(port_of "$i" https_nr)
+      port=$(port_of "$i" $kind); [[ $lab == noresume ]] && port=$(port_of "$i" ${kind}_nr)
       rm -f "$sess"
       (printf 'GET /1k HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n'; sleep 1) |
         timeout 5 openssl s_client -connect "127.0.0.1:$port" -sess_out "$sess" -ign_eof >/dev/null 2>&1
       r=$( (printf 'GET /1k HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n'; sleep 0.5) |
         timeout 5 openssl s_client -connect "127.0.0.1:$port" -sess_in "$sess" -ign_eof 2>/dev/null | grep -E '^(Reused|New),' | head -1)
-      res+="$lab:${r%%,*} "
+      res+="$kind-$lab:${r%%,*} "
     done
+    [[ $res == *"$kind-resume:Reused"* && $res == *"$kind-noresume:New"* ]] || log "WARNING: ${INST[$i]}: $kind resumption not as expected (want resume:Reused noresume:New)"
+  done
+  if has_mode "$i" https; then
     r=$(echo | timeout 5 openssl s_client -connect "127.0.0.1:$(port_of "$i" https)" -alpn h2,http/1.1 2>/dev/null | sed -n 's/^ALPN protocol: //p')
     res+="alpn:${r:-none}"
-    [[ $res == *"resume:Reused"* && $res == *"noresume:New"* ]] || log "WARNING: ${INST[$i]}: resumption not as expected (want resume:Reused noresume:New)"
   fi
   [[ $res == *"->[b1]"* || $res == *"->[b2]"* ]] && log "WARNING: ${INST[$i]} used only one backend"
   log "check ${INST[$i]}: $res"
@@ -402,10 +416,10 @@ check_instance() { # functional checks: both backends used, resumption on/off, A
 needs_mode() {
   case $1 in
     http_ka) echo http ;; https_h1|hs_full|hs_resume|lat_https|mem) echo https ;;
-    https_h2) echo h2 ;; tcp_bulk|tcp_cps|lat_tcp|mem_tcp) echo tcp ;; tls_bulk) echo tls ;;
+    https_h2) echo h2 ;; tcp_bulk|tcp_cps|lat_tcp|mem_tcp) echo tcp ;; tls_bulk|mem_tls|hs_*_tls) echo tls ;;
   esac
 }
-unit_of() { case $1 in tcp_bulk|tls_bulk) echo MB/s ;; lat_*) echo ms ;; mem|mem_tcp) echo KiB/conn ;; hs_*|tcp_cps) echo conn/s ;; *) echo req/s ;; esac; }
+unit_of() { case $1 in tcp_bulk|tls_bulk) echo MB/s ;; lat_*) echo ms ;; mem*) echo KiB/conn ;; hs_*|tcp_cps) echo conn/s ;; *) echo req/s ;; esac; }
 
 CMD=()
 test_cmd() { # test_cmd TEST INSTANCE DURATION -> CMD
@@ -418,6 +432,8 @@ test_cmd() { # test_cmd TEST INSTANCE DURATION -> CMD
     http_ka) CMD=("${wrk[@]}" -c"$CONNS" "http://127.0.0.1:$(port_of "$i" http)/1k") ;;
     hs_full) CMD=("${wrk[@]}" -c"$HS_CONNS" -H 'Connection: close' "https://127.0.0.1:$(port_of "$i" https_nr)/1k") ;;
     hs_resume) CMD=("${wrk[@]}" -c"$HS_CONNS" -H 'Connection: close' "https://127.0.0.1:$(port_of "$i" https)/1k") ;;
+    hs_full_tls) CMD=("${wrk[@]}" -c"$HS_CONNS" -H 'Connection: close' "https://127.0.0.1:$(port_of "$i" tls_nr)/1k") ;;
+    hs_resume_tls) CMD=("${wrk[@]}" -c"$HS_CONNS" -H 'Connection: close' "https://127.0.0.1:$(port_of "$i" tls)/1k") ;;
     tcp_bulk) CMD=("${wrk[@]}" -c"$BULK_CONNS" "http://127.0.0.1:$(port_of "$i" tcp)/10m") ;;
     tcp_cps) CMD=("${wrk[@]}" -c"$HS_CONNS" -H 'Connection: close' "http://127.0.0.1:$(port_of "$i" tcp)/1k") ;;
     tls_bulk) CMD=("${wrk[@]}" -c"$BULK_CONNS" "https://127.0.0.1:$(port_of "$i" tls)/10m") ;;
@@ -434,10 +450,11 @@ skip() { # skip TEST PROXY REASON
 mem_test() { # mem_test INSTANCE TEST
   local i=$1 t=$2 n=$MEM_CONNS port req=$MEM_REQUEST plain=0
   port=$(port_of "$i" https)
-  if [[ $t == mem_tcp ]]; then
+  if [[ $t == mem_tcp || $t == mem_tls ]]; then
     # every idle L4 connection also holds a backend connection: 2 fds in the
     # proxy, 1 in the backend nginx; one request through it, then idle
     port=$(port_of "$i" tcp); plain=1; req=1
+    [[ $t == mem_tls ]] && { port=$(port_of "$i" tls); plain=0; }
     ((n > (FD_LIMIT - 2000) / 2)) && n=$(((FD_LIMIT - 2000) / 2))
   fi
   log "$t: $n idle connections to ${INST[$i]} (request=$req)"

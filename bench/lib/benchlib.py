@@ -331,12 +331,15 @@ TESTS = [
     ('http_ka', 'plain HTTP keep-alive, 1 KiB (wrk)', 'req/s', True, 1.0),
     ('hs_full', 'new TLS conns, full handshake (no resumption)', 'conn/s', True, 1.3),
     ('hs_resume', 'new TLS conns, resumed (tickets)', 'conn/s', True, 1.3),
+    ('hs_full_tls', '`tls` listener: new conns, full handshake', 'conn/s', True, 1.3),
+    ('hs_resume_tls', '`tls` listener: new conns, resumed (tickets)', 'conn/s', True, 1.3),
     ('tcp_bulk', 'L4 tcp pass-through, 10 MiB body', 'MB/s', True, 1.0),
     ('tcp_cps', 'L4 tcp, new connection per request', 'conn/s', True, None),
     ('tls_bulk', 'tls termination -> tcp, 10 MiB body', 'MB/s', True, None),
     ('lat_https', 'p99 latency, HTTPS/1.1 at fixed moderate load', 'ms', False, 1.0),
     ('lat_tcp', 'p99 latency, L4 tcp at fixed moderate load', 'ms', False, 1.0),
     ('mem', 'RSS per idle TLS connection', 'KiB/conn', False, 1.0),
+    ('mem_tls', 'RSS per idle `tls` connection (after one request)', 'KiB/conn', False, None),
     ('mem_tcp', 'RSS per idle L4 tcp connection (after one request)', 'KiB/conn', False, None),
 ]
 TEST_INFO = {t[0]: t for t in TESTS}
