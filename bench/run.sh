@@ -535,6 +535,14 @@ write_results() {
     echo "- settings: DURATION=${DURATION}s REPS=$REPS WORKERS='$WORKERS_LIST' CONNS=$CONNS HS_CONNS=$HS_CONNS H2=${H2_CONNS}x$H2_STREAMS BULK_CONNS=$BULK_CONNS LAT=${LAT_CONNS}conns/${LAT_DELAY_MS}ms MEM_CONNS=$MEM_CONNS MEM_REQUEST=$MEM_REQUEST"
     echo "- CPU placement: 1-worker proxies on CPU ${PROXY_CPU:-any}, load generator + backend nginx on CPU ${LOAD_CPU:-any}; 2-worker proxies on ${PROXY_CPUS2:-all CPUs (unpinned, shared with the load generator)}"
     echo
+    echo "Method: wrk 4.1 (HTTP/1.1, OpenSSL client, TLS 1.3) and h2load (HTTP/2) against 127.0.0.1; each load run is"
+    echo "bounded (${DURATION}s, killed after $((DURATION + 20))s). Handshake figures open a new connection per request"
+    echo "('Connection: close'); wrk resumes with the server's ticket when it gets one (checked: haproxy reports 100 %"
+    echo "session reuse on the ticket listener, 0 % on the no-resume one). p99 latency: wrk --latency with $LAT_CONNS"
+    echo "keep-alive connections each pausing ${LAT_DELAY_MS} ms between requests (Lua delay(); a closed loop at a"
+    echo "moderate rate, not wrk2's open-loop rate, which Debian does not ship). Memory: VmRSS growth of the proxy's"
+    echo "processes divided by the idle connections opened, on a fresh process."
+    echo
     echo "Figures are medians of $REPS run(s); in brackets the figure per proxy core (figure / share of one core the"
     echo "proxy process used, utime+stime). Ratios are vipd / peer (raw, and per core in brackets). For p99 and"
     echo "memory lower is better. Targets are issue 8's, as vipd/haproxy per core (raw for p99 and memory)."
