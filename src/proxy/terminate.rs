@@ -35,6 +35,7 @@ pub async fn forward(
         debug!(
             sni = conn.server_name().unwrap_or("-"),
             version = ?conn.protocol_version(),
+            alpn = conn.alpn_protocol().map(String::from_utf8_lossy).as_deref().unwrap_or("-"),
             resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed)),
             "TLS handshake complete"
         );
