@@ -221,6 +221,23 @@ async fn a_reload_that_adds_a_vhost_serves_its_certificate_and_a_broken_one_chan
     write_pair(f.dir.path(), "c", &c);
     f.running.reload().await.unwrap();
     assert_eq!(f.running.snapshot().config.vhosts.len(), 3);
+    let published: Vec<_> = f
+        .running
+        .metrics()
+        .certificates()
+        .into_iter()
+        .map(|c| (c.vhost, c.names, c.not_after))
+        .collect();
+    // rcgen's default notAfter: 4096-01-01T00:00:00Z.
+    let end = 67_090_118_400;
+    assert_eq!(
+        published,
+        [
+            ("a".to_owned(), vec!["a.test".to_owned()], end),
+            ("b".to_owned(), vec!["b.test".to_owned()], end),
+            ("c".to_owned(), vec!["c.test".to_owned()], end),
+        ]
+    );
     assert_eq!(leaf_for(f.addr, "c.test", &f.client).await, c.der);
     f.assert_old_set_served().await;
 }

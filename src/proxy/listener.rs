@@ -194,7 +194,9 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Context) {
         config::Protocol::Tcp => {
             super::l4::forward(stream, peer, cfg, &snap, &ctx.shutdown, &ctx.stats).await
         }
-        config::Protocol::Tls => super::terminate::forward(stream, peer, cfg, &snap).await,
+        config::Protocol::Tls => {
+            super::terminate::forward(stream, peer, cfg, &snap, &ctx.stats).await
+        }
         other => warn!(
             protocol = other.as_str(),
             "protocol not served by this build"
