@@ -60,26 +60,18 @@ fn unsupported(config: &Config) -> Vec<Problem> {
                 &format!("protocol {:?}", l.protocol.as_str()),
             );
         }
-        if l.persistence.is_some() {
-            refuse(format!("{p}.persistence"), "client-IP persistence");
-        }
-        if l.proxy_protocol {
-            refuse(
-                format!("{p}.proxy_protocol"),
-                "accepting the PROXY protocol",
-            );
-        }
     }
     for pool in &config.pools {
         let p = format!("pool {:?}", pool.name);
-        if !matches!(pool.scheduler, SchedulerKind::Rr | SchedulerKind::Wrr) {
+        let over_http = config.vhosts.iter().any(|v| {
+            v.pool.as_deref() == Some(pool.name.as_str())
+                || v.routes.iter().any(|r| r.pool == pool.name)
+        });
+        if pool.send_proxy && over_http {
             refuse(
-                format!("{p}.scheduler"),
-                &format!("scheduler {:?}", pool.scheduler.as_str()),
+                format!("{p}.send_proxy"),
+                "sending the PROXY protocol to a pool served over HTTP",
             );
-        }
-        if pool.send_proxy {
-            refuse(format!("{p}.send_proxy"), "sending the PROXY protocol");
         }
         if pool.http2 {
             refuse(format!("{p}.http2"), "HTTP/2 to backends");

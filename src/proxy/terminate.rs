@@ -2,8 +2,6 @@
 //! listener's `handshake_timeout`), then forward the plaintext to a backend
 //! of the listener's pool as a byte stream.
 
-use std::net::SocketAddr;
-
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -15,7 +13,7 @@ use crate::metrics::{Handshake, ListenerStats};
 /// Handshake with the client, connect a backend, and splice the two.
 pub async fn forward(
     client: TcpStream,
-    peer: SocketAddr,
+    origin: l4::Origin,
     listener: &config::Listener,
     snap: &Snapshot,
     stats: &ListenerStats,
@@ -29,7 +27,7 @@ pub async fn forward(
         Ok(s) => s,
         Err(e) => {
             stats.record_handshake(Handshake::Failed, started.elapsed());
-            debug!(%peer, failure = %e, side = "client", "TLS handshake failed");
+            debug!(peer = %origin.client, failure = %e, side = "client", "TLS handshake failed");
             return;
         }
     };
@@ -44,7 +42,7 @@ pub async fn forward(
             sni = conn.server_name().unwrap_or("-"),
             version = ?conn.protocol_version(),
             alpn = conn.alpn_protocol().map(String::from_utf8_lossy).as_deref().unwrap_or("-"),
-            resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed)),
+            resumed = outcome == Handshake::Resumed,
             "TLS handshake complete"
         );
     }
@@ -52,7 +50,7 @@ pub async fn forward(
         warn!("listener has no pool; closing");
         return;
     };
-    let (backend, lease) = match l4::connect(pool_cfg, snap, peer).await {
+    let (backend, lease) = match l4::connect_for(listener, pool_cfg, snap, origin).await {
         Ok(c) => c,
         Err(e) => {
             warn!(error = %e, side = "backend", "closing client connection: no backend reachable");
