@@ -125,7 +125,6 @@ impl Running {
         });
         let weak: Weak<dyn Control> = Arc::downgrade(&running) as Weak<dyn Control>;
         let _ = running.control.set(weak);
-        publish_certificates(&running.metrics, &running.snapshot().tls, None);
         running.sync_listeners(&config).await?;
         running.restart_checkers(&config);
         running.commit_admin(plan).await;
@@ -308,7 +307,6 @@ impl Running {
             return Err(e);
         }
         next.tls.log_summary();
-        publish_certificates(&self.metrics, &next.tls, Some(&previous.tls));
         self.restart_checkers(&config);
         self.commit_admin(plan).await;
         self.metrics
@@ -381,29 +379,6 @@ async fn prepare_admin(
     }
     let socket = admin::bind(cfg.listen).await?;
     Ok(AdminPlan::Start(cfg.listen, socket, token))
-}
-
-/// Publish the certificates in service (expiry metric, admin view); vhosts
-/// that no longer serve a certificate are cleared.
-fn publish_certificates(metrics: &Metrics, tls: &TlsState, previous: Option<&TlsState>) {
-    let mut by_vhost: std::collections::BTreeMap<&str, Vec<crate::metrics::CertificateInfo>> =
-        std::collections::BTreeMap::new();
-    for c in previous.into_iter().flat_map(|p| p.certificates()) {
-        by_vhost.entry(&c.vhost).or_default();
-    }
-    for c in tls.certificates() {
-        by_vhost
-            .entry(&c.vhost)
-            .or_default()
-            .push(crate::metrics::CertificateInfo {
-                vhost: c.vhost.clone(),
-                names: c.cert.names.clone(),
-                not_after: c.cert.not_after_unix,
-            });
-    }
-    for (vhost, certs) in by_vhost {
-        metrics.set_certificates(vhost, certs);
-    }
 }
 
 /// Run until SIGTERM or SIGINT, reloading on SIGHUP.

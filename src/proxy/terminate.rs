@@ -42,7 +42,7 @@ pub async fn forward(
             sni = conn.server_name().unwrap_or("-"),
             version = ?conn.protocol_version(),
             alpn = conn.alpn_protocol().map(String::from_utf8_lossy).as_deref().unwrap_or("-"),
-            resumed = outcome == Handshake::Resumed,
+            resumed = kind == Handshake::Resumed,
             "TLS handshake complete"
         );
     }
