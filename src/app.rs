@@ -23,7 +23,7 @@ use crate::proxy::listener::{self, BindError};
 use crate::proxy::{SharedSnapshot, Snapshot};
 use crate::sd_notify;
 use crate::shutdown::Shutdown;
-use crate::tls::{TlsError, TlsState};
+use crate::tls::TlsError;
 
 /// Why the app could not start or reload.
 #[derive(Debug, thiserror::Error)]
