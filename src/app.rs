@@ -1,20 +1,29 @@
-//! Composition root: bind every listener, start accept loops, handle
-//! signals (TERM/INT: drain and exit; HUP: reload), and drain on shutdown.
+//! Composition root: bind every listener, start accept loops, health
+//! checkers and the admin endpoint, handle signals (TERM/INT: drain and exit;
+//! HUP: reload), and drain on shutdown.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock, Weak};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::admin::{self, AdminError, AdminState, Control};
 use crate::config::{self, Config, ConfigError};
+use crate::health::{Checkers, IpvsHealth};
+use crate::metrics::Metrics;
 use crate::proxy::listener::{self, BindError};
 use crate::proxy::{SharedSnapshot, Snapshot};
+use crate::sd_notify;
 use crate::shutdown::Shutdown;
+use crate::tls::TlsError;
 
 /// Why the app could not start or reload.
 #[derive(Debug, thiserror::Error)]
@@ -23,19 +32,47 @@ pub enum AppError {
     Bind(#[from] BindError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
     #[error(
         "reload needs the configuration file path, and this configuration was not read from a file"
     )]
     NoSource,
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
 }
 
 /// Identity of a bound socket: a listener keeps its socket across reloads
-/// while its name, address and protocol stay the same.
-type ListenerKey = (String, SocketAddr, config::Protocol);
+/// while its name and address stay the same. Everything else (protocol,
+/// pool, vhosts, timeouts) is read from the snapshot per connection, so it
+/// changes with a reload; socket options (backlog, freebind, reuseport) apply
+/// when the socket is bound.
+type ListenerKey = (String, SocketAddr);
 
 struct Bound {
     addr: SocketAddr,
     stop: CancellationToken,
+    /// The accept loop; finished once the socket is closed.
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The admin endpoint while it runs.
+struct AdminBound {
+    /// The configured address (port 0 stays 0 here; `addr` is the real one).
+    configured: SocketAddr,
+    addr: SocketAddr,
+    stop: CancellationToken,
+    state: Arc<AdminState>,
+}
+
+/// What a reload does to the admin endpoint, prepared (bound, token read)
+/// before anything else changes so that a failure leaves all in place.
+enum AdminPlan {
+    Keep(Option<String>),
+    Start(SocketAddr, TcpListener, Option<String>),
+    Stop,
 }
 
 /// A running proxy: its listeners, its snapshot, and its shutdown handle.
@@ -45,22 +82,118 @@ pub struct Running {
     global_limit: Arc<Semaphore>,
     listeners: Mutex<HashMap<ListenerKey, Bound>>,
     source: Option<PathBuf>,
+    metrics: Arc<Metrics>,
+    ipvs_health: Arc<IpvsHealth>,
+    /// Health checkers of the current configuration; replaced on reload.
+    checkers: std::sync::Mutex<Checkers>,
+    admin: Mutex<Option<AdminBound>>,
+    /// One reload at a time (SIGHUP and the admin API may race).
+    reloading: Mutex<()>,
+    /// How the admin endpoint reaches back (set once `start` has the Arc).
+    control: OnceLock<Weak<dyn Control>>,
+}
+
+impl Control for Running {
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move { Running::reload(self).await.map_err(|e| e.to_string()) })
+    }
 }
 
 impl Running {
-    /// Bind every listener of `config` and start serving.
+    /// Bind every listener of `config` and the admin endpoint, start health
+    /// checkers, and start serving.
     pub async fn start(config: Config) -> Result<Arc<Self>, AppError> {
         let config = Arc::new(config);
-        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(config.clone(), None)));
+        let first = Snapshot::build(config.clone(), None)?;
+        first.tls.log_summary();
+        let plan = prepare_admin(&config, None).await?;
+        let snapshot = Arc::new(ArcSwap::from_pointee(first));
         let running = Arc::new(Self {
             snapshot,
             shutdown: Shutdown::new(),
             global_limit: Arc::new(Semaphore::new(config.global.max_connections)),
             listeners: Mutex::new(HashMap::new()),
             source: config.source.clone(),
+            metrics: Arc::new(Metrics::new()),
+            ipvs_health: Arc::new(IpvsHealth::default()),
+            checkers: std::sync::Mutex::new(Checkers::default()),
+            admin: Mutex::new(None),
+            reloading: Mutex::new(()),
+            control: OnceLock::new(),
         });
+        let weak: Weak<dyn Control> = Arc::downgrade(&running) as Weak<dyn Control>;
+        let _ = running.control.set(weak);
         running.sync_listeners(&config).await?;
+        running.restart_checkers(&config);
+        running.commit_admin(plan).await;
         Ok(running)
+    }
+
+    /// Replace the health checkers with those of `config`; state carries
+    /// over in the snapshot's backend states.
+    fn restart_checkers(&self, config: &Config) {
+        let snap = self.snapshot.load_full();
+        let next = Checkers::start(config, &snap.pools, &self.ipvs_health);
+        let mut cur = self.checkers.lock().unwrap_or_else(|e| e.into_inner());
+        cur.stop();
+        *cur = next;
+    }
+
+    async fn commit_admin(&self, plan: AdminPlan) {
+        let mut cur = self.admin.lock().await;
+        match plan {
+            AdminPlan::Keep(token) => {
+                if let Some(a) = cur.as_ref() {
+                    a.state.token.store(token.map(Arc::new));
+                }
+            }
+            AdminPlan::Stop => {
+                if let Some(a) = cur.take() {
+                    info!(addr = %a.addr, "admin endpoint removed");
+                    a.stop.cancel();
+                }
+            }
+            AdminPlan::Start(configured, socket, token) => {
+                if let Some(a) = cur.take() {
+                    a.stop.cancel();
+                }
+                let addr = socket.local_addr().unwrap_or(configured);
+                let state = Arc::new(AdminState {
+                    snapshot: self.snapshot.clone(),
+                    metrics: self.metrics.clone(),
+                    ipvs_health: self.ipvs_health.clone(),
+                    token: ArcSwapOption::new(token.map(Arc::new)),
+                    control: self
+                        .control
+                        .get()
+                        .cloned()
+                        .unwrap_or_else(|| Weak::<Running>::new() as Weak<dyn Control>),
+                });
+                let stop = CancellationToken::new();
+                tokio::spawn(admin::run(socket, state.clone(), stop.clone()));
+                *cur = Some(AdminBound {
+                    configured,
+                    addr,
+                    stop,
+                    state,
+                });
+            }
+        }
+    }
+
+    /// Address the admin endpoint is bound to, if it runs.
+    pub async fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.lock().await.as_ref().map(|a| a.addr)
+    }
+
+    /// The counter registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Health of IPVS real servers, for the IPVS reconciler.
+    pub fn ipvs_health(&self) -> &Arc<IpvsHealth> {
+        &self.ipvs_health
     }
 
     /// Bind listeners that are new in `config`, stop the ones it dropped.
@@ -71,7 +204,7 @@ impl Running {
         let wanted: Vec<(ListenerKey, &config::Listener)> = config
             .listeners
             .iter()
-            .map(|l| ((l.name.clone(), l.bind, l.protocol), l))
+            .map(|l| ((l.name.clone(), l.bind), l))
             .collect();
         let mut fresh = Vec::new();
         for (key, l) in &wanted {
@@ -95,16 +228,17 @@ impl Running {
                 snapshot: self.snapshot.clone(),
                 global_limit: self.global_limit.clone(),
                 shutdown: self.shutdown.clone(),
+                stats: self.metrics.listener(&key.0),
             };
-            info!(listener = %key.0, %addr, protocol = key.2.as_str(), "listening");
+            info!(listener = %key.0, %addr, "listening");
             let token = stop.clone();
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 tokio::select! {
                     _ = token.cancelled() => {}
                     _ = listener::run(socket, ctx) => {}
                 }
             });
-            current.insert(key, Bound { addr, stop });
+            current.insert(key, Bound { addr, stop, task });
         }
         Ok(())
     }
@@ -129,24 +263,51 @@ impl Running {
     }
 
     /// Re-read the configuration file and apply it. On any error the running
-    /// configuration stays in place.
+    /// configuration stays in place. SIGHUP and `POST /api/reload` both come
+    /// here; the outcome is counted in the metrics.
     pub async fn reload(&self) -> Result<(), AppError> {
-        let path = self.source.as_ref().ok_or(AppError::NoSource)?;
-        let config = config::load(path)?;
-        self.apply(config).await
+        let _one = self.reloading.lock().await;
+        let result = async {
+            let path = self.source.as_ref().ok_or(AppError::NoSource)?;
+            let config = config::load(path)?;
+            self.swap(config).await
+        }
+        .await;
+        self.metrics
+            .record_reload(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        let status = match &result {
+            Ok(()) => "STATUS=configuration reloaded".to_string(),
+            Err(_) => "STATUS=last reload failed; previous configuration in service".to_string(),
+        };
+        let _ = sd_notify::notify(&status);
+        result
     }
 
-    /// Apply a new configuration: bind new listeners first, then swap the
-    /// snapshot, then stop removed listeners.
+    /// Apply a new configuration: read the admin token and bind a moved admin
+    /// endpoint, bind new listeners, swap the snapshot, stop removed
+    /// listeners, then restart health checkers (health state carries over by
+    /// backend address).
     pub async fn apply(&self, config: Config) -> Result<(), AppError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        self.swap(config).await
+    }
+
+    async fn swap(&self, config: Config) -> Result<(), AppError> {
         let config = Arc::new(config);
+        let current = self.admin.lock().await.as_ref().map(|a| a.configured);
+        let plan = prepare_admin(&config, Some(current)).await?;
         let previous = self.snapshot.load_full();
-        let next = Snapshot::build(config.clone(), Some(&previous));
-        self.snapshot.store(Arc::new(next));
+        let next = Arc::new(Snapshot::build(config.clone(), Some(&previous))?);
+        self.snapshot.store(next.clone());
         if let Err(e) = self.sync_listeners(&config).await {
             self.snapshot.store(previous);
             return Err(e);
         }
+        next.tls.log_summary();
+        self.restart_checkers(&config);
+        self.commit_admin(plan).await;
+        self.metrics
+            .retain_listeners(|n| config.listeners.iter().any(|l| l.name == n));
         Ok(())
     }
 
@@ -154,8 +315,11 @@ impl Running {
     /// Returns true if every connection finished in time.
     pub async fn stop(&self) -> bool {
         self.shutdown.trigger();
-        for bound in self.listeners.lock().await.values() {
+        // Close every listening socket before draining, so that new
+        // connections are refused rather than left in a backlog.
+        for (_, bound) in self.listeners.lock().await.drain() {
             bound.stop.cancel();
+            let _ = bound.task.await;
         }
         let grace = self.snapshot.load().config.global.grace_period;
         let open = self.shutdown.active();
@@ -173,8 +337,45 @@ impl Running {
                 "grace period over; closing remaining connections"
             );
         }
+        self.checkers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stop();
+        if let Some(a) = self.admin.lock().await.take() {
+            a.stop.cancel();
+        }
         drained
     }
+}
+
+impl Drop for Running {
+    /// A dropped `Running` (tests drop them without `stop`) takes its admin
+    /// endpoint down too; health checkers stop with their `Checkers`.
+    fn drop(&mut self) {
+        if let Some(a) = self.admin.get_mut().take() {
+            a.stop.cancel();
+        }
+    }
+}
+
+/// Read the admin token and, if the admin address is new, bind it.
+/// `current` is `None` at start, else the configured address running now.
+async fn prepare_admin(
+    config: &Config,
+    current: Option<Option<SocketAddr>>,
+) -> Result<AdminPlan, AppError> {
+    let Some(cfg) = &config.admin else {
+        return Ok(AdminPlan::Stop);
+    };
+    let token = match &cfg.token_file {
+        Some(path) => Some(admin::read_token(path)?),
+        None => None,
+    };
+    if current.flatten() == Some(cfg.listen) {
+        return Ok(AdminPlan::Keep(token));
+    }
+    let socket = admin::bind(cfg.listen).await?;
+    Ok(AdminPlan::Start(cfg.listen, socket, token))
 }
 
 /// Run until SIGTERM or SIGINT, reloading on SIGHUP.
@@ -187,8 +388,19 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         signal(SignalKind::interrupt()).expect("register SIGINT handler"),
         signal(SignalKind::hangup()).expect("register SIGHUP handler"),
     );
+    let user = config.global.user.clone();
+    let group = config.global.group.clone();
     let running = Running::start(config).await?;
+    if let Some(user) = user {
+        crate::privileges::drop_to(&user, group.as_deref())?;
+        info!(%user, "dropped privileges after binding");
+    }
     info!("vipd started");
+    match sd_notify::notify("READY=1") {
+        Ok(true) => info!("notified systemd: ready"),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET)"),
+    }
     loop {
         tokio::select! {
             _ = term.recv() => { info!(signal = "TERM", "shutting down"); break }
@@ -199,6 +411,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             },
         }
     }
+    let _ = sd_notify::notify("STOPPING=1");
     running.stop().await;
     info!("vipd stopped");
     Ok(())

@@ -7,16 +7,28 @@
 //! - [`config`]: parse and validate the TOML file into a typed model.
 //! - [`balance`]: schedulers and pools (pure selection, no I/O).
 //! - [`proxy`]: listeners, accept loops, L4 forwarding.
+//! - [`tls`]: certificates, SNI resolution, rustls acceptors, reload, gen-cert.
+//! - [`health`]: active health checks (and the IPVS health board).
+//! - [`metrics`]: counters the data path increments.
+//! - [`admin`]: admin HTTP endpoint: metrics, JSON views, drain, reload.
+//! - [`sd_notify`]: systemd readiness notification.
 //! - [`shutdown`]: the shutdown signal and drain wait.
 //! - [`app`]: composition root: binds, spawns, handles signals.
 //! - [`demo`]: the built-in demo backends.
+//! - [`privileges`]: dropping root after binding.
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs)] // fields of the config model are documented in README.md
 
+pub mod admin;
 pub mod app;
 pub mod balance;
 pub mod config;
 pub mod demo;
+pub mod health;
+pub mod metrics;
+pub mod privileges;
 pub mod proxy;
+pub mod sd_notify;
 pub mod shutdown;
+pub mod tls;

@@ -39,6 +39,35 @@ enum Command {
     },
     /// Run the built-in demo on localhost: two backends and the proxy in front.
     Demo,
+    /// Generate a self-signed certificate and key for development.
+    GenCert {
+        /// DNS names the certificate covers, comma separated (`*.` wildcards allowed).
+        #[arg(long, value_delimiter = ',', required = true)]
+        names: Vec<String>,
+        /// Directory for `<name>.crt` and `<name>.key` (key mode 0600).
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        /// File name stem (default: the first name, `*.` as `wildcard.`).
+        #[arg(long)]
+        stem: Option<String>,
+        /// Key algorithm.
+        #[arg(long, value_enum, default_value_t = KeyTypeArg::Ecdsa)]
+        key_type: KeyTypeArg,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KeyTypeArg {
+    /// ECDSA P-256.
+    Ecdsa,
+    /// RSA 2048.
+    Rsa,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +75,20 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match config::load(&config) {
             Ok(c) => {
+                match vipd::tls::check(&c) {
+                    Ok(tls) => {
+                        for cert in tls.certificates() {
+                            println!("{cert}");
+                        }
+                        for w in tls.warnings() {
+                            println!("warning: {w}");
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("{}: {e}", config.display());
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                }
                 println!(
                     "{}: configuration OK ({} listeners, {} pools, {} vhosts, {} IPVS services)",
                     config.display(),
@@ -62,6 +105,14 @@ fn main() -> ExitCode {
             Ok(c) => exit(run(c)),
             Err(e) => config_failure(&e),
         },
+        Command::GenCert {
+            names,
+            out_dir,
+            stem,
+            key_type,
+            days,
+            force,
+        } => exit(gen_cert(&names, &out_dir, stem, key_type, days, force)),
         Command::Demo => {
             let c = match config::parse(config::DEMO_CONFIG, Path::new("(embedded demo config)")) {
                 Ok(c) => c,
@@ -70,6 +121,32 @@ fn main() -> ExitCode {
             exit(demo(c))
         }
     }
+}
+
+fn gen_cert(
+    names: &[String],
+    out_dir: &Path,
+    stem: Option<String>,
+    key_type: KeyTypeArg,
+    days: u32,
+    force: bool,
+) -> anyhow::Result<()> {
+    use vipd::tls::gencert;
+    let key_type = match key_type {
+        KeyTypeArg::Ecdsa => gencert::KeyType::EcdsaP256,
+        KeyTypeArg::Rsa => gencert::KeyType::Rsa2048,
+    };
+    let generated = gencert::generate(names, key_type, days)?;
+    let stem = stem.unwrap_or_else(|| gencert::stem_for(&names[0]));
+    let (cert, key) = gencert::write(&generated, out_dir, &stem, force)?;
+    println!("certificate: {}", cert.display());
+    println!("key:         {} (mode 0600)", key.display());
+    println!(
+        "use it in a [[vhost]]: certificates = [{{ cert = {:?}, key = {:?} }}]",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    Ok(())
 }
 
 fn config_failure(e: &ConfigError) -> ExitCode {
@@ -96,6 +173,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

@@ -1,13 +1,22 @@
 //! Backend selection: pools of backends with live state, and the scheduler
 //! seam. Pure selection: no I/O, nothing spawned.
+//!
+//! Health, drain and slow-start state of a backend is kept in
+//! [`BackendState`] (methods in `live.rs`) and consulted by
+//! [`Backend::available`], so every scheduler honours it.
+
+mod live;
+
+pub use live::AllDown;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::config;
+use crate::metrics::BackendStats;
 
 /// Live state of one backend, shared by the scheduler, the proxy, health
 /// checks and metrics. Kept across reloads for backends that stay.
@@ -19,6 +28,23 @@ pub struct BackendState {
     pub active: AtomicU64,
     /// Connections ever opened to the backend.
     pub total: AtomicU64,
+    /// Traffic and check counters for metrics.
+    pub stats: BackendStats,
+    /// Weight set through the admin API, overriding the configured one;
+    /// `live::NO_OVERRIDE` when unset. 0 drains the backend.
+    pub weight_override: AtomicU32,
+    /// When the backend last came up (ms on `live`'s clock), 0 if it has
+    /// been up since it was first seen: the start of its slow-start ramp.
+    pub up_since_ms: AtomicU64,
+    /// Slow-start period of its pool in ms (0 = none), set at build.
+    pub slow_start_ms: AtomicU64,
+    /// Admission counter spreading a ramping backend's share evenly.
+    pub ramp_tick: AtomicU64,
+    /// Consecutive connect failures on live traffic (passive check).
+    pub passive_failures: AtomicU32,
+    /// Set when passive checks took it down and no active check will bring
+    /// it back: it may be retried from this time (ms on `live`'s clock).
+    pub retry_at_ms: AtomicU64,
 }
 
 impl Default for BackendState {
@@ -27,6 +53,13 @@ impl Default for BackendState {
             healthy: AtomicBool::new(true),
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
+            stats: BackendStats::default(),
+            weight_override: AtomicU32::new(live::NO_OVERRIDE),
+            up_since_ms: AtomicU64::new(0),
+            slow_start_ms: AtomicU64::new(0),
+            ramp_tick: AtomicU64::new(0),
+            passive_failures: AtomicU32::new(0),
+            retry_at_ms: AtomicU64::new(0),
         }
     }
 }
@@ -40,9 +73,10 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Whether the backend may receive new connections.
+    /// Whether the backend may receive a new connection: up, not drained,
+    /// and (while ramping after coming up) admitted by its slow-start share.
     pub fn available(&self) -> bool {
-        self.weight > 0 && self.state.healthy.load(Ordering::Relaxed)
+        self.is_up() && self.state.slow_start_admits()
     }
 }
 
@@ -78,12 +112,14 @@ pub struct Pool {
     pub name: String,
     pub backends: Vec<Backend>,
     scheduler: Box<dyn Scheduler>,
+    /// What to do when no backend is up.
+    pub on_all_down: AllDown,
 }
 
 impl Pool {
     /// Build from config, carrying live state of backends that `previous` had.
     pub fn new(cfg: &config::Pool, previous: Option<&Pool>) -> Self {
-        let backends = cfg
+        let backends: Vec<Backend> = cfg
             .backends
             .iter()
             .map(|b| Backend {
@@ -95,18 +131,25 @@ impl Pool {
                     .unwrap_or_default(),
             })
             .collect();
+        for b in &backends {
+            b.state.configure(cfg);
+        }
         Self {
             name: cfg.name.clone(),
+            on_all_down: AllDown::new(cfg, previous.map(|p| &p.on_all_down)),
             backends,
             scheduler: Box::new(RoundRobin::default()),
         }
     }
 
     /// Choose a backend for `client`; the lease counts the connection as
-    /// active until dropped.
+    /// active until dropped. When no backend is up, [`Pool::on_all_down`]
+    /// decides (see [`AllDown`]).
     pub fn select(&self, client: IpAddr) -> Option<Lease> {
-        let i = self.scheduler.pick(&self.backends, client)?;
-        Some(Lease::new(&self.backends[i]))
+        if let Some(i) = self.scheduler.pick(&self.backends, client) {
+            return Some(Lease::new(&self.backends[i]));
+        }
+        self.fallback().map(Lease::new)
     }
 }
 
@@ -116,6 +159,13 @@ impl Pool {
 pub struct Lease {
     pub address: SocketAddr,
     state: Arc<BackendState>,
+}
+
+impl Lease {
+    /// The live state of the leased backend (stats, passive reports).
+    pub fn state(&self) -> &Arc<BackendState> {
+        &self.state
+    }
 }
 
 impl Lease {

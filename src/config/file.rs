@@ -16,6 +16,8 @@ pub(super) struct RawGlobal {
     pub(super) max_connections: Option<usize>,
     pub(super) log_format: Option<String>,
     pub(super) access_log: Option<String>,
+    pub(super) user: Option<String>,
+    pub(super) group: Option<String>,
 }
 
 /// `[admin]`: the read-mostly admin/metrics endpoint.
@@ -54,6 +56,8 @@ pub(super) struct RawListener {
     pub(super) reuseport: Option<bool>,
     pub(super) backlog: Option<u32>,
     pub(super) max_connections: Option<usize>,
+    pub(super) max_connections_per_client: Option<usize>,
+    pub(super) connection_rate_per_client: Option<u32>,
     pub(super) proxy_protocol: Option<bool>,
     #[serde(default)]
     pub(super) trusted_proxies: Vec<String>,
@@ -103,6 +107,11 @@ pub(super) struct RawPool {
     pub(super) http2: Option<bool>,
     pub(super) idle_timeout: Option<String>,
     pub(super) max_idle: Option<usize>,
+    pub(super) slow_start: Option<String>,
+    pub(super) on_all_down: Option<String>,
+    pub(super) sorry: Option<String>,
+    pub(super) passive_fall: Option<u32>,
+    pub(super) passive_cooldown: Option<String>,
 }
 
 /// One `[[persistence]]` group.

@@ -54,12 +54,6 @@ fn unsupported(config: &Config) -> Vec<Problem> {
     };
     for l in &config.listeners {
         let p = format!("listener {:?}", l.name);
-        if matches!(l.protocol, Protocol::Tls | Protocol::Https) {
-            refuse(
-                format!("{p}.protocol"),
-                &format!("protocol {:?}", l.protocol.as_str()),
-            );
-        }
         if l.persistence.is_some() {
             refuse(format!("{p}.persistence"), "client-IP persistence");
         }
@@ -78,15 +72,9 @@ fn unsupported(config: &Config) -> Vec<Problem> {
                 &format!("scheduler {:?}", pool.scheduler.as_str()),
             );
         }
-        if pool.health.is_some() {
-            refuse(format!("{p}.health"), "active health checking");
-        }
         if pool.send_proxy {
             refuse(format!("{p}.send_proxy"), "sending the PROXY protocol");
         }
-    }
-    if config.admin.is_some() {
-        refuse("admin".into(), "the admin endpoint");
     }
     if !config.ipvs.services.is_empty() {
         refuse("ipvs.service".into(), "kernel IPVS services");

@@ -53,6 +53,10 @@ pub struct Global {
     pub max_connections: usize,
     pub log_format: LogFormat,
     pub access_log: AccessLog,
+    /// Switch to this user once listeners are bound (needs root at start).
+    pub user: Option<String>,
+    /// Group to switch to (default: the user's primary group).
+    pub group: Option<String>,
 }
 
 /// Format of the process log.
@@ -152,6 +156,10 @@ pub struct Listener {
     pub reuseport: bool,
     pub backlog: u32,
     pub max_connections: usize,
+    /// Concurrent connections one client IP may hold (0 = no limit).
+    pub max_connections_per_client: usize,
+    /// New connections per second one client IP may open (0 = no limit).
+    pub connection_rate_per_client: u32,
     /// Expect a PROXY protocol v1/v2 header from a trusted upstream.
     pub proxy_protocol: bool,
     pub trusted_proxies: Vec<IpNet>,
@@ -256,6 +264,28 @@ pub struct Pool {
     pub idle_timeout: Duration,
     /// Unused keep-alive connections kept per backend (HTTP listeners).
     pub max_idle: usize,
+    /// A backend coming up ramps its share of new connections from ~0 to its
+    /// full weight over this period (zero = at once).
+    pub slow_start: Duration,
+    /// What happens when no backend is up.
+    pub on_all_down: OnAllDown,
+    /// Consecutive connect failures on live traffic that mark a backend down
+    /// (0 = passive checks off).
+    pub passive_fall: u32,
+    /// Without an active check, how long a passively failed backend rests
+    /// before it is tried again.
+    pub passive_cooldown: Duration,
+}
+
+/// What a pool does when every backend is down (or drained).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnAllDown {
+    /// Use every backend with a weight above 0 as if healthy.
+    FailOpen,
+    /// Send every new connection to this "sorry" server.
+    Sorry(SocketAddr),
+    /// Refuse new connections.
+    Refuse,
 }
 
 /// Client-IP persistence shared by listeners (and IPVS services) that name it.

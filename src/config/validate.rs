@@ -103,8 +103,12 @@ impl Checker<'_> {
                 Ok(raw) => return raw,
                 Err(e) => {
                     let msg = e.message().trim().to_string();
-                    let field = backticked(&msg).filter(|f| fields.contains_key(f.as_str()));
                     let unknown = msg.starts_with("unknown field");
+                    let field = if unknown {
+                        backticked(&msg).filter(|f| fields.contains_key(f.as_str()))
+                    } else {
+                        culprit::<T>(&fields, &msg)
+                    };
                     let fix = if unknown {
                         "remove it, or correct its spelling to one of the fields listed"
                     } else {
@@ -112,7 +116,7 @@ impl Checker<'_> {
                     };
                     self.report(&table.span(), path, field.as_deref(), msg, fix);
                     match field {
-                        Some(f) if unknown => {
+                        Some(f) => {
                             fields.remove(&f);
                         }
                         _ => return T::default(),
@@ -263,6 +267,20 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+/// The key whose removal makes a type error go away: serde's message for a
+/// wrong type does not name the field, so find it by elimination.
+fn culprit<T: for<'de> Deserialize<'de>>(fields: &toml::Table, msg: &str) -> Option<String> {
+    fields.keys().find_map(|k| {
+        let mut fewer = fields.clone();
+        fewer.remove(k);
+        match T::deserialize(toml::Value::Table(fewer)) {
+            Ok(_) => Some(k.clone()),
+            Err(e) if e.message().trim() != msg => Some(k.clone()),
+            Err(_) => None,
+        }
+    })
 }
 
 fn backticked(msg: &str) -> Option<String> {
@@ -449,6 +467,8 @@ fn global(c: &mut Checker<'_>, t: Option<&Spanned<toml::Table>>) -> Global {
             ],
             AccessLog::Common,
         ),
+        user: raw.user,
+        group: raw.group,
     }
 }
 
@@ -610,7 +630,18 @@ fn pool(
             "use a prime well above 100 x the number of backends, e.g. 65537",
         );
     }
+    let on_all_down = on_all_down(c, &span, &p, &raw);
     Pool {
+        slow_start: c.duration(&span, &p, "slow_start", &raw.slow_start, Duration::ZERO),
+        on_all_down,
+        passive_fall: raw.passive_fall.unwrap_or(3),
+        passive_cooldown: c.duration(
+            &span,
+            &p,
+            "passive_cooldown",
+            &raw.passive_cooldown,
+            Duration::from_secs(10),
+        ),
         health: raw.health.as_ref().map(|h| health(c, &span, &p, h)),
         connect_timeout: c.duration(
             &span,
@@ -640,6 +671,54 @@ fn pool(
             Duration::from_secs(30),
         ),
         max_idle: raw.max_idle.unwrap_or(64),
+    }
+}
+
+/// `on_all_down` and the `sorry` server it may name.
+fn on_all_down(c: &mut Checker<'_>, span: &Range<usize>, p: &str, raw: &RawPool) -> OnAllDown {
+    let sorry = raw
+        .sorry
+        .as_deref()
+        .and_then(|t| c.socket_addr(span, p, "sorry", t));
+    match raw.on_all_down.as_deref() {
+        None if raw.sorry.is_some() => sorry.map_or(OnAllDown::FailOpen, OnAllDown::Sorry),
+        None | Some("fail_open") => {
+            if raw.sorry.is_some() {
+                c.report(
+                    span,
+                    p,
+                    Some("sorry"),
+                    "a sorry server is set but `on_all_down` is \"fail_open\"",
+                    "set `on_all_down = \"sorry\"`, or remove `sorry`",
+                );
+            }
+            OnAllDown::FailOpen
+        }
+        Some("refuse") => OnAllDown::Refuse,
+        Some("sorry") => match (sorry, &raw.sorry) {
+            (Some(a), _) => OnAllDown::Sorry(a),
+            (None, Some(_)) => OnAllDown::FailOpen,
+            (None, None) => {
+                c.report(
+                    span,
+                    p,
+                    Some("on_all_down"),
+                    "`on_all_down = \"sorry\"` needs a sorry server",
+                    "add `sorry = \"192.0.2.99:80\"`, the server that answers while every backend is down",
+                );
+                OnAllDown::FailOpen
+            }
+        },
+        Some(other) => {
+            c.report(
+                span,
+                p,
+                Some("on_all_down"),
+                format!("unknown value {other:?}"),
+                "use one of \"fail_open\", \"sorry\", \"refuse\"",
+            );
+            OnAllDown::FailOpen
+        }
     }
 }
 
@@ -1048,6 +1127,8 @@ fn listener(
         reuseport: raw.reuseport.unwrap_or(false),
         backlog: raw.backlog.unwrap_or(1024),
         max_connections,
+        max_connections_per_client: raw.max_connections_per_client.unwrap_or(0),
+        connection_rate_per_client: raw.connection_rate_per_client.unwrap_or(0),
         proxy_protocol: raw.proxy_protocol.unwrap_or(false),
         trusted_proxies,
         handshake_timeout: c.duration(

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use super::Snapshot;
 use crate::balance::Lease;
 use crate::config;
+use crate::metrics::ListenerStats;
 use crate::shutdown::Shutdown;
 
 /// Bytes moved by one forwarded connection.
@@ -42,7 +43,8 @@ pub enum ForwardError {
 }
 
 /// Connect to a backend of `pool`, trying up to three backends (as HAProxy's
-/// `retries` with `redispatch`) when a connect fails.
+/// `retries` with `redispatch`) when a connect fails. Every outcome is
+/// reported to the backend's passive health check.
 pub async fn connect(
     pool_cfg: &config::Pool,
     snap: &Snapshot,
@@ -59,9 +61,19 @@ pub async fn connect(
             break;
         };
         let addr = lease.address;
+        let state = lease.state().clone();
+        let began = Instant::now();
         match tokio::time::timeout(pool_cfg.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
+                state.stats.connect_latency.observe(began.elapsed());
+                if state.connect_succeeded() {
+                    pool.log_flip(
+                        addr,
+                        true,
+                        "passive check: connect succeeded after cool-down",
+                    );
+                }
                 return Ok((stream, lease));
             }
             Ok(Err(source)) => {
@@ -76,6 +88,13 @@ pub async fn connect(
                 };
             }
         }
+        if state.connect_failed(pool_cfg) {
+            let cause = format!(
+                "passive check: {} consecutive connect failures; last: {last}",
+                pool_cfg.passive_fall
+            );
+            pool.log_flip(addr, false, &cause);
+        }
     }
     Err(last)
 }
@@ -87,6 +106,7 @@ pub async fn forward(
     listener: &config::Listener,
     snap: &Snapshot,
     shutdown: &Shutdown,
+    stats: &ListenerStats,
 ) {
     let started = Instant::now();
     let Some(pool_cfg) = listener.pool.as_deref().and_then(|p| snap.config.pool(p)) else {
@@ -103,6 +123,10 @@ pub async fn forward(
     let _ = shutdown;
     let result = pipe(client, backend, listener.idle_timeout).await;
     let ms = started.elapsed().as_millis() as u64;
+    if let Ok(t) = &result {
+        stats.add_bytes(t.upstream, t.downstream);
+        lease.state().stats.add_bytes(t.upstream, t.downstream);
+    }
     match result {
         Ok(t) => info!(backend = %lease.address, bytes_in = t.upstream, bytes_out = t.downstream,
             duration_ms = ms, "connection closed"),

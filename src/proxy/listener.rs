@@ -8,10 +8,12 @@ use std::time::Duration;
 use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tracing::{Instrument, debug, error, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::SharedSnapshot;
+use super::limits::ClientLimiter;
 use crate::config;
+use crate::metrics::ListenerStats;
 use crate::shutdown::Shutdown;
 
 /// Why a listener could not be bound.
@@ -96,6 +98,8 @@ pub struct Context {
     /// Cap over all listeners.
     pub global_limit: Arc<Semaphore>,
     pub shutdown: Shutdown,
+    /// This listener's counters, resolved once at bind.
+    pub stats: Arc<ListenerStats>,
 }
 
 /// Accept connections until shutdown, handing each to its own task.
@@ -105,10 +109,16 @@ pub struct Context {
 /// instead of accepting and dropping them. Running out of file descriptors
 /// backs off instead of spinning.
 pub async fn run(listener: TcpListener, ctx: Context) {
-    let limit = {
+    // Limits are read once: changing them takes a new listener name or a restart.
+    let (limit, per_client) = {
         let snap = ctx.snapshot.load();
         let cfg = snap.config.listeners.iter().find(|l| *l.name == *ctx.name);
-        Arc::new(Semaphore::new(cfg.map_or(10_000, |l| l.max_connections)))
+        (
+            Arc::new(Semaphore::new(cfg.map_or(10_000, |l| l.max_connections))),
+            cfg.and_then(|l| {
+                ClientLimiter::new(l.max_connections_per_client, l.connection_rate_per_client)
+            }),
+        )
     };
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -144,12 +154,21 @@ pub async fn run(listener: TcpListener, ctx: Context) {
                 continue;
             }
         };
+        let client_permit = match per_client.as_ref().map(|l| l.admit(peer.ip())) {
+            Some(Err(why)) => {
+                info!(listener = %ctx.name, client = %peer, reason = %why, "connection refused: per-client limit");
+                continue;
+            }
+            Some(Ok(p)) => Some(p),
+            None => None,
+        };
         let _ = stream.set_nodelay(true);
         let ctx2 = ctx.clone();
         let span = info_span!("conn", listener = %ctx.name, client = %peer);
         ctx.shutdown.spawn(
             async move {
-                let _permits = (global, local);
+                let _permits = (global, local, client_permit);
+                let _active = ctx2.stats.open();
                 handle(stream, peer, ctx2).await;
             }
             .instrument(span),
@@ -172,8 +191,11 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Context) {
         return;
     };
     match cfg.protocol {
-        config::Protocol::Tcp => super::l4::forward(stream, peer, cfg, &snap, &ctx.shutdown).await,
-        config::Protocol::Http => {
+        config::Protocol::Tcp => {
+            super::l4::forward(stream, peer, cfg, &snap, &ctx.shutdown, &ctx.stats).await
+        }
+        config::Protocol::Tls => super::terminate::forward(stream, peer, cfg, &snap).await,
+        config::Protocol::Http | config::Protocol::Https => {
             let accepted = super::http::Accepted {
                 peer,
                 listener: cfg,
@@ -181,11 +203,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Context) {
                 shutdown: ctx.shutdown.clone(),
                 sni: None,
             };
-            super::http::serve(stream, accepted).await
+            super::http::accept(stream, accepted, &snap).await
         }
-        other => warn!(
-            protocol = other.as_str(),
-            "protocol not served by this build"
-        ),
     }
 }

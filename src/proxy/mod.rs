@@ -3,10 +3,14 @@
 //! Listener tasks read everything that may change on reload from one
 //! [`Snapshot`] behind an `ArcSwap`, so that a reload swaps config and pools
 //! together and open connections keep the snapshot they started with.
+//! The TLS state (certificates, rustls configs) is part of the snapshot, so
+//! a reload whose certificates fail to load swaps nothing at all.
 
 pub mod http;
 pub mod l4;
+pub mod limits;
 pub mod listener;
+pub mod terminate;
 
 use std::sync::Arc;
 
@@ -14,12 +18,15 @@ use arc_swap::ArcSwap;
 
 use crate::balance::Pools;
 use crate::config::Config;
+use crate::tls::{TlsError, TlsState};
 
 /// Everything a connection needs that a reload may replace, swapped as one.
 #[derive(Debug)]
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub pools: Pools,
+    /// Certificates and per-listener TLS acceptors.
+    pub tls: Arc<TlsState>,
     /// Vhost and path routing of every HTTP listener.
     pub http: http::Routes,
     /// Backend clients of HTTP listeners; their idle connections outlive
@@ -28,17 +35,21 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Build the snapshot for `config`, carrying live state from `previous`.
-    pub fn build(config: Arc<Config>, previous: Option<&Snapshot>) -> Self {
+    /// Build the snapshot for `config`, carrying live state from `previous`
+    /// (pool state, TLS session tickets and cache). Every certificate is
+    /// read from disk again; if any fails, nothing is built.
+    pub fn build(config: Arc<Config>, previous: Option<&Snapshot>) -> Result<Self, TlsError> {
+        let tls = Arc::new(TlsState::build(&config, previous.map(|p| &*p.tls))?);
         let pools = Pools::build(&config, previous.map(|p| &p.pools));
         let http = http::Routes::build(&config);
         let upstreams = http::Upstreams::build(&config, previous.map(|p| &p.upstreams));
-        Self {
+        Ok(Self {
             config,
             pools,
+            tls,
             http,
             upstreams,
-        }
+        })
     }
 }
 

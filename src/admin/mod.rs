@@ -1,0 +1,345 @@
+//! The admin endpoint: a separate HTTP/1.1 listener (127.0.0.1 by default,
+//! never a VIP) serving Prometheus metrics, JSON views of the running state,
+//! a read-only status page, and a few writes: backend weight/drain and
+//! reload. An optional bearer token guards every path.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/` | HTML status page |
+//! | GET | `/metrics` | OpenMetrics text |
+//! | GET | `/api/status` | version, reload counters |
+//! | GET | `/api/listeners` | listeners and their counters |
+//! | GET | `/api/pools`, `/api/pools/{pool}` | pools, backends, health, weights |
+//! | GET | `/api/persistence` | persistence groups |
+//! | GET | `/api/certificates` | served certificates and expiry |
+//! | GET | `/api/ipvs` | IPVS services and real-server health |
+//! | POST | `/api/pools/{pool}/backends/{addr}/weight` | body `{"weight": N}` or `{"weight": null}` |
+//! | POST | `/api/pools/{pool}/backends/{addr}/drain` | weight 0: no new connections |
+//! | POST | `/api/pools/{pool}/backends/{addr}/undrain` | back to the configured weight |
+//! | POST | `/api/reload` | same as SIGHUP |
+
+mod page;
+mod prom;
+mod views;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::health::IpvsHealth;
+use crate::metrics::Metrics;
+use crate::proxy::SharedSnapshot;
+
+/// Largest request body the admin API reads.
+const BODY_LIMIT: usize = 4096;
+
+/// Actions the admin API asks of the running application.
+pub trait Control: Send + Sync {
+    /// Re-read and apply the configuration file, as SIGHUP does.
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+}
+
+/// Why the admin endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("admin endpoint: cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("admin endpoint: cannot read token_file {path}: {source}")]
+    TokenRead {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("admin endpoint: token_file {path} is empty; put the bearer token in it")]
+    TokenEmpty { path: std::path::PathBuf },
+}
+
+/// Read the bearer token from `path` (surrounding whitespace ignored).
+pub fn read_token(path: &Path) -> Result<String, AdminError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AdminError::TokenRead {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(AdminError::TokenEmpty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(token.to_string())
+}
+
+/// Everything the admin endpoint reads and the handles it acts through.
+pub struct AdminState {
+    pub snapshot: SharedSnapshot,
+    pub metrics: Arc<Metrics>,
+    pub ipvs_health: Arc<IpvsHealth>,
+    /// The bearer token, swapped on reload; `None` = no authentication.
+    pub token: ArcSwapOption<String>,
+    /// Weak, so that the admin task does not keep the application alive.
+    pub control: Weak<dyn Control>,
+}
+
+/// Bind the admin listener.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AdminError::Bind { addr, source })
+}
+
+/// Serve the admin API on `listener` until `stop` is cancelled.
+pub async fn run(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
+    let addr = listener.local_addr().ok();
+    info!(addr = ?addr, "admin endpoint listening");
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    debug!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(req, &state, peer).await) }
+            });
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                r = conn => if let Err(e) = r { debug!(%peer, error = %e, "admin connection ended") },
+            }
+        });
+    }
+    debug!("admin endpoint stopped");
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Reply {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn json(status: StatusCode, v: &impl serde::Serialize) -> Reply {
+    let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    body.push(b'\n');
+    reply(status, "application/json", body)
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Reply {
+    json(status, &serde_json::json!({ "error": msg.into() }))
+}
+
+/// Compare without an early exit, so response time does not leak how much
+/// of a guessed token was right.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(req: &Request<Incoming>, state: &AdminState) -> bool {
+    let Some(token) = state.token.load_full() else {
+        return true;
+    };
+    req.headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| same(given.trim().as_bytes(), token.as_bytes()))
+}
+
+/// Decode `%XX` escapes (for IPv6 backend addresses in paths).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn handle(req: Request<Incoming>, state: &AdminState, peer: SocketAddr) -> Reply {
+    if !authorized(&req, state) {
+        warn!(%peer, path = req.uri().path(), "admin request without a valid bearer token");
+        let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+        r.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    let path = req.uri().path().to_string();
+    let segs: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(percent_decode)
+        .collect();
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let method = req.method().clone();
+    match (&method, segs.as_slice()) {
+        (&Method::GET, []) => reply(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            page::render(state),
+        ),
+        (&Method::GET, ["metrics"]) => {
+            reply(StatusCode::OK, prom::CONTENT_TYPE, prom::render(state))
+        }
+        (&Method::GET, ["api", "status"]) => json(StatusCode::OK, &views::status(state)),
+        (&Method::GET, ["api", "listeners"]) => json(StatusCode::OK, &views::listeners(state)),
+        (&Method::GET, ["api", "pools"]) => json(StatusCode::OK, &views::pools(state)),
+        (&Method::GET, ["api", "pools", name]) => {
+            let snap = state.snapshot.load_full();
+            match snap.pools.get(name) {
+                Some(p) => json(StatusCode::OK, &views::pool(state, p)),
+                None => error(StatusCode::NOT_FOUND, format!("no pool named {name:?}")),
+            }
+        }
+        (&Method::GET, ["api", "persistence"]) => json(StatusCode::OK, &views::persistence(state)),
+        (&Method::GET, ["api", "certificates"]) => {
+            json(StatusCode::OK, &views::certificates(state))
+        }
+        (&Method::GET, ["api", "ipvs"]) => json(StatusCode::OK, &views::ipvs(state)),
+        (&Method::POST, ["api", "reload"]) => reload(state, peer).await,
+        (&Method::POST, ["api", "pools", pool, "backends", addr, action]) => {
+            let (pool, addr, action) = (pool.to_string(), addr.to_string(), action.to_string());
+            set_weight(req, state, &pool, &addr, &action, peer).await
+        }
+        (_, ["metrics"] | ["api", ..]) | (_, []) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed on {path}"),
+        ),
+        _ => error(StatusCode::NOT_FOUND, format!("no such path: {path}")),
+    }
+}
+
+async fn reload(state: &AdminState, peer: SocketAddr) -> Reply {
+    let Some(control) = state.control.upgrade() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "vipd is shutting down");
+    };
+    info!(%peer, "reload requested through the admin API");
+    match control.reload().await {
+        Ok(()) => json(StatusCode::OK, &serde_json::json!({ "reloaded": true })),
+        Err(e) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("reload failed; the previous configuration stays in service: {e}"),
+        ),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightBody {
+    weight: Option<u32>,
+}
+
+async fn set_weight(
+    req: Request<Incoming>,
+    state: &AdminState,
+    pool: &str,
+    addr: &str,
+    action: &str,
+    peer: SocketAddr,
+) -> Reply {
+    let weight = match action {
+        "drain" => Some(0),
+        "undrain" => None,
+        "weight" => {
+            let body = match Limited::new(req.into_body(), BODY_LIMIT).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
+            };
+            match serde_json::from_slice::<WeightBody>(&body) {
+                Ok(b) => b.weight,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("body must be {{\"weight\": N}} or {{\"weight\": null}}: {e}"),
+                    );
+                }
+            }
+        }
+        other => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("unknown action {other:?}; use weight, drain or undrain"),
+            );
+        }
+    };
+    let snap = state.snapshot.load_full();
+    let Some(p) = snap.pools.get(pool) else {
+        return error(StatusCode::NOT_FOUND, format!("no pool named {pool:?}"));
+    };
+    let Some(b) = p.backends.iter().find(|b| b.address.to_string() == addr) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("pool {pool:?} has no backend {addr}"),
+        );
+    };
+    b.state.set_weight_override(weight);
+    info!(%peer, pool, backend = addr, weight = ?weight, configured = b.weight,
+        "backend weight set through the admin API");
+    json(StatusCode::OK, &views::BackendView::of(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_restores_ipv6_backend_addresses() {
+        assert_eq!(
+            percent_decode("%5B2001%3Adb8%3A%3A1%5D%3A80"),
+            "[2001:db8::1]:80"
+        );
+        assert_eq!(percent_decode("127.0.0.1:80"), "127.0.0.1:80");
+        assert_eq!(percent_decode("bad%zz%4"), "bad%zz%4");
+    }
+
+    #[test]
+    fn token_comparison_needs_the_whole_token() {
+        assert!(same(b"secret", b"secret"));
+        assert!(!same(b"secre", b"secret"));
+        assert!(!same(b"secreT", b"secret"));
+    }
+}

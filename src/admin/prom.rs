@@ -1,0 +1,417 @@
+//! `GET /metrics`: the live snapshot and the counter registry rendered in the
+//! OpenMetrics text format (which Prometheus scrapes natively).
+//!
+//! Names and labels are attached here, at scrape time, by walking the
+//! current snapshot: the data path only ever touches atomics.
+
+use std::fmt::{self, Write as _};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use super::AdminState;
+use crate::metrics::{Histogram, StatusClasses};
+use crate::proxy::Snapshot;
+
+/// Content type of the exposition.
+pub(super) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Render every metric.
+pub(super) fn render(state: &AdminState) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape {
+        snapshot: state.snapshot.load_full(),
+        admin: ScrapeSources {
+            metrics: state.metrics.clone(),
+            ipvs: state.ipvs_health.clone(),
+        },
+    }));
+    let mut out = String::new();
+    // Writing to a String cannot fail; an encoder error would be a bug.
+    if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+        out.clear();
+        let _ = writeln!(out, "# EOF");
+    }
+    out
+}
+
+#[derive(Debug)]
+struct ScrapeSources {
+    metrics: Arc<crate::metrics::Metrics>,
+    ipvs: Arc<crate::health::IpvsHealth>,
+}
+
+/// One scrape's view: the snapshot at scrape time plus the registry.
+#[derive(Debug)]
+struct Scrape {
+    snapshot: Arc<Snapshot>,
+    admin: ScrapeSources,
+}
+
+/// Writes one metric family: a descriptor, then a sample per label set.
+struct Family<'a, 'e> {
+    enc: &'a mut DescriptorEncoder<'e>,
+}
+
+impl Family<'_, '_> {
+    fn counter<L: EncodeLabelSet>(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: impl IntoIterator<Item = (L, u64)>,
+    ) -> fmt::Result {
+        let mut m = self
+            .enc
+            .encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (labels, v) in samples {
+            m.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+        Ok(())
+    }
+
+    /// An unlabelled counter (no `{}` after the name).
+    fn counter1(&mut self, name: &str, help: &str, v: u64) -> fmt::Result {
+        self.enc
+            .encode_descriptor(name, help, None, MetricType::Counter)?
+            .encode_counter::<NoLabelSet, _, u64>(&v, None)
+    }
+
+    /// An unlabelled gauge.
+    fn gauge1(&mut self, name: &str, help: &str, v: i64) -> fmt::Result {
+        self.enc
+            .encode_descriptor(name, help, None, MetricType::Gauge)?
+            .encode_gauge(&v)
+    }
+
+    fn gauge<L: EncodeLabelSet, V: prometheus_client::encoding::EncodeGaugeValue>(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: impl IntoIterator<Item = (L, V)>,
+    ) -> fmt::Result {
+        let mut m = self
+            .enc
+            .encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (labels, v) in samples {
+            m.encode_family(&labels)?.encode_gauge(&v)?;
+        }
+        Ok(())
+    }
+
+    fn histogram<'h, L: EncodeLabelSet>(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: impl IntoIterator<Item = (L, &'h Histogram)>,
+    ) -> fmt::Result {
+        let mut m = self
+            .enc
+            .encode_descriptor(name, help, None, MetricType::Histogram)?;
+        for (labels, h) in samples {
+            let (sum, count, buckets) = h.read();
+            m.encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        Ok(())
+    }
+}
+
+type L1<'a> = [(&'static str, &'a str); 1];
+
+fn l1<'a>(key: &'static str, value: &'a str) -> L1<'a> {
+    [(key, value)]
+}
+type L2<'a> = [(&'static str, &'a str); 2];
+type L3<'a> = [(&'static str, &'a str); 3];
+
+fn by_class<'a>(
+    base: impl Fn(&'static str) -> Vec<(&'static str, &'a str)>,
+    classes: &StatusClasses,
+) -> Vec<(Vec<(&'static str, &'a str)>, u64)> {
+    StatusClasses::LABELS
+        .iter()
+        .zip(classes.read())
+        .map(|(class, n)| (base(class), n))
+        .collect()
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let mut f = Family { enc: &mut enc };
+        let metrics = &self.admin.metrics;
+        let version = env!("CARGO_PKG_VERSION");
+        f.gauge(
+            "vipd_build_info",
+            "Always 1; the version label names the running vipd.",
+            [([("version", version)], 1i64)],
+        )?;
+        f.gauge1(
+            "vipd_start_time_seconds",
+            "Unix time the process started.",
+            metrics.started_unix as i64,
+        )?;
+        let reload = metrics.reload_status();
+        f.counter1(
+            "vipd_reloads",
+            "Reloads attempted (SIGHUP or POST /api/reload).",
+            reload.attempts,
+        )?;
+        f.counter1(
+            "vipd_reload_failures",
+            "Reloads that failed; the previous configuration stayed in service.",
+            reload.failures,
+        )?;
+        f.gauge1(
+            "vipd_last_reload_success",
+            "1 if the last reload succeeded (or none was attempted), else 0.",
+            i64::from(reload.last_ok),
+        )?;
+        f.gauge1(
+            "vipd_last_reload_timestamp_seconds",
+            "Unix time of the last reload attempt, 0 before any.",
+            reload.last_unix as i64,
+        )?;
+        self.listeners(&mut f)?;
+        self.backends(&mut f)?;
+        self.persistence(&mut f)?;
+        let certs = metrics.certificates();
+        f.gauge(
+            "vipd_certificate_expiry_timestamp_seconds",
+            "Unix time at which a served certificate expires (notAfter).",
+            certs.iter().map(|c| {
+                let name = c.names.first().map_or("", String::as_str);
+                ([("vhost", c.vhost.as_str()), ("name", name)], c.not_after)
+            }),
+        )?;
+        let rs = self.admin.ipvs.all();
+        f.gauge(
+            "vipd_ipvs_real_server_up",
+            "1 if the IPVS real server passes its health check, else 0.",
+            rs.iter()
+                .map(|(svc, addr, up)| (ipvs_labels(svc, addr), i64::from(*up))),
+        )?;
+        Ok(())
+    }
+}
+
+fn ipvs_labels(service: &str, addr: &std::net::SocketAddr) -> Vec<(String, String)> {
+    vec![
+        ("service".into(), service.to_string()),
+        ("real_server".into(), addr.to_string()),
+    ]
+}
+
+impl Scrape {
+    fn listeners(&self, f: &mut Family<'_, '_>) -> fmt::Result {
+        let all = self.admin.metrics.listeners();
+        let named = |n| l1("listener", n);
+        let l: Vec<_> = all.iter().map(|(n, s)| (n.as_str(), s)).collect();
+        let counter = |get: fn(&crate::metrics::ListenerStats) -> u64| {
+            l.iter()
+                .map(move |(n, s)| (named(n), get(s)))
+                .collect::<Vec<_>>()
+        };
+        f.counter(
+            "vipd_listener_connections_accepted",
+            "Connections accepted by the listener.",
+            counter(|s| s.accepted.load(Ordering::Relaxed)),
+        )?;
+        f.gauge(
+            "vipd_listener_connections_active",
+            "Connections of the listener open now.",
+            l.iter()
+                .map(|(n, s)| (named(n), s.active.load(Ordering::Relaxed))),
+        )?;
+        f.counter(
+            "vipd_listener_bytes_in",
+            "Bytes received from clients (counted when a connection ends).",
+            counter(|s| s.bytes_in.load(Ordering::Relaxed)),
+        )?;
+        f.counter(
+            "vipd_listener_bytes_out",
+            "Bytes sent to clients (counted when a connection ends).",
+            counter(|s| s.bytes_out.load(Ordering::Relaxed)),
+        )?;
+        let mut requests = Vec::new();
+        for (n, s) in &l {
+            requests.extend(by_class(
+                |c| vec![("listener", *n), ("class", c)],
+                &s.requests,
+            ));
+        }
+        f.counter(
+            "vipd_listener_requests",
+            "HTTP responses sent, by status class.",
+            requests,
+        )?;
+        let mut tls = Vec::new();
+        for (n, s) in &l {
+            for (result, c) in [
+                ("full", &s.tls_full),
+                ("resumed", &s.tls_resumed),
+                ("failed", &s.tls_failed),
+            ] {
+                let labels: L2<'_> = [("listener", n), ("result", result)];
+                tls.push((labels, c.load(Ordering::Relaxed)));
+            }
+        }
+        f.counter(
+            "vipd_listener_tls_handshakes",
+            "TLS handshakes by result: full, resumed or failed.",
+            tls,
+        )?;
+        f.histogram(
+            "vipd_listener_tls_handshake_duration_seconds",
+            "Time to complete a TLS handshake.",
+            l.iter().map(|(n, s)| (named(n), &s.handshake_latency)),
+        )?;
+        f.histogram(
+            "vipd_listener_request_duration_seconds",
+            "Time from a request's head to its response's head.",
+            l.iter().map(|(n, s)| (named(n), &s.request_latency)),
+        )?;
+        Ok(())
+    }
+
+    fn backends(&self, f: &mut Family<'_, '_>) -> fmt::Result {
+        let mut pools: Vec<_> = self.snapshot.pools.iter().collect();
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut rows = Vec::new();
+        for p in &pools {
+            for b in p.backends.iter().chain(p.sorry()) {
+                rows.push((p.name.as_str(), b.address.to_string(), b));
+            }
+        }
+        let labels = |p: &'_ str, a: &'_ str| -> Vec<(String, String)> {
+            vec![
+                ("pool".into(), p.to_string()),
+                ("backend".into(), a.to_string()),
+            ]
+        };
+        let each = |get: &dyn Fn(&crate::balance::Backend) -> u64| {
+            rows.iter()
+                .map(|(p, a, b)| (labels(p, a), get(b)))
+                .collect::<Vec<_>>()
+        };
+        f.gauge(
+            "vipd_pool_backends_up",
+            "Backends of the pool that are healthy and not drained.",
+            pools.iter().map(|p| {
+                let l: L1<'_> = [("pool", &p.name)];
+                (l, p.backends.iter().filter(|b| b.is_up()).count() as i64)
+            }),
+        )?;
+        f.gauge(
+            "vipd_backend_up",
+            "1 if the backend passes its health checks (active and passive), else 0.",
+            each(&|b| u64::from(b.state.is_healthy())),
+        )?;
+        f.gauge(
+            "vipd_backend_weight",
+            "Weight in force: the admin override if set, else the configured weight; 0 = drained.",
+            each(&|b| u64::from(b.weight())),
+        )?;
+        f.gauge(
+            "vipd_backend_effective_weight",
+            "Weight in force scaled by the slow-start ramp; 0 while down.",
+            rows.iter()
+                .map(|(p, a, b)| (labels(p, a), b.effective_weight())),
+        )?;
+        f.gauge(
+            "vipd_backend_connections_active",
+            "Connections to the backend open now.",
+            each(&|b| b.state.active.load(Ordering::Relaxed)),
+        )?;
+        f.counter(
+            "vipd_backend_selected",
+            "Times the scheduler picked the backend (one per connection attempt).",
+            each(&|b| b.state.total.load(Ordering::Relaxed)),
+        )?;
+        f.counter(
+            "vipd_backend_connect_failures",
+            "Connection attempts to the backend that failed or timed out.",
+            each(&|b| b.state.stats.connect_failures.load(Ordering::Relaxed)),
+        )?;
+        f.counter(
+            "vipd_backend_bytes_out",
+            "Bytes sent to the backend (counted when a connection ends).",
+            each(&|b| b.state.stats.bytes_out.load(Ordering::Relaxed)),
+        )?;
+        f.counter(
+            "vipd_backend_bytes_in",
+            "Bytes received from the backend (counted when a connection ends).",
+            each(&|b| b.state.stats.bytes_in.load(Ordering::Relaxed)),
+        )?;
+        let mut responses = Vec::new();
+        for (p, a, b) in &rows {
+            responses.extend(by_class(
+                |c| vec![("pool", *p), ("backend", a.as_str()), ("class", c)],
+                &b.state.stats.responses,
+            ));
+        }
+        f.counter(
+            "vipd_backend_responses",
+            "HTTP responses received from the backend, by status class.",
+            responses,
+        )?;
+        let mut checks = Vec::new();
+        for (p, a, b) in &rows {
+            for (result, c) in [
+                ("passed", &b.state.stats.checks_passed),
+                ("failed", &b.state.stats.checks_failed),
+            ] {
+                let l: L3<'_> = [("pool", p), ("backend", a.as_str()), ("result", result)];
+                checks.push((l, c.load(Ordering::Relaxed)));
+            }
+        }
+        f.counter(
+            "vipd_backend_health_checks",
+            "Active health checks by result.",
+            checks,
+        )?;
+        f.counter(
+            "vipd_backend_health_flips",
+            "Up/down transitions of the backend (active and passive checks).",
+            each(&|b| b.state.stats.flips.load(Ordering::Relaxed)),
+        )?;
+        f.histogram(
+            "vipd_backend_connect_duration_seconds",
+            "Time to establish a TCP connection to the backend.",
+            rows.iter()
+                .map(|(p, a, b)| (labels(p, a), &b.state.stats.connect_latency)),
+        )?;
+        Ok(())
+    }
+
+    fn persistence(&self, f: &mut Family<'_, '_>) -> fmt::Result {
+        let groups = self.admin.metrics.persistence_groups();
+        let g = |n| l1("group", n);
+        f.gauge(
+            "vipd_persistence_entries",
+            "Client entries in the persistence table.",
+            groups
+                .iter()
+                .map(|(n, s)| (g(n), s.entries.load(Ordering::Relaxed))),
+        )?;
+        f.counter(
+            "vipd_persistence_hits",
+            "Connections that followed an existing persistence entry.",
+            groups
+                .iter()
+                .map(|(n, s)| (g(n), s.hits.load(Ordering::Relaxed))),
+        )?;
+        f.counter(
+            "vipd_persistence_misses",
+            "Connections that created a persistence entry.",
+            groups
+                .iter()
+                .map(|(n, s)| (g(n), s.misses.load(Ordering::Relaxed))),
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,247 @@
+//! JSON views of the running state, for `GET /api/...` and the status page.
+
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+
+use super::AdminState;
+use crate::balance::{Backend, Pool};
+
+/// One backend as the admin API shows it.
+#[derive(Debug, Serialize)]
+pub(super) struct BackendView {
+    pub(super) address: String,
+    /// "up", "down" or "drained" (up by health but weight 0).
+    pub(super) status: &'static str,
+    pub(super) healthy: bool,
+    pub(super) configured_weight: u32,
+    pub(super) weight_override: Option<u32>,
+    /// Weight in force (override or configured).
+    pub(super) weight: u32,
+    /// Weight in force scaled by the slow-start ramp.
+    pub(super) effective_weight: f64,
+    pub(super) slow_start_permille: u64,
+    /// Open connections: a drained backend is safe to remove at 0.
+    pub(super) active_connections: u64,
+    pub(super) total_connections: u64,
+    pub(super) connect_failures: u64,
+    pub(super) bytes_in: u64,
+    pub(super) bytes_out: u64,
+    pub(super) checks_passed: u64,
+    pub(super) checks_failed: u64,
+    pub(super) flips: u64,
+}
+
+impl BackendView {
+    pub(super) fn of(b: &Backend) -> Self {
+        let s = &b.state;
+        let healthy = s.is_healthy();
+        let weight = b.weight();
+        let status = match (healthy, weight) {
+            (false, _) => "down",
+            (true, 0) => "drained",
+            (true, _) => "up",
+        };
+        Self {
+            address: b.address.to_string(),
+            status,
+            healthy,
+            configured_weight: b.weight,
+            weight_override: s.weight_override(),
+            weight,
+            effective_weight: b.effective_weight(),
+            slow_start_permille: s.ramp_permille(),
+            active_connections: s.active.load(Ordering::Relaxed),
+            total_connections: s.total.load(Ordering::Relaxed),
+            connect_failures: s.stats.connect_failures.load(Ordering::Relaxed),
+            bytes_in: s.stats.bytes_in.load(Ordering::Relaxed),
+            bytes_out: s.stats.bytes_out.load(Ordering::Relaxed),
+            checks_passed: s.stats.checks_passed.load(Ordering::Relaxed),
+            checks_failed: s.stats.checks_failed.load(Ordering::Relaxed),
+            flips: s.stats.flips.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One pool with its backends.
+#[derive(Debug, Serialize)]
+pub(super) struct PoolView {
+    pub(super) name: String,
+    pub(super) scheduler: &'static str,
+    pub(super) health_check: Option<&'static str>,
+    pub(super) on_all_down: &'static str,
+    pub(super) all_down: bool,
+    pub(super) backends: Vec<BackendView>,
+    pub(super) sorry: Option<BackendView>,
+}
+
+pub(super) fn pool(state: &AdminState, p: &Pool) -> PoolView {
+    let snap = state.snapshot.load();
+    let cfg = snap.config.pool(&p.name);
+    PoolView {
+        name: p.name.clone(),
+        scheduler: cfg.map_or("?", |c| c.scheduler.as_str()),
+        health_check: cfg.and_then(|c| c.health.as_ref()).map(|h| match h.kind {
+            crate::config::HealthKind::Tcp => "tcp",
+            crate::config::HealthKind::Http => "http",
+            crate::config::HealthKind::Https => "https",
+            crate::config::HealthKind::Tls => "tls",
+        }),
+        on_all_down: p.on_all_down.as_str(),
+        all_down: p.all_down(),
+        backends: p.backends.iter().map(BackendView::of).collect(),
+        sorry: p.sorry().map(BackendView::of),
+    }
+}
+
+/// Every pool, by name.
+pub(super) fn pools(state: &AdminState) -> Vec<PoolView> {
+    let snap = state.snapshot.load_full();
+    let mut v: Vec<_> = snap.pools.iter().map(|p| pool(state, p)).collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+/// One listener with its counters.
+#[derive(Debug, Serialize)]
+pub(super) struct ListenerView {
+    name: String,
+    bind: String,
+    protocol: &'static str,
+    pool: Option<String>,
+    vhosts: Vec<String>,
+    connections_accepted: u64,
+    connections_active: i64,
+    bytes_in: u64,
+    bytes_out: u64,
+    requests: serde_json::Value,
+    tls_handshakes: serde_json::Value,
+}
+
+pub(super) fn listeners(state: &AdminState) -> Vec<ListenerView> {
+    let snap = state.snapshot.load_full();
+    snap.config
+        .listeners
+        .iter()
+        .map(|l| {
+            let s = state.metrics.listener(&l.name);
+            let classes = s.requests.read();
+            let requests: serde_json::Map<_, _> = crate::metrics::StatusClasses::LABELS
+                .iter()
+                .zip(classes)
+                .map(|(k, v)| (k.to_string(), v.into()))
+                .collect();
+            ListenerView {
+                name: l.name.clone(),
+                bind: l.bind.to_string(),
+                protocol: l.protocol.as_str(),
+                pool: l.pool.clone(),
+                vhosts: l.vhosts.clone(),
+                connections_accepted: s.accepted.load(Ordering::Relaxed),
+                connections_active: s.active.load(Ordering::Relaxed),
+                bytes_in: s.bytes_in.load(Ordering::Relaxed),
+                bytes_out: s.bytes_out.load(Ordering::Relaxed),
+                requests: requests.into(),
+                tls_handshakes: serde_json::json!({
+                    "full": s.tls_full.load(Ordering::Relaxed),
+                    "resumed": s.tls_resumed.load(Ordering::Relaxed),
+                    "failed": s.tls_failed.load(Ordering::Relaxed),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Persistence groups with their counters.
+///
+/// HOOK(balance): the per-client entry listing belongs here once the
+/// persistence table exposes one; until then `entries` is `null`.
+pub(super) fn persistence(state: &AdminState) -> serde_json::Value {
+    let snap = state.snapshot.load_full();
+    let groups: Vec<_> = snap
+        .config
+        .persistence
+        .iter()
+        .map(|g| {
+            let s = state.metrics.persistence(&g.name);
+            serde_json::json!({
+                "name": g.name,
+                "timeout_s": g.timeout.as_secs_f64(),
+                "size": s.entries.load(Ordering::Relaxed),
+                "hits": s.hits.load(Ordering::Relaxed),
+                "misses": s.misses.load(Ordering::Relaxed),
+                "entries": null,
+            })
+        })
+        .collect();
+    serde_json::json!({ "groups": groups })
+}
+
+/// Certificates reported by the TLS tier, with days left.
+pub(super) fn certificates(state: &AdminState) -> serde_json::Value {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let certs: Vec<_> = state
+        .metrics
+        .certificates()
+        .into_iter()
+        .map(|c| {
+            serde_json::json!({
+                "vhost": c.vhost,
+                "names": c.names,
+                "not_after": c.not_after,
+                "days_left": (c.not_after - now) / 86_400,
+            })
+        })
+        .collect();
+    serde_json::json!({ "certificates": certs })
+}
+
+/// IPVS services from the configuration with their real servers' health.
+///
+/// HOOK(ipvs): kernel counters (connections, packets, bytes) join here
+/// once the IPVS module exposes a listing.
+pub(super) fn ipvs(state: &AdminState) -> serde_json::Value {
+    let snap = state.snapshot.load_full();
+    let services: Vec<_> = snap
+        .config
+        .ipvs
+        .services
+        .iter()
+        .map(|s| {
+            let real: Vec<_> = s
+                .real_servers
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "address": r.address.to_string(),
+                        "weight": r.weight,
+                        "healthy": state.ipvs_health.is_up(&s.name, r.address),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "name": s.name,
+                "scheduler": s.scheduler,
+                "real_servers": real,
+                "kernel_stats": null,
+            })
+        })
+        .collect();
+    serde_json::json!({ "services": services })
+}
+
+/// Process-wide status: version, reloads.
+pub(super) fn status(state: &AdminState) -> serde_json::Value {
+    let r = state.metrics.reload_status();
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_unix": state.metrics.started_unix,
+        "reloads": r.attempts,
+        "reload_failures": r.failures,
+        "last_reload_ok": r.last_ok,
+        "last_reload_unix": r.last_unix,
+        "last_reload_error": r.last_error,
+    })
+}

@@ -1,0 +1,158 @@
+//! Per-client-IP admission: concurrent connections and new connections per
+//! second, so one client cannot take every slot of a listener.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::time::Instant;
+
+/// Why a client's connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("client has {0} connections open, the per-client limit")]
+    TooManyConnections(usize),
+    #[error("client opens connections faster than {0} per second")]
+    TooFast(u32),
+}
+
+#[derive(Debug)]
+struct Slot {
+    active: usize,
+    /// Token bucket for new connections; capacity = rate (one second's burst).
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// Limits of one listener. Zero means "no limit".
+#[derive(Debug)]
+pub struct ClientLimiter {
+    max_active: usize,
+    rate: u32,
+    // A std Mutex: held for a map lookup only, never across an await.
+    clients: Mutex<HashMap<IpAddr, Slot>>,
+}
+
+/// One admitted connection; dropping it frees the client's slot.
+#[derive(Debug)]
+pub struct ClientPermit {
+    limiter: Arc<ClientLimiter>,
+    ip: IpAddr,
+}
+
+/// Entries idle this long with a full bucket are forgotten.
+const TABLE_SOFT_LIMIT: usize = 65_536;
+
+impl ClientLimiter {
+    /// A limiter, or `None` when both limits are off (no cost per connection).
+    pub fn new(max_active: usize, rate: u32) -> Option<Arc<Self>> {
+        (max_active > 0 || rate > 0).then(|| {
+            Arc::new(Self {
+                max_active,
+                rate,
+                clients: Mutex::new(HashMap::new()),
+            })
+        })
+    }
+
+    /// Admit a new connection from `ip`, or say why not.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ClientPermit, Refused> {
+        let now = Instant::now();
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if clients.len() >= TABLE_SOFT_LIMIT {
+            let rate = f64::from(self.rate);
+            clients.retain(|_, s| {
+                s.active > 0
+                    || (rate > 0.0
+                        && s.tokens + now.duration_since(s.refilled).as_secs_f64() * rate < rate)
+            });
+        }
+        let slot = clients.entry(ip).or_insert(Slot {
+            active: 0,
+            tokens: f64::from(self.rate),
+            refilled: now,
+        });
+        if self.max_active > 0 && slot.active >= self.max_active {
+            return Err(Refused::TooManyConnections(slot.active));
+        }
+        if self.rate > 0 {
+            let rate = f64::from(self.rate);
+            slot.tokens =
+                (slot.tokens + now.duration_since(slot.refilled).as_secs_f64() * rate).min(rate);
+            slot.refilled = now;
+            if slot.tokens < 1.0 {
+                return Err(Refused::TooFast(self.rate));
+            }
+            slot.tokens -= 1.0;
+        }
+        slot.active += 1;
+        Ok(ClientPermit {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+
+    /// Clients currently tracked.
+    pub fn tracked(&self) -> usize {
+        self.clients.lock().map(|c| c.len()).unwrap_or(0)
+    }
+}
+
+impl Drop for ClientPermit {
+    fn drop(&mut self) {
+        let mut clients = self
+            .limiter
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = clients.get_mut(&self.ip) {
+            slot.active = slot.active.saturating_sub(1);
+            if slot.active == 0 && self.limiter.rate == 0 {
+                clients.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
+
+    #[test]
+    fn no_limits_means_no_limiter() {
+        assert!(ClientLimiter::new(0, 0).is_none());
+    }
+
+    #[tokio::test]
+    async fn concurrent_connections_are_capped_per_client_and_freed_on_drop() {
+        let l = ClientLimiter::new(2, 0).unwrap();
+        let p1 = l.admit(A).unwrap();
+        let _p2 = l.admit(A).unwrap();
+        assert_eq!(l.admit(A).unwrap_err(), Refused::TooManyConnections(2));
+        let _other = l.admit(B).expect("another client is not affected");
+        drop(p1);
+        l.admit(A).expect("a slot was freed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_connections_per_second_are_capped_with_a_one_second_burst() {
+        let l = ClientLimiter::new(0, 3).unwrap();
+        let _held: Vec<_> = (0..3).map(|_| l.admit(A).unwrap()).collect();
+        assert_eq!(l.admit(A).unwrap_err(), Refused::TooFast(3));
+        tokio::time::advance(Duration::from_millis(340)).await;
+        l.admit(A)
+            .expect("one token refilled after a third of a second");
+        assert_eq!(l.admit(A).unwrap_err(), Refused::TooFast(3));
+    }
+
+    #[tokio::test]
+    async fn clients_without_connections_are_forgotten_when_only_concurrency_is_limited() {
+        let l = ClientLimiter::new(5, 0).unwrap();
+        drop(l.admit(A).unwrap());
+        assert_eq!(l.tracked(), 0);
+    }
+}

@@ -1,0 +1,94 @@
+//! What survives a reload, and what a reload reports.
+//!
+//! A reload rebuilds every certificate and every rustls `ServerConfig`
+//! (see [`super::TlsState::build`]), but the session-resumption state is
+//! carried from the previous [`super::TlsState`]: one rotating ticketer and
+//! one server-side session cache shared by every listener, so tickets and
+//! session ids issued before a reload still resume after it.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{NoServerSessionStorage, ProducesTickets, StoresServerSessions};
+use tracing::{info, warn};
+
+use super::TlsState;
+use crate::config::TlsSettings;
+
+/// Crypto provider, ticketer and session cache shared by all listeners and
+/// kept across reloads.
+#[derive(Debug, Clone)]
+pub struct Resumption {
+    /// aws-lc-rs, passed explicitly to every `ServerConfig` (no reliance on
+    /// a process-wide default provider).
+    pub provider: Arc<CryptoProvider>,
+    /// Stateless tickets: AES-256 + HMAC-SHA256 keys rotated every 6 hours
+    /// by rustls' `TicketRotator`, tickets valid 12 hours.
+    pub ticketer: Arc<dyn ProducesTickets>,
+    /// Server-side cache for session ids (TLS 1.2) and stateful TLS 1.3
+    /// tickets, `session_cache_size` entries.
+    pub cache: Arc<dyn StoresServerSessions>,
+    cache_size: usize,
+}
+
+impl Resumption {
+    /// Fresh state for `settings`.
+    pub fn new(settings: &TlsSettings) -> Result<Self, rustls::Error> {
+        Ok(Self {
+            provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new()?,
+            cache: new_cache(settings.session_cache_size),
+            cache_size: settings.session_cache_size,
+        })
+    }
+
+    /// The state to use after a reload to `settings`: everything is kept,
+    /// except the session cache when its size changed.
+    pub fn carry_over(&self, settings: &TlsSettings) -> Self {
+        let mut next = self.clone();
+        if settings.session_cache_size != self.cache_size {
+            info!(
+                from = self.cache_size,
+                to = settings.session_cache_size,
+                "TLS session cache resized; cached sessions are dropped"
+            );
+            next.cache = new_cache(settings.session_cache_size);
+            next.cache_size = settings.session_cache_size;
+        }
+        next
+    }
+}
+
+fn new_cache(size: usize) -> Arc<dyn StoresServerSessions> {
+    if size == 0 {
+        Arc::new(NoServerSessionStorage {})
+    } else {
+        rustls::server::ServerSessionMemoryCache::new(size)
+    }
+}
+
+/// Log every certificate in service (vhost, names, fingerprint, expiry)
+/// and every warning found while loading.
+pub fn log_summary(state: &TlsState) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for c in state.certificates() {
+        let days_left = (c.cert.not_after_unix - now).div_euclid(86_400);
+        info!(
+            vhost = %c.vhost,
+            index = c.index,
+            names = %c.cert.names.join(","),
+            key = %c.cert.key_type,
+            sha256 = %c.cert.sha256,
+            not_after = %c.cert.not_after,
+            days_left,
+            file = %c.cert.cert_path.display(),
+            "certificate in service"
+        );
+    }
+    for w in state.warnings() {
+        warn!("{w}");
+    }
+}

@@ -1,0 +1,108 @@
+//! SNI certificate selection for one listener.
+//!
+//! Lookup order: the exact SNI name, then the `*.` wildcard for its parent
+//! domain (one label), then the listener's default vhost, unless the
+//! listener is `strict_sni`, in which case the handshake is refused. Among
+//! the certificates of the chosen vhost, the first whose key can sign with
+//! one of the client's signature schemes wins, so a vhost with an ECDSA and
+//! an RSA certificate serves ECDSA to modern clients and RSA to the rest.
+//!
+//! A resolver is immutable: a reload builds new resolvers (and new rustls
+//! `ServerConfig`s) and swaps them in with the proxy snapshot, so a
+//! handshake never takes a lock and always sees one consistent set.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rustls::SignatureScheme;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// The certificates of one vhost, in configuration order.
+pub type CertList = Arc<[Arc<CertifiedKey>]>;
+
+/// Chooses a listener's certificate from the client's SNI.
+#[derive(Debug, Default)]
+pub struct SniResolver {
+    /// Exact host names, lower case.
+    exact: HashMap<Box<str>, CertList>,
+    /// Wildcards keyed by the part after `*.`.
+    wildcard: HashMap<Box<str>, CertList>,
+    /// Answer for absent or unknown SNI; `None` refuses (strict SNI).
+    default: Option<CertList>,
+}
+
+impl SniResolver {
+    /// An empty resolver; `default` answers absent or unknown names
+    /// (`None` refuses them).
+    pub fn new(default: Option<CertList>) -> Self {
+        Self {
+            default,
+            ..Self::default()
+        }
+    }
+
+    /// Serve `certs` for `host` (an exact name or `*.suffix`, lower case).
+    /// The first vhost to claim a name keeps it; returns false for a
+    /// duplicate.
+    pub fn insert(&mut self, host: &str, certs: CertList) -> bool {
+        let (map, key) = match host.strip_prefix("*.") {
+            Some(suffix) => (&mut self.wildcard, suffix),
+            None => (&mut self.exact, host),
+        };
+        if map.contains_key(key) {
+            return false;
+        }
+        map.insert(key.into(), certs);
+        true
+    }
+
+    /// The certificates for SNI `name` (`None`: the client sent no SNI).
+    pub fn lookup(&self, name: Option<&str>) -> Option<&CertList> {
+        let Some(name) = name else {
+            return self.default.as_ref();
+        };
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let lowered;
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = name.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            name
+        };
+        if let Some(c) = self.exact.get(name) {
+            return Some(c);
+        }
+        if let Some((_, parent)) = name.split_once('.') {
+            if let Some(c) = self.wildcard.get(parent) {
+                return Some(c);
+            }
+        }
+        self.default.as_ref()
+    }
+
+    /// The first certificate whose key can sign with one of `schemes`.
+    pub fn choose(certs: &CertList, schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        certs
+            .iter()
+            .find(|c| c.key.choose_scheme(schemes).is_some())
+            .cloned()
+    }
+
+    /// Number of exact and wildcard names served.
+    pub fn len(&self) -> usize {
+        self.exact.len() + self.wildcard.len()
+    }
+
+    /// Whether no name is served (the default may still answer).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let certs = self.lookup(hello.server_name())?;
+        Self::choose(certs, hello.signature_schemes())
+    }
+}

@@ -1,0 +1,409 @@
+//! The admin endpoint on a real loopback socket: draining through the API,
+//! Prometheus exposition checked with a parser against the traffic sent,
+//! bearer-token refusal, VIP isolation, and reload.
+
+mod health_support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use health_support::*;
+use prometheus_parse::{LineInfo, Scrape, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use vipd::app::Running;
+
+fn config_text(bind: &str, backends: &[&TestBackend], admin_extra: &str) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{ address = \"{}\" }}", b.addr))
+        .collect();
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+{admin_extra}
+
+[[listener]]
+name = "web"
+bind = "{bind}"
+protocol = "tcp"
+pool = "p"
+
+[[pool]]
+name = "p"
+scheduler = "rr"
+backends = [{}]
+"#,
+        list.join(", ")
+    )
+}
+
+async fn admin(running: &Running) -> SocketAddr {
+    running.admin_addr().await.expect("admin endpoint runs")
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// The backend entry `addr` of pool `p` in `GET /api/pools/p`.
+async fn backend_view(admin: SocketAddr, addr: SocketAddr) -> serde_json::Value {
+    let (status, body) = http(admin, "GET", "/api/pools/p", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    json(&body)["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["address"] == addr.to_string())
+        .cloned()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn draining_keeps_an_open_connection_alive_while_new_ones_avoid_the_backend() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let running = Running::start(config(&config_text("127.0.0.1:0", &[&a, &b], "")))
+        .await
+        .unwrap();
+    let proxy = running.local_addr("web").await.unwrap();
+    let admin = admin(&running).await;
+
+    // A connection to a is opened and left mid-request (rr picks a first).
+    let mut held = TcpStream::connect(proxy).await.unwrap();
+    held.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let ad = a.addr;
+    wait_for("the held connection reached a", || {
+        backend(&running, "p", ad)
+            .state
+            .active
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+
+    let path = format!("/api/pools/p/backends/{}/drain", a.addr);
+    let (status, body) = http(admin, "POST", &path, None, "").await;
+    assert_eq!(status, 200, "{body}");
+    let view = json(&body);
+    assert_eq!(view["status"], "drained");
+    assert_eq!(view["weight"], 0);
+    assert_eq!(view["configured_weight"], 1);
+    assert_eq!(view["active_connections"], 1);
+
+    let answers = requests(proxy, 10).await;
+    assert_eq!(count(&answers, "b"), 10, "{answers:?}");
+    assert_eq!(backend_view(admin, a.addr).await["active_connections"], 1);
+
+    // The held connection still completes on the drained backend.
+    held.write_all(b"Host: t\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    held.read_to_string(&mut out).await.unwrap();
+    assert!(out.ends_with("\r\n\r\na"), "{out:?}");
+    drop(held);
+    for _ in 0..500 {
+        if backend_view(admin, a.addr).await["active_connections"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(backend_view(admin, a.addr).await["active_connections"], 0);
+
+    // Undrain: a is back in rotation at its configured weight.
+    let path = format!("/api/pools/p/backends/{}/undrain", a.addr);
+    let (status, body) = http(admin, "POST", &path, None, "").await;
+    assert_eq!((status, json(&body)["status"].as_str()), (200, Some("up")));
+    let answers = requests(proxy, 10).await;
+    assert_eq!((count(&answers, "a"), count(&answers, "b")), (5, 5));
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn setting_a_weight_through_the_api_validates_its_input() {
+    let a = TestBackend::start("a").await;
+    let running = Running::start(config(&config_text("127.0.0.1:0", &[&a], "")))
+        .await
+        .unwrap();
+    let admin = admin(&running).await;
+    let path = format!("/api/pools/p/backends/{}/weight", a.addr);
+    let (status, body) = http(admin, "POST", &path, None, r#"{"weight": 7}"#).await;
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["weight"], 7);
+    assert_eq!(json(&body)["weight_override"], 7);
+    let (status, body) = http(admin, "POST", &path, None, r#"{"weight": null}"#).await;
+    assert_eq!((status, json(&body)["weight"].as_u64()), (200, Some(1)));
+    let (status, body) = http(admin, "POST", &path, None, r#"{"weight": -1}"#).await;
+    assert_eq!(status, 400);
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("body must be {\"weight\": N} or {\"weight\": null}: "),
+        "{body}"
+    );
+    let (status, body) = http(
+        admin,
+        "POST",
+        "/api/pools/p/backends/127.0.0.1:1/drain",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        json(&body)["error"],
+        "pool \"p\" has no backend 127.0.0.1:1"
+    );
+    let (status, body) = http(admin, "GET", "/api/pools/nope", None, "").await;
+    assert_eq!(
+        (status, json(&body)["error"].as_str()),
+        (404, Some("no pool named \"nope\""))
+    );
+    running.stop().await;
+}
+
+/// Sample values by metric name and labels (rendered `k=v,...`, sorted).
+fn samples(text: &str) -> HashMap<(String, String), f64> {
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let mut out = HashMap::new();
+    for s in scrape.samples {
+        let mut labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        let v = match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            Value::Histogram(_) | Value::Summary(_) => continue,
+        };
+        out.insert((s.metric, labels.join(",")), v);
+    }
+    out
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_exposition_and_count_the_traffic_sent() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("bb").await;
+    let running = Running::start(config(&config_text("127.0.0.1:0", &[&a, &b], "")))
+        .await
+        .unwrap();
+    let proxy = running.local_addr("web").await.unwrap();
+    let admin = admin(&running).await;
+
+    let answers = requests(proxy, 6).await;
+    assert_eq!((count(&answers, "a"), count(&answers, "bb")), (3, 3));
+    let text = loop {
+        let (status, text) = http(admin, "GET", "/metrics", None, "").await;
+        assert_eq!(status, 200);
+        if text.contains("vipd_listener_connections_active{listener=\"web\"} 0\n") {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+
+    // Every line is a comment the parser understands or a sample.
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.last(), Some(&"# EOF"));
+    for line in &lines[..lines.len() - 1] {
+        let info = LineInfo::parse(line);
+        assert!(
+            matches!(
+                info,
+                LineInfo::Doc { .. } | LineInfo::Type { .. } | LineInfo::Sample { .. }
+            ),
+            "unparsable line {line:?}"
+        );
+    }
+
+    let m = samples(&text);
+    let get = |name: &str, labels: &str| {
+        *m.get(&(name.to_string(), labels.to_string()))
+            .unwrap_or_else(|| panic!("no sample {name}{{{labels}}}"))
+    };
+    let req = REQUEST.len() as f64;
+    // Each response is the status line, two headers and the backend's name.
+    let resp = |name: &str| {
+        format!(
+            "HTTP/1.1 200 X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
+            name.len()
+        )
+        .len() as f64
+    };
+    assert_eq!(
+        get("vipd_listener_connections_accepted_total", "listener=web"),
+        6.0
+    );
+    assert_eq!(get("vipd_listener_connections_active", "listener=web"), 0.0);
+    assert_eq!(
+        get("vipd_listener_bytes_in_total", "listener=web"),
+        6.0 * req
+    );
+    assert_eq!(
+        get("vipd_listener_bytes_out_total", "listener=web"),
+        3.0 * resp("a") + 3.0 * resp("bb")
+    );
+    for (backend, name) in [(a.addr, "a"), (b.addr, "bb")] {
+        let l = format!("backend={backend},pool=p");
+        assert_eq!(get("vipd_backend_selected_total", &l), 3.0);
+        assert_eq!(get("vipd_backend_up", &l), 1.0);
+        assert_eq!(get("vipd_backend_weight", &l), 1.0);
+        assert_eq!(get("vipd_backend_connections_active", &l), 0.0);
+        assert_eq!(get("vipd_backend_connect_failures_total", &l), 0.0);
+        assert_eq!(get("vipd_backend_bytes_out_total", &l), 3.0 * req);
+        assert_eq!(get("vipd_backend_bytes_in_total", &l), 3.0 * resp(name));
+        assert_eq!(get("vipd_backend_connect_duration_seconds_count", &l), 3.0);
+    }
+    assert_eq!(get("vipd_pool_backends_up", "pool=p"), 2.0);
+    assert_eq!(get("vipd_reloads_total", ""), 0.0);
+    assert_eq!(get("vipd_last_reload_success", ""), 1.0);
+    assert!(text.contains("# TYPE vipd_backend_connect_duration_seconds histogram\n"));
+    assert!(text.contains(&format!(
+        "vipd_backend_connect_duration_seconds_bucket{{le=\"+Inf\",pool=\"p\",backend=\"{}\"}} 3\n",
+        a.addr
+    )));
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_api_refuses_requests_without_the_configured_token() {
+    let dir = std::env::temp_dir().join(format!("vipd-admin-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let a = TestBackend::start("a").await;
+    let extra = format!("token_file = \"{}\"", token_file.display());
+    let running = Running::start(config(&config_text("127.0.0.1:0", &[&a], &extra)))
+        .await
+        .unwrap();
+    let admin = admin(&running).await;
+
+    for path in ["/metrics", "/", "/api/pools"] {
+        let (status, body) = http(admin, "GET", path, None, "").await;
+        assert_eq!(status, 401, "{path}");
+        assert_eq!(json(&body)["error"], "a valid bearer token is required");
+        let (status, _) = http(admin, "GET", path, Some("s3cret-tokeN"), "").await;
+        assert_eq!(status, 401, "{path}");
+        let (status, _) = http(admin, "GET", path, Some("s3cret-token"), "").await;
+        assert_eq!(status, 200, "{path}");
+    }
+    let drain = format!("/api/pools/p/backends/{}/drain", a.addr);
+    let (status, _) = http(admin, "POST", &drain, None, "").await;
+    assert_eq!(status, 401);
+    assert_eq!(backend(&running, "p", a.addr).weight(), 1);
+    running.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn the_admin_endpoint_is_not_reachable_on_the_vip_address() {
+    let a = TestBackend::start("a").await;
+    // The VIP is 127.0.0.2 (loopback, so the test can bind it); admin stays
+    // on 127.0.0.1.
+    let running = Running::start(config(&config_text("127.0.0.2:0", &[&a], "")))
+        .await
+        .unwrap();
+    let vip = running.local_addr("web").await.unwrap();
+    let admin = admin(&running).await;
+    assert_eq!(admin.ip().to_string(), "127.0.0.1");
+
+    let on_vip = SocketAddr::new(vip.ip(), admin.port());
+    let err = TcpStream::connect(on_vip).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    // The VIP's own port forwards to the backend, never to admin.
+    assert_eq!(request(vip).await.as_deref(), Ok("a"));
+    let (status, _) = http(admin, "GET", "/api/status", None, "").await;
+    assert_eq!(status, 200);
+    running.stop().await;
+}
+
+#[test]
+fn configuration_refuses_an_admin_endpoint_on_a_vip_address() {
+    let text = r#"
+[admin]
+listen = "192.0.2.10:9100"
+
+[[listener]]
+name = "web"
+bind = "192.0.2.10:80"
+protocol = "tcp"
+pool = "p"
+
+[[pool]]
+name = "p"
+backends = [{ address = "192.0.2.21:80" }]
+"#;
+    let err = vipd::config::parse(text, Path::new("vip.toml")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "vip.toml: 1 configuration error\n\
+         vip.toml:3:1: admin.listen: 192.0.2.10 is a VIP served by a listener\n    \
+         fix: bind the admin endpoint to 127.0.0.1 or a management address, never the VIP"
+    );
+}
+
+#[tokio::test]
+async fn post_reload_applies_the_changed_file_like_sighup_and_is_counted() {
+    let dir = std::env::temp_dir().join(format!("vipd-admin-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("vipd.toml");
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    std::fs::write(&file, config_text("127.0.0.1:0", &[&a], "")).unwrap();
+    let running = Running::start(vipd::config::load(&file).unwrap())
+        .await
+        .unwrap();
+    let proxy = running.local_addr("web").await.unwrap();
+    let admin = admin(&running).await;
+    assert_eq!(count(&requests(proxy, 4).await, "a"), 4);
+
+    std::fs::write(&file, config_text("127.0.0.1:0", &[&b], "")).unwrap();
+    let (status, body) = http(admin, "POST", "/api/reload", None, "").await;
+    assert_eq!((status, body.trim()), (200, "{\n  \"reloaded\": true\n}"));
+    assert_eq!(count(&requests(proxy, 4).await, "b"), 4);
+
+    std::fs::write(&file, "[[listener]]\nname = 1\n").unwrap();
+    let (status, body) = http(admin, "POST", "/api/reload", None, "").await;
+    assert_eq!(status, 422);
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("reload failed; the previous configuration stays in service: "),
+        "{body}"
+    );
+    assert_eq!(count(&requests(proxy, 2).await, "b"), 2);
+
+    let (_, body) = http(admin, "GET", "/api/status", None, "").await;
+    let st = json(&body);
+    assert_eq!(
+        (st["reloads"].as_u64(), st["reload_failures"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(st["last_reload_ok"], false);
+    let (_, text) = http(admin, "GET", "/metrics", None, "").await;
+    assert!(text.contains("\nvipd_reloads_total 2\n"), "{text}");
+    assert!(text.contains("\nvipd_reload_failures_total 1\n"));
+    assert!(text.contains("\nvipd_last_reload_success 0\n"));
+    running.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn the_status_page_lists_listeners_pools_and_backends() {
+    let a = TestBackend::start("a").await;
+    let running = Running::start(config(&config_text("127.0.0.1:0", &[&a], "")))
+        .await
+        .unwrap();
+    let admin = admin(&running).await;
+    let (status, page) = http(admin, "GET", "/", None, "").await;
+    assert_eq!(status, 200);
+    assert!(page.starts_with("<!doctype html>"));
+    assert!(page.contains("<h2>Pool p <small>(rr, check: none, all down: fail_open)</small></h2>"));
+    assert!(page.contains(&format!("<tr class=\"up\"><td>{}</td><td>up</td>", a.addr)));
+    let (status, _) = http(admin, "DELETE", "/api/pools", None, "").await;
+    assert_eq!(status, 405);
+    let (status, _) = http(admin, "GET", "/nope", None, "").await;
+    assert_eq!(status, 404);
+    running.stop().await;
+}
