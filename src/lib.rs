@@ -12,6 +12,7 @@
 //! - [`metrics`]: counters the data path increments.
 //! - [`admin`]: admin HTTP endpoint: metrics, JSON views, drain, reload.
 //! - [`sd_notify`]: systemd readiness notification.
+//! - [`ipvs`]: the kernel IPVS tier over generic netlink, reconciled.
 //! - [`shutdown`]: the shutdown signal and drain wait.
 //! - [`app`]: composition root: binds, spawns, handles signals.
 //! - [`demo`]: the built-in demo backends.
@@ -26,6 +27,7 @@ pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod health;
+pub mod ipvs;
 pub mod metrics;
 pub mod privileges;
 pub mod proxy;

@@ -39,6 +39,9 @@ enum Command {
     },
     /// Run the built-in demo on localhost: two backends and the proxy in front.
     Demo,
+    /// Kernel IPVS: plan or apply a config's services, list the kernel table.
+    #[command(subcommand)]
+    Ipvs(vipd::ipvs::cli::IpvsCommand),
     /// Generate a self-signed certificate and key for development.
     GenCert {
         /// DNS names the certificate covers, comma separated (`*.` wildcards allowed).
@@ -113,6 +116,13 @@ fn main() -> ExitCode {
             days,
             force,
         } => exit(gen_cert(&names, &out_dir, stem, key_type, days, force)),
+        Command::Ipvs(cmd) => {
+            let config = match cmd.config_path().map(config::load).transpose() {
+                Ok(c) => c,
+                Err(e) => return config_failure(&e),
+            };
+            exit(vipd::ipvs::cli::run(&cmd, config.as_ref()))
+        }
         Command::Demo => {
             let c = match config::parse(config::DEMO_CONFIG, Path::new("(embedded demo config)")) {
                 Ok(c) => c,

@@ -1,21 +1,42 @@
-//! Backend selection: pools of backends with live state, and the scheduler
-//! seam. Pure selection: no I/O, nothing spawned.
+//! Backend selection: pools of backends with live state, the schedulers
+//! (IPVS semantics), and client-IP persistence. Pure selection: no I/O,
+//! nothing spawned.
+//!
+//! A [`Pool`] is immutable once built: its backends, their weights and its
+//! scheduler's table. Live state (health, active connections) sits in
+//! [`BackendState`] behind an `Arc`, carried across reloads by backend address.
+//! A weight change or a backend added or removed is applied by building a new
+//! pool on reload ([`Pools::build`] with the previous pools).
+//!
+//! Every scheduler skips backends that are unhealthy or have weight 0, the
+//! way IPVS skips overloaded and quiesced real servers.
 //!
 //! Health, drain and slow-start state of a backend is kept in
 //! [`BackendState`] (methods in `live.rs`) and consulted by
-//! [`Backend::available`], so every scheduler honours it.
+//! [`Backend::available`], so every scheduler honours it. Load-aware
+//! schedulers read the weight in force ([`Backend::weight`], which an admin
+//! override may change without a reload) on every pick; the tables of `wrr`,
+//! `sh`, `mh` and `p2c` are built from the configured weights.
 
+mod hash;
+mod least;
 mod live;
-
-pub use live::AllDown;
+pub mod persist;
+mod rr;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use crate::config;
+pub use hash::{Maglev, SourceHash};
+pub use least::{LeastConnection, NeverQueue, PowerOfTwo, ShortestExpectedDelay, WeightedLeast};
+pub use live::AllDown;
+pub use persist::{PersistenceEntry, PersistenceTable, PersistenceTables};
+pub use rr::{RoundRobin, WeightedRoundRobin};
+
+use crate::config::{self, SchedulerKind};
 use crate::metrics::BackendStats;
 
 /// Live state of one backend, shared by the scheduler, the proxy, health
@@ -67,50 +88,73 @@ impl Default for BackendState {
 /// A backend as scheduled: address, weight and live state.
 #[derive(Debug, Clone)]
 pub struct Backend {
+    /// Where connections go.
     pub address: SocketAddr,
+    /// Relative share of new connections; 0 means quiesced (no new ones).
     pub weight: u32,
+    /// Health and connection counts, shared with everything that observes it.
     pub state: Arc<BackendState>,
 }
 
 impl Backend {
+    /// A healthy backend with fresh state (tests, benches).
+    pub fn new(address: SocketAddr, weight: u32) -> Self {
+        Self {
+            address,
+            weight,
+            state: Arc::default(),
+        }
+    }
+
     /// Whether the backend may receive a new connection: up, not drained,
     /// and (while ramping after coming up) admitted by its slow-start share.
     pub fn available(&self) -> bool {
         self.is_up() && self.state.slow_start_admits()
     }
+
+    /// Connections currently open.
+    pub fn active(&self) -> u64 {
+        self.state.active.load(Ordering::Relaxed)
+    }
 }
 
 /// Chooses a backend for a new connection. Implementations hold an immutable
-/// table built once per backend-set change; `pick` must not block or allocate.
+/// table built once per backend-set change, over the same `backends` slice
+/// that `pick` then receives; `pick` must not block, lock or allocate.
 pub trait Scheduler: Send + Sync + fmt::Debug {
-    /// Index into `backends` of the chosen one, skipping unavailable backends.
+    /// Index into `backends` of the chosen one, skipping unavailable
+    /// backends; `None` when no backend is available.
     fn pick(&self, backends: &[Backend], client: IpAddr) -> Option<usize>;
 }
 
-/// Round robin over available backends, weights used only to exclude weight 0.
-#[derive(Debug, Default)]
-pub struct RoundRobin {
-    cursor: AtomicUsize,
-}
-
-impl Scheduler for RoundRobin {
-    fn pick(&self, backends: &[Backend], _client: IpAddr) -> Option<usize> {
-        let n = backends.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|i| (start + i) % n)
-            .find(|&i| backends[i].available())
+/// Build the scheduler `kind` for `backends`. `mh_table_size` is the Maglev
+/// lookup table size (a prime), used by `mh` only.
+pub fn scheduler(
+    kind: SchedulerKind,
+    backends: &[Backend],
+    mh_table_size: u32,
+) -> Box<dyn Scheduler> {
+    match kind {
+        SchedulerKind::Rr => Box::new(RoundRobin::default()),
+        SchedulerKind::Wrr => Box::new(WeightedRoundRobin::new(backends)),
+        SchedulerKind::Lc => Box::new(LeastConnection),
+        SchedulerKind::Wlc => Box::new(WeightedLeast),
+        SchedulerKind::Sed => Box::new(ShortestExpectedDelay),
+        SchedulerKind::Nq => Box::new(NeverQueue),
+        SchedulerKind::Sh => Box::new(SourceHash::new(backends)),
+        SchedulerKind::Mh => Box::new(Maglev::new(backends, mh_table_size)),
+        SchedulerKind::P2c => Box::new(PowerOfTwo::new(backends)),
     }
 }
 
 /// A named set of backends and its scheduler.
 #[derive(Debug)]
 pub struct Pool {
+    /// The pool's name in the configuration.
     pub name: String,
+    /// Backends in configuration order (the order schedulers walk).
     pub backends: Vec<Backend>,
+    kind: SchedulerKind,
     scheduler: Box<dyn Scheduler>,
     /// What to do when no backend is up.
     pub on_all_down: AllDown,
@@ -134,54 +178,110 @@ impl Pool {
         for b in &backends {
             b.state.configure(cfg);
         }
+        let mut pool = Self::from_backends(&cfg.name, backends, cfg.scheduler, cfg.mh_table_size);
+        pool.on_all_down = AllDown::new(cfg, previous.map(|p| &p.on_all_down));
+        pool
+    }
+
+    /// Build from backends directly (tests, benches); refuses connections
+    /// when no backend is up.
+    pub fn from_backends(
+        name: &str,
+        backends: Vec<Backend>,
+        kind: SchedulerKind,
+        mh_table_size: u32,
+    ) -> Self {
+        let scheduler = scheduler(kind, &backends, mh_table_size);
         Self {
-            name: cfg.name.clone(),
-            on_all_down: AllDown::new(cfg, previous.map(|p| &p.on_all_down)),
+            name: name.to_owned(),
             backends,
-            scheduler: Box::new(RoundRobin::default()),
+            kind,
+            scheduler,
+            on_all_down: AllDown::Refuse,
         }
+    }
+
+    /// The scheduling algorithm.
+    pub fn scheduler_kind(&self) -> SchedulerKind {
+        self.kind
+    }
+
+    /// Index of the backend the scheduler picks for `client`, without
+    /// claiming it.
+    pub fn pick(&self, client: IpAddr) -> Option<usize> {
+        self.scheduler.pick(&self.backends, client)
     }
 
     /// Choose a backend for `client`; the lease counts the connection as
     /// active until dropped. When no backend is up, [`Pool::on_all_down`]
     /// decides (see [`AllDown`]).
     pub fn select(&self, client: IpAddr) -> Option<Lease> {
-        if let Some(i) = self.scheduler.pick(&self.backends, client) {
-            return Some(Lease::new(&self.backends[i]));
+        if let Some(i) = self.pick(client) {
+            return Some(Lease::new(&self.backends[i], None));
         }
-        self.fallback().map(Lease::new)
+        self.fallback().map(|b| Lease::new(b, None))
+    }
+
+    /// Choose a backend for `client` through the persistence table `table`:
+    /// the backend host the client's prefix already sticks to when it can
+    /// still take connections, otherwise a scheduled one that the client then
+    /// sticks to.
+    pub fn select_persistent(
+        &self,
+        client: IpAddr,
+        table: &Arc<PersistenceTable>,
+    ) -> Option<Lease> {
+        table.select(self, client)
     }
 }
 
 /// One connection's claim on a backend; dropping it ends the connection's
-/// count in the backend's active total.
+/// count in the backend's active total and, with persistence, releases the
+/// client's hold on its persistence entry (which starts its timeout once no
+/// connection holds it).
 #[derive(Debug)]
 pub struct Lease {
+    /// The chosen backend.
     pub address: SocketAddr,
     state: Arc<BackendState>,
+    sticky: Option<persist::Hold>,
 }
 
 impl Lease {
-    /// The live state of the leased backend (stats, passive reports).
-    pub fn state(&self) -> &Arc<BackendState> {
-        &self.state
-    }
-}
-
-impl Lease {
-    fn new(backend: &Backend) -> Self {
+    fn new(backend: &Backend, sticky: Option<persist::Hold>) -> Self {
         backend.state.active.fetch_add(1, Ordering::Relaxed);
         backend.state.total.fetch_add(1, Ordering::Relaxed);
         Self {
             address: backend.address,
             state: backend.state.clone(),
+            sticky,
         }
+    }
+
+    /// Give the lease up because connecting to its backend failed: with
+    /// persistence, the client's entry to that backend is removed so that
+    /// the next selection reschedules instead of retrying the same host.
+    pub fn connect_failed(mut self) {
+        if let Some(hold) = self.sticky.take() {
+            hold.forget();
+        }
+    }
+
+    /// The live state of the leased backend (stats, passive reports).
+    pub fn state(&self) -> &Arc<BackendState> {
+        &self.state
+    }
+
+    /// Whether the choice went through a persistence table.
+    pub fn is_persistent(&self) -> bool {
+        self.sticky.is_some()
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         self.state.active.fetch_sub(1, Ordering::Relaxed);
+        // `sticky` releases its hold when dropped.
     }
 }
 
@@ -193,6 +293,8 @@ pub struct Pools {
 
 impl Pools {
     /// Build all pools, carrying backend state over from `previous`.
+    /// Schedulers start afresh, as the kernel's do when a service's real
+    /// servers change.
     pub fn build(config: &config::Config, previous: Option<&Pools>) -> Self {
         let by_name = config
             .pools
@@ -216,5 +318,147 @@ impl Pools {
     /// Every pool.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Pool>> {
         self.by_name.values()
+    }
+}
+
+/// splitmix64's finalizer: a bijective 64-bit mix with full avalanche. The
+/// hash schedulers and p2c use it so that results are the same on every
+/// host and every build (several vipd instances behind ECMP must agree).
+pub(crate) fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Greatest common divisor of the positive weights (1 when there are none),
+/// as ip_vs_wrr_gcd_weight.
+pub(crate) fn gcd_weight(backends: &[Backend]) -> u32 {
+    fn gcd(a: u32, b: u32) -> u32 {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    let g = backends
+        .iter()
+        .map(|b| b.weight)
+        .filter(|&w| w > 0)
+        .fold(0, gcd);
+    g.max(1)
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Helpers shared by the scheduler tests.
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    /// Backends 10.0.0.1:80, 10.0.0.2:80, ... with the given weights.
+    pub(crate) fn backends(weights: &[u32]) -> Vec<Backend> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let ip = Ipv4Addr::from(0x0a00_0001 + i as u32);
+                Backend::new(SocketAddr::new(ip.into(), 80), w)
+            })
+            .collect()
+    }
+
+    /// The `i`th test client address, 100.64.0.0 + i.
+    pub(crate) fn client(i: u32) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(0x6440_0000 + i))
+    }
+
+    /// How many of `picks` picks of `s` land on each backend, with no
+    /// connection kept open (`hold = false`) or every one kept (`hold`).
+    pub(crate) fn counts(s: &dyn Scheduler, b: &[Backend], picks: u32, hold: bool) -> Vec<u32> {
+        let mut out = vec![0; b.len()];
+        for i in 0..picks {
+            let k = s.pick(b, client(i)).expect("a backend is available");
+            out[k] += 1;
+            if hold {
+                b[k].state.active.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        out
+    }
+
+    /// Assert each share is within 1% (relative) of its weight's share.
+    pub(crate) fn assert_weighted(counts: &[u32], weights: &[u32]) {
+        let total: u32 = counts.iter().sum();
+        let wsum: u32 = weights.iter().sum();
+        for (c, w) in counts.iter().zip(weights) {
+            let want = f64::from(total) * f64::from(*w) / f64::from(wsum);
+            let off = (f64::from(*c) - want).abs() / want;
+            assert!(
+                off <= 0.01,
+                "counts {counts:?} are not within 1% of weights {weights:?}"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+
+    fn config_for(kind: SchedulerKind, weights: &[u32]) -> config::Config {
+        let list: Vec<String> = backends(weights)
+            .iter()
+            .map(|b| format!("{{ address = \"{}\", weight = {} }}", b.address, b.weight))
+            .collect();
+        let text = format!(
+            "[[pool]]\nname = \"p\"\nscheduler = \"{}\"\nbackends = [{}]\n",
+            kind.as_str(),
+            list.join(", ")
+        );
+        crate::config::parse(&text, std::path::Path::new("t.toml")).unwrap()
+    }
+
+    fn pool_cfg(kind: SchedulerKind, weights: &[u32]) -> config::Pool {
+        config_for(kind, weights).pools.remove(0)
+    }
+
+    #[test]
+    fn every_scheduler_skips_unhealthy_and_weight_zero_backends() {
+        for (kind, name) in SchedulerKind::ALL {
+            let pool = Pool::new(&pool_cfg(kind, &[1, 0, 1]), None);
+            pool.backends[0]
+                .state
+                .healthy
+                .store(false, Ordering::Relaxed);
+            for i in 0..200 {
+                assert_eq!(pool.pick(client(i)), Some(2), "scheduler {name}");
+            }
+            pool.backends[2]
+                .state
+                .healthy
+                .store(false, Ordering::Relaxed);
+            assert_eq!(pool.pick(client(0)), None, "scheduler {name}");
+        }
+    }
+
+    #[test]
+    fn a_lease_counts_the_connection_until_dropped() {
+        let pool = Pool::new(&pool_cfg(SchedulerKind::Rr, &[1]), None);
+        let lease = pool.select(client(1)).unwrap();
+        assert_eq!(pool.backends[0].active(), 1);
+        drop(lease);
+        assert_eq!(pool.backends[0].active(), 0);
+        assert_eq!(pool.backends[0].state.total.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn reload_carries_backend_state_into_the_rebuilt_pool() {
+        let config = config_for(SchedulerKind::Wrr, &[4, 3, 2]);
+        let first = Pools::build(&config, None);
+        let p1 = first.get("p").unwrap().clone();
+        p1.backends[1].state.healthy.store(false, Ordering::Relaxed);
+        let config = config_for(SchedulerKind::Wrr, &[4, 3, 2, 1]);
+        let second = Pools::build(&config, Some(&first));
+        let p2 = second.get("p").unwrap();
+        assert!(Arc::ptr_eq(&p2.backends[1].state, &p1.backends[1].state));
+        assert!(!p2.backends[1].state.is_healthy());
+        assert!(p2.backends[3].state.is_healthy());
+        assert_eq!(p2.scheduler_kind(), SchedulerKind::Wrr);
     }
 }

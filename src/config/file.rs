@@ -105,13 +105,13 @@ pub(super) struct RawPool {
     pub(super) response_timeout: Option<String>,
     pub(super) send_proxy: Option<bool>,
     pub(super) http2: Option<bool>,
-    pub(super) idle_timeout: Option<String>,
-    pub(super) max_idle: Option<usize>,
     pub(super) slow_start: Option<String>,
     pub(super) on_all_down: Option<String>,
     pub(super) sorry: Option<String>,
     pub(super) passive_fall: Option<u32>,
     pub(super) passive_cooldown: Option<String>,
+    pub(super) idle_timeout: Option<String>,
+    pub(super) max_idle: Option<usize>,
 }
 
 /// One `[[persistence]]` group.

@@ -52,32 +52,18 @@ fn unsupported(config: &Config) -> Vec<Problem> {
             fix: "remove the setting (see \"Status\" in README.md for what is implemented)".into(),
         })
     };
-    for l in &config.listeners {
-        let p = format!("listener {:?}", l.name);
-        if l.persistence.is_some() {
-            refuse(format!("{p}.persistence"), "client-IP persistence");
-        }
-        if l.proxy_protocol {
-            refuse(
-                format!("{p}.proxy_protocol"),
-                "accepting the PROXY protocol",
-            );
-        }
-    }
     for pool in &config.pools {
         let p = format!("pool {:?}", pool.name);
-        if !matches!(pool.scheduler, SchedulerKind::Rr | SchedulerKind::Wrr) {
+        let over_http = config.vhosts.iter().any(|v| {
+            v.pool.as_deref() == Some(pool.name.as_str())
+                || v.routes.iter().any(|r| r.pool == pool.name)
+        });
+        if pool.send_proxy && over_http {
             refuse(
-                format!("{p}.scheduler"),
-                &format!("scheduler {:?}", pool.scheduler.as_str()),
+                format!("{p}.send_proxy"),
+                "sending the PROXY protocol to a pool served over HTTP",
             );
         }
-        if pool.send_proxy {
-            refuse(format!("{p}.send_proxy"), "sending the PROXY protocol");
-        }
-    }
-    if !config.ipvs.services.is_empty() {
-        refuse("ipvs.service".into(), "kernel IPVS services");
     }
     out
 }

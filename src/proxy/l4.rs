@@ -12,8 +12,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::Snapshot;
-use crate::balance::Lease;
+use super::{Snapshot, proxy_protocol};
+use crate::balance::{Lease, PersistenceTable};
 use crate::config;
 use crate::metrics::ListenerStats;
 use crate::shutdown::Shutdown;
@@ -42,13 +42,52 @@ pub enum ForwardError {
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
 }
 
-/// Connect to a backend of `pool`, trying up to three backends (as HAProxy's
-/// `retries` with `redispatch`) when a connect fails. Every outcome is
-/// reported to the backend's passive health check.
+/// Who a connection is from and where it was addressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// The client: the TCP peer, or the source a PROXY header carried. It
+    /// is the identity used for persistence, hashing and logs.
+    pub client: SocketAddr,
+    /// The address the client connected to (the PROXY header's destination
+    /// when there was one).
+    pub local: SocketAddr,
+}
+
+/// Connect to a backend of `pool` for `client`, trying up to three backends
+/// (as HAProxy's `retries` with `redispatch`) when a connect fails. Every
+/// outcome is reported to the backend's passive health check. No
+/// persistence and no PROXY header: listeners use [`connect_for`].
 pub async fn connect(
     pool_cfg: &config::Pool,
     snap: &Snapshot,
     client: SocketAddr,
+) -> Result<(TcpStream, Lease), ForwardError> {
+    connect_with(pool_cfg, snap, None, client, None).await
+}
+
+/// Connect to a backend of `pool` for a connection of `listener`, as
+/// [`connect`] does, but through the listener's persistence group when it
+/// names one, and sending a PROXY v2 header with `origin` when the pool has
+/// `send_proxy`.
+pub async fn connect_for(
+    listener: &config::Listener,
+    pool_cfg: &config::Pool,
+    snap: &Snapshot,
+    origin: Origin,
+) -> Result<(TcpStream, Lease), ForwardError> {
+    let table = listener
+        .persistence
+        .as_deref()
+        .and_then(|g| snap.persistence.get(g));
+    connect_with(pool_cfg, snap, table, origin.client, Some(origin)).await
+}
+
+async fn connect_with(
+    pool_cfg: &config::Pool,
+    snap: &Snapshot,
+    persistence: Option<&Arc<PersistenceTable>>,
+    client: SocketAddr,
+    origin: Option<Origin>,
 ) -> Result<(TcpStream, Lease), ForwardError> {
     let no_backend = || ForwardError::NoBackend {
         pool: pool_cfg.name.clone(),
@@ -57,13 +96,27 @@ pub async fn connect(
     let attempts = pool.backends.len().clamp(1, 3);
     let mut last = no_backend();
     for _ in 0..attempts {
-        let Some(lease) = pool.select(client.ip()) else {
+        let selected = match persistence {
+            Some(table) => pool.select_persistent(client.ip(), table),
+            None => pool.select(client.ip()),
+        };
+        let Some(lease) = selected else {
             break;
         };
         let addr = lease.address;
         let state = lease.state().clone();
         let began = Instant::now();
-        match tokio::time::timeout(pool_cfg.connect_timeout, TcpStream::connect(addr)).await {
+        let connected = tokio::time::timeout(pool_cfg.connect_timeout, async {
+            let mut stream = TcpStream::connect(addr).await?;
+            if let (true, Some(o)) = (pool_cfg.send_proxy, origin) {
+                stream
+                    .write_all(&proxy_protocol::encode_v2(o.client, o.local))
+                    .await?;
+            }
+            Ok::<_, io::Error>(stream)
+        })
+        .await;
+        match connected {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 state.stats.connect_latency.observe(began.elapsed());
@@ -88,6 +141,9 @@ pub async fn connect(
                 };
             }
         }
+        // A persistent client is rescheduled rather than sent back to a
+        // backend that just refused it.
+        lease.connect_failed();
         if state.connect_failed(pool_cfg) {
             let cause = format!(
                 "passive check: {} consecutive connect failures; last: {last}",
@@ -102,7 +158,7 @@ pub async fn connect(
 /// Forward a `tcp` listener's connection to a backend of its pool.
 pub async fn forward(
     client: TcpStream,
-    peer: SocketAddr,
+    origin: Origin,
     listener: &config::Listener,
     snap: &Snapshot,
     shutdown: &Shutdown,
@@ -113,7 +169,7 @@ pub async fn forward(
         warn!("listener has no pool; closing");
         return;
     };
-    let (backend, lease) = match connect(pool_cfg, snap, peer).await {
+    let (backend, lease) = match connect_for(listener, pool_cfg, snap, origin).await {
         Ok(c) => c,
         Err(e) => {
             warn!(error = %e, side = "backend", "closing client connection: no backend reachable");

@@ -10,8 +10,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::SharedSnapshot;
 use super::limits::ClientLimiter;
+use super::{SharedSnapshot, proxy_protocol};
 use crate::config;
 use crate::metrics::ListenerStats;
 use crate::shutdown::Shutdown;
@@ -184,26 +184,82 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
     )
 }
 
-async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Context) {
+async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Context) {
     let snap = ctx.snapshot.load_full();
     let Some(cfg) = snap.config.listeners.iter().find(|l| *l.name == *ctx.name) else {
         warn!("listener removed from the configuration; closing connection");
         return;
     };
-    match cfg.protocol {
-        config::Protocol::Tcp => {
-            super::l4::forward(stream, peer, cfg, &snap, &ctx.shutdown, &ctx.stats).await
+    let local = stream.local_addr().unwrap_or(cfg.bind);
+    let mut origin = super::l4::Origin {
+        client: peer,
+        local,
+    };
+    if cfg.proxy_protocol {
+        match read_proxy_header(&mut stream, peer, cfg).await {
+            Some(header) => {
+                origin.client = header.source.unwrap_or(peer);
+                origin.local = header.destination.unwrap_or(local);
+            }
+            None => return,
         }
-        config::Protocol::Tls => super::terminate::forward(stream, peer, cfg, &snap).await,
-        config::Protocol::Http | config::Protocol::Https => {
-            let accepted = super::http::Accepted {
-                peer,
-                listener: cfg,
-                snapshot: ctx.snapshot.clone(),
-                shutdown: ctx.shutdown.clone(),
-                sni: None,
-            };
-            super::http::accept(stream, accepted, &snap).await
+    }
+    let span = info_span!("origin", client = %origin.client);
+    let serve = async {
+        match cfg.protocol {
+            config::Protocol::Tcp => {
+                super::l4::forward(stream, origin, cfg, &snap, &ctx.shutdown, &ctx.stats).await
+            }
+            config::Protocol::Tls => {
+                super::terminate::forward(stream, origin, cfg, &snap, &ctx.stats).await
+            }
+            config::Protocol::Http | config::Protocol::Https => {
+                let accepted = super::http::Accepted {
+                    peer: origin.client,
+                    listener: cfg,
+                    snapshot: ctx.snapshot.clone(),
+                    shutdown: ctx.shutdown.clone(),
+                    sni: None,
+                };
+                super::http::accept(stream, accepted, &snap).await
+            }
+        }
+    };
+    if origin.client == peer {
+        serve.await
+    } else {
+        serve.instrument(span).await
+    }
+}
+
+/// Read the PROXY header a `proxy_protocol` listener requires, within the
+/// listener's `header_timeout`. `None` (connection to be closed, nothing
+/// forwarded) when the peer is not a trusted proxy or the header is missing,
+/// late or malformed.
+async fn read_proxy_header(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    cfg: &config::Listener,
+) -> Option<proxy_protocol::ProxyHeader> {
+    let trusted = cfg.trusted_proxies.is_empty()
+        || cfg.trusted_proxies.iter().any(|n| n.contains(&peer.ip()));
+    if !trusted {
+        warn!(peer = %peer, "closing connection: PROXY protocol peer is not in trusted_proxies");
+        return None;
+    }
+    match tokio::time::timeout(cfg.header_timeout, proxy_protocol::read_header(stream)).await {
+        Ok(Ok(header)) => Some(header),
+        Ok(Err(e)) => {
+            warn!(error = %e, side = "client", "closing connection: invalid PROXY protocol header");
+            None
+        }
+        Err(_) => {
+            warn!(
+                timeout_ms = cfg.header_timeout.as_millis() as u64,
+                side = "client",
+                "closing connection: no PROXY protocol header in time"
+            );
+            None
         }
     }
 }

@@ -10,13 +10,14 @@ pub mod http;
 pub mod l4;
 pub mod limits;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod terminate;
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::balance::Pools;
+use crate::balance::{PersistenceTables, Pools};
 use crate::config::Config;
 use crate::tls::{TlsError, TlsState};
 
@@ -27,6 +28,10 @@ pub struct Snapshot {
     pub pools: Pools,
     /// Certificates and per-listener TLS acceptors.
     pub tls: Arc<TlsState>,
+    /// Client-IP persistence tables by group name. The tables themselves are
+    /// shared with the previous snapshot (same `Arc` per group), so clients
+    /// keep their backends across reloads.
+    pub persistence: PersistenceTables,
     /// Vhost and path routing of every HTTP listener.
     pub http: http::Routes,
     /// Backend clients of HTTP listeners; their idle connections outlive
@@ -41,12 +46,14 @@ impl Snapshot {
     pub fn build(config: Arc<Config>, previous: Option<&Snapshot>) -> Result<Self, TlsError> {
         let tls = Arc::new(TlsState::build(&config, previous.map(|p| &*p.tls))?);
         let pools = Pools::build(&config, previous.map(|p| &p.pools));
+        let persistence = PersistenceTables::build(&config, previous.map(|p| &p.persistence));
         let http = http::Routes::build(&config);
         let upstreams = http::Upstreams::build(&config, previous.map(|p| &p.upstreams));
         Ok(Self {
             config,
             pools,
             tls,
+            persistence,
             http,
             upstreams,
         })

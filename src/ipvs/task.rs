@@ -1,0 +1,198 @@
+//! The IPVS tier of `vipd run`: reconciles the kernel table at start, on
+//! reload (SIGHUP), every `reconcile_interval` and whenever a health check
+//! flips (a real server that is down gets weight 0), and on shutdown keeps
+//! or removes vipd's services according to `on_shutdown`.
+//!
+//! Netlink calls are blocking, so each pass runs in `spawn_blocking`; the
+//! [`Reconciler`] (with its drain timestamps) travels with it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use super::{IpvsSocket, Reconciler, Service, desired, reconcile};
+use crate::config::{self, Config, OnShutdown};
+use crate::health::IpvsHealth;
+
+/// What the tier is asked to converge to.
+#[derive(Debug, Clone)]
+struct Desired {
+    services: Vec<Service>,
+    /// Config names of `services` (health reports by name).
+    names: Vec<String>,
+    policy: super::Policy,
+    interval: Duration,
+    on_shutdown: OnShutdown,
+}
+
+impl Desired {
+    fn of(cfg: &Config) -> Self {
+        Desired {
+            services: desired::services(cfg),
+            names: desired::names(cfg),
+            policy: desired::policy(cfg),
+            interval: cfg.ipvs.reconcile_interval.max(Duration::from_secs(1)),
+            on_shutdown: cfg.ipvs.on_shutdown,
+        }
+    }
+}
+
+/// Handle to the running IPVS reconcile task.
+#[derive(Debug)]
+pub struct IpvsTier {
+    desired: watch::Sender<Arc<Desired>>,
+    stop: Arc<Notify>,
+    task: JoinHandle<Reconciler>,
+    source: Option<PathBuf>,
+}
+
+/// The services to converge to: the config's, with real servers that fail
+/// their health check quiesced.
+fn effective(d: &Desired, health: Option<&IpvsHealth>) -> Vec<Service> {
+    let mut services = d.services.clone();
+    if let Some(h) = health {
+        desired::apply_health(&mut services, &d.names, |name, addr| h.is_up(name, addr));
+    }
+    services
+}
+
+/// One pass off the async runtime: open a socket (so that a module loaded
+/// after start is picked up), reconcile, log.
+async fn pass(
+    mut r: Reconciler,
+    d: Arc<Desired>,
+    health: Option<Arc<IpvsHealth>>,
+) -> (Reconciler, super::Result<()>) {
+    let res = tokio::task::spawn_blocking(move || {
+        r.set_policy(d.policy.clone());
+        let services = effective(&d, health.as_deref());
+        let res = IpvsSocket::open()
+            .and_then(|mut sock| r.reconcile(&mut sock, &services, Instant::now()));
+        let res = res.map(|report| {
+            for op in &report.applied {
+                info!(op = %op, "ipvs change applied");
+            }
+            for (op, e) in &report.failed {
+                warn!(op = %op, error = %e, "ipvs change failed");
+            }
+        });
+        (r, res)
+    })
+    .await;
+    res.expect("ipvs reconcile pass panicked")
+}
+
+impl IpvsTier {
+    /// Reconciles once (failing if IPVS is unusable: module missing, no
+    /// CAP_NET_ADMIN) and starts the periodic task, which also runs a pass
+    /// whenever `health` reports a real server flip. `None` when the config
+    /// has no IPVS services and does not own the table.
+    pub async fn start(
+        cfg: &Config,
+        health: Option<Arc<IpvsHealth>>,
+    ) -> super::Result<Option<Self>> {
+        if cfg.ipvs.services.is_empty() && !cfg.ipvs.own_all {
+            return Ok(None);
+        }
+        let d = Arc::new(Desired::of(cfg));
+        if let Some(user) = &cfg.global.user {
+            // setuid() drops CAP_NET_ADMIN, which every IPVS command needs
+            warn!(
+                %user,
+                "global.user drops root after binding: later IPVS passes (interval, SIGHUP, \
+                 on_shutdown = \"remove\") will fail with \"permission denied\""
+            );
+        }
+        for s in &d.services {
+            if let Err(e) = s.validate() {
+                warn!(error = %e, "ipvs service definition");
+            }
+        }
+        let (r, res) = pass(Reconciler::new(d.policy.clone()), d.clone(), health.clone()).await;
+        res?;
+        info!(services = d.services.len(), "ipvs table reconciled");
+        let (tx, mut rx) = watch::channel(d);
+        let stop = Arc::new(Notify::new());
+        let stopped = stop.clone();
+        let mut flips = health.as_ref().map(|h| h.subscribe());
+        let task = tokio::spawn(async move {
+            let mut r = r;
+            loop {
+                let interval = rx.borrow().interval;
+                let flipped = async {
+                    match flips.as_mut() {
+                        Some(f) => f.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = stopped.notified() => return r,
+                    _ = tokio::time::sleep(interval) => {}
+                    changed = rx.changed() => if changed.is_err() { return r },
+                    alive = flipped => if !alive { flips = None },
+                }
+                let d = rx.borrow_and_update().clone();
+                let (next, res) = pass(r, d, health.clone()).await;
+                r = next;
+                if let Err(e) = res {
+                    error!(error = %e, "ipvs reconcile failed; retrying at the next interval");
+                }
+            }
+        });
+        Ok(Some(IpvsTier {
+            desired: tx,
+            stop,
+            task,
+            source: cfg.source.clone(),
+        }))
+    }
+
+    /// Converges to a new config now (SIGHUP).
+    pub fn reload(&self, cfg: &Config) {
+        self.desired.send_replace(Arc::new(Desired::of(cfg)));
+    }
+
+    /// Re-reads the config file this tier was started from and converges to
+    /// it; on a bad file the previous state stays in force.
+    pub fn reload_from_source(&self) {
+        let Some(path) = &self.source else { return };
+        match config::load(path) {
+            Ok(cfg) => self.reload(&cfg),
+            Err(e) => {
+                error!(error = %e, "ipvs: reload failed; the previous IPVS configuration stays")
+            }
+        }
+    }
+
+    /// Stops the task; with `on_shutdown = "remove"` deletes vipd's services.
+    pub async fn stop(self) {
+        self.stop.notify_one();
+        let Ok(r) = self.task.await else { return };
+        let d = self.desired.borrow().clone();
+        if d.on_shutdown == OnShutdown::Keep {
+            info!("ipvs services left in the kernel (on_shutdown = \"keep\")");
+            return;
+        }
+        let res = tokio::task::spawn_blocking(move || -> super::Result<()> {
+            let mut sock = IpvsSocket::open()?;
+            let actual = sock.services()?;
+            let report = reconcile::apply(&mut sock, r.shutdown_plan(&d.services, &actual));
+            for op in &report.applied {
+                info!(op = %op, "ipvs service removed on shutdown");
+            }
+            for (op, e) in &report.failed {
+                warn!(op = %op, error = %e, "ipvs removal failed");
+            }
+            Ok(())
+        })
+        .await;
+        if let Ok(Err(e)) = res {
+            error!(error = %e, "ipvs: could not remove services on shutdown");
+        }
+    }
+}
