@@ -21,13 +21,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::headers::Peer;
 use super::service;
 use crate::config;
-use crate::proxy::SharedSnapshot;
+use crate::proxy::{SharedSnapshot, Snapshot};
 use crate::shutdown::Shutdown;
 
 /// What every request of one connection shares.
@@ -211,6 +212,35 @@ pub struct Accepted<'a> {
     pub shutdown: Shutdown,
     /// The TLS server name, for `https` listeners.
     pub sni: Option<&'a str>,
+}
+
+/// Serve an accepted connection: for `https` listeners, run the TLS
+/// handshake first (ALPN may pick HTTP/2; the server also detects the
+/// HTTP/2 preface itself), then serve HTTP on the stream.
+pub async fn accept(stream: TcpStream, a: Accepted<'_>, snap: &Snapshot) {
+    if a.listener.protocol != config::Protocol::Https {
+        return serve(stream, a).await;
+    }
+    let Some(acceptor) = snap.tls.acceptor(&a.listener.name) else {
+        warn!("listener has no TLS configuration; closing");
+        return;
+    };
+    let tls = match acceptor.accept(stream).await {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(failure = %e, side = "client", "TLS handshake failed");
+            return;
+        }
+    };
+    let sni = tls.get_ref().1.server_name().map(str::to_owned);
+    serve(
+        tls,
+        Accepted {
+            sni: sni.as_deref(),
+            ..a
+        },
+    )
+    .await
 }
 
 /// Serve HTTP on one client stream until the client leaves, a timeout
