@@ -264,11 +264,12 @@ impl Running {
         self.snapshot.load_full()
     }
 
-    /// Re-read the configuration file and apply it. On any error the running
-    /// configuration stays in place. SIGHUP and `POST /api/reload` both come
-    /// here; the outcome is counted in the metrics.
+    /// Re-read the configuration file and every certificate and key, and
+    /// apply them. On any error the running configuration and certificates
+    /// stay in place. SIGHUP and `POST /api/reload` both come here; the
+    /// outcome is counted in the metrics.
     pub async fn reload(&self) -> Result<(), AppError> {
-        let _one = self.reloading.lock().await;
+        let _one_at_a_time = self.reloading.lock().await;
         let result = async {
             let path = self.source.as_ref().ok_or(AppError::NoSource)?;
             let config = config::load(path)?;

@@ -8,6 +8,7 @@ use tracing::{debug, info, warn};
 
 use super::{Snapshot, l4};
 use crate::config;
+use crate::metrics::{Handshake, ListenerStats};
 
 /// Handshake with the client, connect a backend, and splice the two.
 pub async fn forward(
@@ -15,6 +16,7 @@ pub async fn forward(
     origin: l4::Origin,
     listener: &config::Listener,
     snap: &Snapshot,
+    stats: &ListenerStats,
 ) {
     let started = Instant::now();
     let Some(acceptor) = snap.tls.acceptor(&listener.name) else {
@@ -24,12 +26,18 @@ pub async fn forward(
     let tls = match acceptor.accept(client).await {
         Ok(s) => s,
         Err(e) => {
+            stats.record_handshake(Handshake::Failed, started.elapsed());
             debug!(peer = %origin.client, failure = %e, side = "client", "TLS handshake failed");
             return;
         }
     };
     {
         let conn = tls.get_ref().1;
+        let kind = match conn.handshake_kind() {
+            Some(rustls::HandshakeKind::Resumed) => Handshake::Resumed,
+            _ => Handshake::Full,
+        };
+        stats.record_handshake(kind, started.elapsed());
         debug!(
             sni = conn.server_name().unwrap_or("-"),
             version = ?conn.protocol_version(),
@@ -50,6 +58,10 @@ pub async fn forward(
     };
     let result = l4::pipe(tls, backend, listener.idle_timeout).await;
     let ms = started.elapsed().as_millis() as u64;
+    if let Ok(t) = &result {
+        stats.add_bytes(t.upstream, t.downstream);
+        lease.state().stats.add_bytes(t.upstream, t.downstream);
+    }
     match result {
         Ok(t) => info!(backend = %lease.address, bytes_in = t.upstream, bytes_out = t.downstream,
             duration_ms = ms, "connection closed"),
