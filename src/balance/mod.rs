@@ -110,9 +110,11 @@ impl Backend {
         self.is_up() && self.state.slow_start_admits()
     }
 
-    /// Whether health checks currently pass (weight not considered).
+    /// Whether health checks currently pass (weight not considered); a
+    /// backend resting after passive failures counts as healthy again once
+    /// its cool-down is over.
     pub fn healthy(&self) -> bool {
-        self.state.healthy.load(Ordering::Relaxed)
+        self.state.is_healthy()
     }
 
     /// Connections currently open.
