@@ -449,6 +449,8 @@ mod tests {
             on_all_down: config::OnAllDown::Refuse,
             passive_fall: 3,
             passive_cooldown: std::time::Duration::from_secs(10),
+            idle_timeout: std::time::Duration::from_secs(60),
+            max_idle: 32,
         }
     }
 
