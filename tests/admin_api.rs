@@ -649,3 +649,66 @@ backends = [{{ address = "{a}" }}, {{ address = "{b}" }}]
     assert_eq!(get("vipd_persistence_misses_total", "group=keep"), 1.0);
     running.stop().await;
 }
+
+#[tokio::test]
+async fn http_requests_are_counted_by_status_class_per_listener_and_backend() {
+    let a = TestBackend::start("a").await;
+    a.health_status
+        .store(503, std::sync::atomic::Ordering::Relaxed);
+    let text = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[vhost]]
+name = "site"
+hosts = ["t"]
+pool = "p"
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "http"
+vhosts = ["site"]
+
+[[pool]]
+name = "p"
+backends = [{{ address = "{}" }}]
+"#,
+        a.addr
+    );
+    let running = Running::start(config(&text)).await.unwrap();
+    let web = running.local_addr("web").await.unwrap();
+    let admin = admin(&running).await;
+    for path in ["/", "/x", "/health"] {
+        let mut s = TcpStream::connect(web).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let want = if path == "/health" {
+            "HTTP/1.1 503"
+        } else {
+            "HTTP/1.1 200"
+        };
+        assert!(out.starts_with(want), "{out:?}");
+    }
+    let (_, text) = http(admin, "GET", "/metrics", None, "").await;
+    let m = samples(&text);
+    let get = |name: &str, labels: &str| m[&(name.to_string(), labels.to_string())];
+    let l = |class: &str| format!("class={class},listener=web");
+    assert_eq!(get("vipd_listener_requests_total", &l("2xx")), 2.0);
+    assert_eq!(get("vipd_listener_requests_total", &l("5xx")), 1.0);
+    assert_eq!(get("vipd_listener_requests_total", &l("4xx")), 0.0);
+    assert_eq!(
+        get(
+            "vipd_listener_request_duration_seconds_count",
+            "listener=web"
+        ),
+        3.0
+    );
+    let b = |class: &str| format!("backend={},class={class},pool=p", a.addr);
+    assert_eq!(get("vipd_backend_responses_total", &b("2xx")), 2.0);
+    assert_eq!(get("vipd_backend_responses_total", &b("5xx")), 1.0);
+    running.stop().await;
+}

@@ -67,6 +67,8 @@ pub async fn handle(
         }
     }
     ex.record.status = parts.status.as_u16();
+    conn.stats
+        .record_request(ex.record.status, ex.record.start.elapsed());
     Ok(Response::from_parts(parts, ResponseBody::new(source, ex)))
 }
 
@@ -290,6 +292,9 @@ async fn forward(
             return error_response(e.status());
         }
     };
+    if let Some(lease) = &ex.lease {
+        lease.state().stats.responses.record(resp.status().as_u16());
+    }
     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     match client_upgrade {
         Some(client) if switched => {
