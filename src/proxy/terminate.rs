@@ -41,7 +41,8 @@ pub async fn forward(
         debug!(
             sni = conn.server_name().unwrap_or("-"),
             version = ?conn.protocol_version(),
-            resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed)),
+            alpn = conn.alpn_protocol().map(String::from_utf8_lossy).as_deref().unwrap_or("-"),
+            resumed = kind == Handshake::Resumed,
             "TLS handshake complete"
         );
     }
