@@ -66,6 +66,8 @@ pub async fn handle(
         }
     }
     ex.record.status = parts.status.as_u16();
+    conn.stats
+        .record_request(ex.record.status, ex.record.start.elapsed());
     Ok(Response::from_parts(parts, ResponseBody::new(source, ex)))
 }
 
@@ -351,6 +353,9 @@ async fn forward(
         lease = other;
         attempt += 1;
     };
+    if let Some(lease) = &ex.lease {
+        lease.state().stats.responses.record(resp.status().as_u16());
+    }
     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     match client_upgrade {
         Some(client) if switched => {
