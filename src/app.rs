@@ -264,11 +264,12 @@ impl Running {
         self.snapshot.load_full()
     }
 
-    /// Re-read the configuration file and apply it. On any error the running
-    /// configuration stays in place. SIGHUP and `POST /api/reload` both come
-    /// here; the outcome is counted in the metrics.
+    /// Re-read the configuration file and every certificate and key, and
+    /// apply them. On any error the running configuration and certificates
+    /// stay in place. SIGHUP and `POST /api/reload` both come here; the
+    /// outcome is counted in the metrics.
     pub async fn reload(&self) -> Result<(), AppError> {
-        let _one = self.reloading.lock().await;
+        let _one_at_a_time = self.reloading.lock().await;
         let result = async {
             let path = self.source.as_ref().ok_or(AppError::NoSource)?;
             let config = config::load(path)?;
@@ -392,8 +393,12 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     );
     let user = config.global.user.clone();
     let group = config.global.group.clone();
-    let ipvs = crate::ipvs::task::IpvsTier::start(&config).await?;
+    let ipvs_config = config.clone();
     let running = Running::start(config).await?;
+    // after binding (health checkers run) and before dropping root
+    let ipvs =
+        crate::ipvs::task::IpvsTier::start(&ipvs_config, Some(running.ipvs_health().clone()))
+            .await?;
     if let Some(user) = user {
         crate::privileges::drop_to(&user, group.as_deref())?;
         info!(%user, "dropped privileges after binding");

@@ -7,7 +7,7 @@
 //! module, which walks the live snapshot. This module is a leaf: it imports
 //! nothing from the crate.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -219,19 +219,9 @@ pub struct ReloadStatus {
     pub last_error: Option<String>,
 }
 
-/// A certificate served by a TLS listener, for the expiry metric and view.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertificateInfo {
-    /// Vhost the certificate belongs to.
-    pub vhost: String,
-    /// DNS names the certificate covers.
-    pub names: Vec<String>,
-    /// Unix time the certificate stops being valid (`notAfter`).
-    pub not_after: i64,
-}
-
 /// The process-wide registry: per-listener stats by name, per-group
-/// persistence stats, reload status and certificate expiry.
+/// persistence stats and reload status. (Certificate expiry is read from
+/// the TLS state in the snapshot at scrape time.)
 ///
 /// Lookups here take a short lock and happen at bind, build and reload
 /// time only; the data path holds the returned `Arc`s.
@@ -240,7 +230,6 @@ pub struct Metrics {
     listeners: Mutex<HashMap<String, Arc<ListenerStats>>>,
     persistence: Mutex<HashMap<String, Arc<PersistenceStats>>>,
     reload: Mutex<ReloadStatus>,
-    certificates: Mutex<BTreeMap<String, CertificateInfo>>,
     /// Unix time the process started.
     pub started_unix: u64,
 }
@@ -257,7 +246,6 @@ impl Default for Metrics {
                 last_unix: 0,
                 last_error: None,
             }),
-            certificates: Mutex::default(),
             started_unix: unix_now(),
         }
     }
@@ -337,20 +325,6 @@ impl Metrics {
     /// Reload counters and the last outcome.
     pub fn reload_status(&self) -> ReloadStatus {
         lock(&self.reload).clone()
-    }
-
-    /// Replace the certificates of `vhost` (TLS calls this on load and reload).
-    pub fn set_certificates(&self, vhost: &str, certs: Vec<CertificateInfo>) {
-        let mut m = lock(&self.certificates);
-        m.retain(|_, c| c.vhost != vhost);
-        for (i, c) in certs.into_iter().enumerate() {
-            m.insert(format!("{vhost}#{i}"), c);
-        }
-    }
-
-    /// Every certificate known, ordered by vhost.
-    pub fn certificates(&self) -> Vec<CertificateInfo> {
-        lock(&self.certificates).values().cloned().collect()
     }
 }
 

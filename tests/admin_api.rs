@@ -407,3 +407,148 @@ async fn the_status_page_lists_listeners_pools_and_backends() {
     assert_eq!(status, 404);
     running.stop().await;
 }
+
+/// A TLS client trusting only `cert_pem`, with a session cache, so that a
+/// second connection resumes.
+fn tls_client(cert_pem: &str) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut cert_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+#[tokio::test]
+async fn tls_handshakes_and_certificate_expiry_show_in_metrics_and_the_api() {
+    let dir = std::env::temp_dir().join(format!("vipd-admin-tls-{}", std::process::id()));
+    let generated = vipd::tls::gencert::generate(
+        &["site.example".to_string()],
+        vipd::tls::gencert::KeyType::EcdsaP256,
+        10,
+    )
+    .unwrap();
+    let (cert, key) = vipd::tls::gencert::write(&generated, &dir, "site", true).unwrap();
+    let a = TestBackend::start("a").await;
+    let text = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[vhost]]
+name = "site"
+hosts = ["site.example"]
+pool = "p"
+certificates = [{{ cert = "{}", key = "{}" }}]
+
+[[listener]]
+name = "secure"
+bind = "127.0.0.1:0"
+protocol = "tls"
+pool = "p"
+vhosts = ["site"]
+
+[[pool]]
+name = "p"
+backends = [{{ address = "{}" }}]
+"#,
+        cert.display(),
+        key.display(),
+        a.addr
+    );
+    let running = Running::start(config(&text)).await.unwrap();
+    let vip = running.local_addr("secure").await.unwrap();
+    let admin = admin(&running).await;
+
+    let client = tls_client(&generated.cert_pem);
+    for _ in 0..2 {
+        let tcp = TcpStream::connect(vip).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("site.example").unwrap();
+        let mut tls = client.connect(name, tcp).await.unwrap();
+        tls.write_all(REQUEST.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        let _ = tls.read_to_string(&mut out).await;
+        assert!(out.ends_with("\r\n\r\na"), "{out:?}");
+    }
+    // A client that does not speak TLS.
+    let mut plain = TcpStream::connect(vip).await.unwrap();
+    plain.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut sink = Vec::new();
+    let _ = plain.read_to_end(&mut sink).await;
+
+    let text = loop {
+        let (_, text) = http(admin, "GET", "/metrics", None, "").await;
+        if text.contains(
+            "vipd_listener_tls_handshakes_total{listener=\"secure\",result=\"failed\"} 1\n",
+        ) && text.contains("vipd_listener_connections_active{listener=\"secure\"} 0\n")
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let m = samples(&text);
+    let get = |name: &str, labels: &str| m[&(name.to_string(), labels.to_string())];
+    assert_eq!(
+        get(
+            "vipd_listener_tls_handshakes_total",
+            "listener=secure,result=full"
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            "vipd_listener_tls_handshakes_total",
+            "listener=secure,result=resumed"
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            "vipd_listener_tls_handshake_duration_seconds_count",
+            "listener=secure"
+        ),
+        3.0
+    );
+    assert_eq!(
+        get(
+            "vipd_listener_connections_accepted_total",
+            "listener=secure"
+        ),
+        3.0
+    );
+    let unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    let before = unix();
+    let (_, body) = http(admin, "GET", "/api/certificates", None, "").await;
+    let after = unix();
+    let certs = json(&body);
+    let c = &certs["certificates"][0];
+    assert_eq!(c["vhost"], "site");
+    assert_eq!(c["names"], serde_json::json!(["site.example"]));
+    // The certificate is valid for 10 days from generation; days_left is
+    // whole days from the moment the API answered.
+    let not_after = c["not_after_unix"].as_i64().unwrap();
+    let days_left = c["days_left"].as_i64().unwrap();
+    assert!(
+        [before, after]
+            .iter()
+            .any(|t| (not_after - t).div_euclid(86_400) == days_left),
+        "{c}"
+    );
+    let expiry = get(
+        "vipd_certificate_expiry_timestamp_seconds",
+        "index=0,name=site.example,vhost=site",
+    );
+    assert_eq!(expiry, c["not_after_unix"].as_f64().unwrap());
+    running.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}

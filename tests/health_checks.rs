@@ -263,3 +263,50 @@ async fn with_fall_one_a_dead_backend_is_out_within_one_interval_plus_timeout() 
     assert!(took < Duration::from_millis(350), "took {took:?}");
     running.stop().await;
 }
+
+#[tokio::test]
+async fn ipvs_real_servers_are_checked_and_their_health_published_for_the_reconciler() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let text = format!(
+        r#"
+[ipvs]
+reconcile_interval = "30s"
+
+[[ipvs.service]]
+name = "vip80"
+address = "192.0.2.10:80"
+forwarding = "nat"
+real_servers = [{{ address = "{}" }}, {{ address = "{}" }}]
+health = {{ kind = "tcp", interval = "100ms", timeout = "100ms", rise = 1, fall = 1 }}
+"#,
+        a.addr, b.addr
+    );
+    let running = Running::start(config(&text)).await.unwrap();
+    let board = running.ipvs_health().clone();
+    let mut changes = board.subscribe();
+    assert_eq!(board.is_up("vip80", a.addr), Some(true));
+    assert_eq!(board.is_up("vip80", "127.0.0.1:1".parse().unwrap()), None);
+
+    let b_addr = b.kill().await;
+    tokio::time::timeout(Duration::from_secs(5), changes.changed())
+        .await
+        .expect("a flip is announced")
+        .unwrap();
+    assert_eq!(board.is_up("vip80", b_addr), Some(false));
+    assert_eq!(
+        board.all(),
+        vec![
+            ("vip80".to_string(), a.addr, true),
+            ("vip80".to_string(), b_addr, false)
+        ]
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+    );
+    // Health survives a reload by (service, address).
+    running.apply(config(&text)).await.unwrap();
+    assert_eq!(board.is_up("vip80", b_addr), Some(false));
+    running.stop().await;
+}

@@ -193,3 +193,52 @@ async fn every_broken_pair_is_reported_at_once_and_a_fixed_set_reloads_afterward
     assert_eq!(leaf_for(f.addr, "a.test", &f.client).await, a2.der);
     assert_eq!(leaf_for(f.addr, "b.test", &f.client).await, b2.der);
 }
+
+#[tokio::test]
+async fn a_reload_that_adds_a_vhost_serves_its_certificate_and_a_broken_one_changes_nothing() {
+    let f = Fixture::start().await;
+    let with_c = format!(
+        "{CONFIG}[[vhost]]\nname = \"c\"\nhosts = [\"c.test\"]\npool = \"echo\"\ncertificates = [{{ cert = \"c.crt\", key = \"c.key\" }}]\n"
+    );
+    let backend = f.running.snapshot().config.pools[0].backends[0].address;
+    write_config(f.dir.path(), &with_c, backend);
+
+    // c.crt and c.key do not exist yet: neither the new vhost nor anything else changes.
+    let fix = "check the path (relative paths start at the configuration file's directory) and the file's permissions";
+    assert_eq!(
+        f.failed_reload().await,
+        format!(
+            "2 certificate errors\n  vhost \"c\".certificates[0].cert: {}: cannot read the certificate file: No such file or directory (os error 2)\n    fix: {fix}\n  vhost \"c\".certificates[0].key: {}: cannot read the key file: No such file or directory (os error 2)\n    fix: {fix}",
+            f.path("c.crt").display(),
+            f.path("c.key").display()
+        )
+    );
+    assert_eq!(f.running.snapshot().config.vhosts.len(), 2);
+    // Unknown to the running config, c.test gets the default (first) vhost.
+    assert_eq!(leaf_for(f.addr, "c.test", &f.client).await, f.a.der);
+
+    let c = f.pki.issue(&["c.test"], Alg::Ecdsa);
+    write_pair(f.dir.path(), "c", &c);
+    f.running.reload().await.unwrap();
+    assert_eq!(f.running.snapshot().config.vhosts.len(), 3);
+    let published: Vec<_> = f
+        .running
+        .snapshot()
+        .tls
+        .certificates()
+        .iter()
+        .map(|c| (c.vhost.clone(), c.cert.names.clone(), c.cert.not_after_unix))
+        .collect();
+    // rcgen's default notAfter: 4096-01-01T00:00:00Z.
+    let end = 67_090_118_400;
+    assert_eq!(
+        published,
+        [
+            ("a".to_owned(), vec!["a.test".to_owned()], end),
+            ("b".to_owned(), vec!["b.test".to_owned()], end),
+            ("c".to_owned(), vec!["c.test".to_owned()], end),
+        ]
+    );
+    assert_eq!(leaf_for(f.addr, "c.test", &f.client).await, c.der);
+    f.assert_old_set_served().await;
+}

@@ -75,6 +75,18 @@ async fn a_second_tls_1_3_handshake_resumes_with_a_stateless_ticket() {
     let client = resuming_client(TLS13_ONLY);
     assert_eq!(handshake(&f, &client).await, HandshakeKind::Full);
     assert_eq!(handshake(&f, &client).await, HandshakeKind::Resumed);
+    // The listener's metrics count what the client saw (the server task
+    // records before splicing, so both are in by the time data echoed).
+    let stats = f.running.metrics().listener("front");
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        (
+            load(&stats.tls_full),
+            load(&stats.tls_resumed),
+            load(&stats.tls_failed)
+        ),
+        (1, 1, 0)
+    );
 }
 
 #[tokio::test]

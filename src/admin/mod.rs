@@ -58,18 +58,21 @@ pub trait Control: Send + Sync {
 /// Why the admin endpoint could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
+    /// The listen address could not be bound.
     #[error("admin endpoint: cannot bind {addr}: {source}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
+    /// The token file could not be read.
     #[error("admin endpoint: cannot read token_file {path}: {source}")]
     TokenRead {
         path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
     },
+    /// The token file holds no token.
     #[error("admin endpoint: token_file {path} is empty; put the bearer token in it")]
     TokenEmpty { path: std::path::PathBuf },
 }
@@ -91,8 +94,11 @@ pub fn read_token(path: &Path) -> Result<String, AdminError> {
 
 /// Everything the admin endpoint reads and the handles it acts through.
 pub struct AdminState {
+    /// The live snapshot: config, pools and backend state, TLS state.
     pub snapshot: SharedSnapshot,
+    /// Listener, persistence and reload counters.
     pub metrics: Arc<Metrics>,
+    /// Health of IPVS real servers.
     pub ipvs_health: Arc<IpvsHealth>,
     /// The bearer token, swapped on reload; `None` = no authentication.
     pub token: ArcSwapOption<String>,

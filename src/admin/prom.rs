@@ -25,10 +25,8 @@ pub(super) fn render(state: &AdminState) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Scrape {
         snapshot: state.snapshot.load_full(),
-        admin: ScrapeSources {
-            metrics: state.metrics.clone(),
-            ipvs: state.ipvs_health.clone(),
-        },
+        metrics: state.metrics.clone(),
+        ipvs: state.ipvs_health.clone(),
     }));
     let mut out = String::new();
     // Writing to a String cannot fail; an encoder error would be a bug.
@@ -39,17 +37,12 @@ pub(super) fn render(state: &AdminState) -> String {
     out
 }
 
-#[derive(Debug)]
-struct ScrapeSources {
-    metrics: Arc<crate::metrics::Metrics>,
-    ipvs: Arc<crate::health::IpvsHealth>,
-}
-
-/// One scrape's view: the snapshot at scrape time plus the registry.
+/// One scrape's view: the snapshot at scrape time plus the registries.
 #[derive(Debug)]
 struct Scrape {
     snapshot: Arc<Snapshot>,
-    admin: ScrapeSources,
+    metrics: Arc<crate::metrics::Metrics>,
+    ipvs: Arc<crate::health::IpvsHealth>,
 }
 
 /// Writes one metric family: a descriptor, then a sample per label set.
@@ -143,7 +136,7 @@ fn by_class<'a>(
 impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         let mut f = Family { enc: &mut enc };
-        let metrics = &self.admin.metrics;
+        let metrics = &self.metrics;
         let version = env!("CARGO_PKG_VERSION");
         f.gauge(
             "vipd_build_info",
@@ -179,16 +172,18 @@ impl Collector for Scrape {
         self.listeners(&mut f)?;
         self.backends(&mut f)?;
         self.persistence(&mut f)?;
-        let certs = metrics.certificates();
+        let certs = self.snapshot.tls.certificates();
+        let index: Vec<String> = certs.iter().map(|c| c.index.to_string()).collect();
         f.gauge(
             "vipd_certificate_expiry_timestamp_seconds",
             "Unix time at which a served certificate expires (notAfter).",
-            certs.iter().map(|c| {
-                let name = c.names.first().map_or("", String::as_str);
-                ([("vhost", c.vhost.as_str()), ("name", name)], c.not_after)
+            certs.iter().zip(&index).map(|(c, i)| {
+                let name = c.cert.names.first().map_or("", String::as_str);
+                let l: L3<'_> = [("vhost", &c.vhost), ("index", i), ("name", name)];
+                (l, c.cert.not_after_unix)
             }),
         )?;
-        let rs = self.admin.ipvs.all();
+        let rs = self.ipvs.all();
         f.gauge(
             "vipd_ipvs_real_server_up",
             "1 if the IPVS real server passes its health check, else 0.",
@@ -208,7 +203,7 @@ fn ipvs_labels(service: &str, addr: &std::net::SocketAddr) -> Vec<(String, Strin
 
 impl Scrape {
     fn listeners(&self, f: &mut Family<'_, '_>) -> fmt::Result {
-        let all = self.admin.metrics.listeners();
+        let all = self.metrics.listeners();
         let named = |n| l1("listener", n);
         let l: Vec<_> = all.iter().map(|(n, s)| (n.as_str(), s)).collect();
         let counter = |get: fn(&crate::metrics::ListenerStats) -> u64| {
@@ -389,7 +384,7 @@ impl Scrape {
     }
 
     fn persistence(&self, f: &mut Family<'_, '_>) -> fmt::Result {
-        let groups = self.admin.metrics.persistence_groups();
+        let groups = self.metrics.persistence_groups();
         let g = |n| l1("group", n);
         f.gauge(
             "vipd_persistence_entries",

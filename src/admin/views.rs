@@ -177,21 +177,27 @@ pub(super) fn persistence(state: &AdminState) -> serde_json::Value {
     serde_json::json!({ "groups": groups })
 }
 
-/// Certificates reported by the TLS tier, with days left.
+/// Certificates in service (from the TLS state of the snapshot), with days
+/// left before they expire.
 pub(super) fn certificates(state: &AdminState) -> serde_json::Value {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let certs: Vec<_> = state
-        .metrics
+    let snap = state.snapshot.load_full();
+    let certs: Vec<_> = snap
+        .tls
         .certificates()
-        .into_iter()
+        .iter()
         .map(|c| {
             serde_json::json!({
                 "vhost": c.vhost,
-                "names": c.names,
-                "not_after": c.not_after,
-                "days_left": (c.not_after - now) / 86_400,
+                "index": c.index,
+                "names": c.cert.names,
+                "key_type": c.cert.key_type,
+                "sha256": c.cert.sha256,
+                "not_after": c.cert.not_after,
+                "not_after_unix": c.cert.not_after_unix,
+                "days_left": (c.cert.not_after_unix - now).div_euclid(86_400),
             })
         })
         .collect();

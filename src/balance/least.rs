@@ -25,7 +25,7 @@ fn least_by(backends: &[Backend], weighted: bool, cost: impl Fn(&Backend) -> u64
         }
         let (c, w) = (
             u128::from(cost(b)),
-            if weighted { u128::from(b.weight) } else { 1 },
+            if weighted { u128::from(b.weight()) } else { 1 },
         );
         match best {
             // c/w < bc/bw, the kernel's `loh * dw > doh * lw`.
@@ -144,8 +144,8 @@ impl Scheduler for PowerOfTwo {
         };
         let (ba, bb) = (&backends[a], &backends[b]);
         // active_b / weight_b < active_a / weight_a
-        let b_less = u128::from(bb.active()) * u128::from(ba.weight)
-            < u128::from(ba.active()) * u128::from(bb.weight);
+        let b_less = u128::from(bb.active()) * u128::from(ba.weight())
+            < u128::from(ba.active()) * u128::from(bb.weight());
         Some(if b_less { b } else { a })
     }
 }

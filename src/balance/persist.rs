@@ -241,7 +241,9 @@ impl PersistenceTable {
             let live = e.expires.is_none_or(|t| t > now);
             let quiescent_ok = !inner.settings.expire_quiescent;
             let usable = pool.backends.iter().position(|b| {
-                b.address.ip() == e.backend && b.healthy() && (b.weight > 0 || quiescent_ok)
+                b.address.ip() == e.backend
+                    && b.state.is_healthy()
+                    && (b.weight() > 0 || quiescent_ok)
             });
             if let (true, Some(i)) = (live, usable) {
                 e.refs += 1;
@@ -257,7 +259,10 @@ impl PersistenceTable {
             }
             inner.remove(key);
         }
-        let i = pool.pick(client)?;
+        let Some(i) = pool.pick(client) else {
+            // Nobody up: the pool's all-down policy answers, unrecorded.
+            return pool.fallback().map(|b| Lease::new(b, None));
+        };
         let backend = &pool.backends[i];
         let hold = inner
             .insert(key, backend.address.ip())
@@ -352,7 +357,7 @@ impl PersistenceTable {
             .iter()
             .filter_map(|(k, e)| row(&inner.settings, *k, e, now))
             .collect();
-        out.sort_by_key(|a| a.client);
+        out.sort_by_key(|e| e.client);
         out
     }
 }

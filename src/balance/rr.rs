@@ -107,7 +107,7 @@ impl WeightedRoundRobin {
             let b = &backends[i];
             scanned += 1;
             if b.available() {
-                let w = i64::from(b.weight);
+                let w = i64::from(b.weight());
                 best = best.max(w);
                 if w >= cw {
                     return Some((i, pack(cw as u32, i + 1)));

@@ -26,18 +26,25 @@ const BODY_LIMIT: usize = 64 * 1024;
 /// Why a probe failed; the text is what the flip log shows.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
+    /// The TCP connect failed.
     #[error("connect failed: {0}")]
     Connect(#[source] io::Error),
+    /// The TLS handshake failed.
     #[error("TLS handshake failed: {0}")]
     Tls(#[source] io::Error),
+    /// The HTTP request or response head failed.
     #[error("HTTP exchange failed: {0}")]
     Http(#[source] hyper::Error),
+    /// The status is outside `expect_status`.
     #[error("HTTP status {got}, expected {lo}-{hi}")]
     Status { got: u16, lo: u16, hi: u16 },
+    /// The body could not be read (or exceeded 64 KiB).
     #[error("response body could not be read: {0}")]
     Body(String),
+    /// The body lacks `expect_body`.
     #[error("response body does not contain {0:?}")]
     BodyMismatch(String),
+    /// The probe did not finish within `timeout`.
     #[error("no answer within {0:?}")]
     Timeout(std::time::Duration),
 }

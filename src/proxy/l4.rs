@@ -54,7 +54,8 @@ pub struct Origin {
 }
 
 /// Connect to a backend of `pool` for `client`, trying up to three backends
-/// (as HAProxy's `retries` with `redispatch`) when a connect fails. No
+/// (as HAProxy's `retries` with `redispatch`) when a connect fails. Every
+/// outcome is reported to the backend's passive health check. No
 /// persistence and no PROXY header: listeners use [`connect_for`].
 pub async fn connect(
     pool_cfg: &config::Pool,
@@ -64,9 +65,10 @@ pub async fn connect(
     connect_with(pool_cfg, snap, None, client, None).await
 }
 
-/// Connect to a backend of `pool` for a connection of `listener`: through
-/// the listener's persistence group when it names one, and sending a PROXY
-/// v2 header with `origin` when the pool has `send_proxy`.
+/// Connect to a backend of `pool` for a connection of `listener`, as
+/// [`connect`] does, but through the listener's persistence group when it
+/// names one, and sending a PROXY v2 header with `origin` when the pool has
+/// `send_proxy`.
 pub async fn connect_for(
     listener: &config::Listener,
     pool_cfg: &config::Pool,
@@ -129,18 +131,19 @@ async fn connect_with(
             }
             Ok(Err(source)) => {
                 warn!(backend = %addr, error = %source, side = "backend", "connect failed");
-                lease.connect_failed();
                 last = ForwardError::Connect { addr, source };
             }
             Err(_) => {
                 warn!(backend = %addr, side = "backend", "connect timed out");
-                lease.connect_failed();
                 last = ForwardError::ConnectTimeout {
                     addr,
                     timeout: pool_cfg.connect_timeout,
                 };
             }
         }
+        // A persistent client is rescheduled rather than sent back to a
+        // backend that just refused it.
+        lease.connect_failed();
         if state.connect_failed(pool_cfg) {
             let cause = format!(
                 "passive check: {} consecutive connect failures; last: {last}",

@@ -210,11 +210,19 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Context) {
             config::Protocol::Tcp => {
                 super::l4::forward(stream, origin, cfg, &snap, &ctx.shutdown, &ctx.stats).await
             }
-            config::Protocol::Tls => super::terminate::forward(stream, origin, cfg, &snap).await,
-            other => warn!(
-                protocol = other.as_str(),
-                "protocol not served by this build"
-            ),
+            config::Protocol::Tls => {
+                super::terminate::forward(stream, origin, cfg, &snap, &ctx.stats).await
+            }
+            config::Protocol::Http | config::Protocol::Https => {
+                let accepted = super::http::Accepted {
+                    peer: origin.client,
+                    listener: cfg,
+                    snapshot: ctx.snapshot.clone(),
+                    shutdown: ctx.shutdown.clone(),
+                    sni: None,
+                };
+                super::http::accept(stream, accepted, &snap).await
+            }
         }
     };
     if origin.client == peer {

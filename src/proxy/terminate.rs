@@ -8,6 +8,7 @@ use tracing::{debug, info, warn};
 
 use super::{Snapshot, l4};
 use crate::config;
+use crate::metrics::{Handshake, ListenerStats};
 
 /// Handshake with the client, connect a backend, and splice the two.
 pub async fn forward(
@@ -15,6 +16,7 @@ pub async fn forward(
     origin: l4::Origin,
     listener: &config::Listener,
     snap: &Snapshot,
+    stats: &ListenerStats,
 ) {
     let started = Instant::now();
     let Some(acceptor) = snap.tls.acceptor(&listener.name) else {
@@ -24,16 +26,23 @@ pub async fn forward(
     let tls = match acceptor.accept(client).await {
         Ok(s) => s,
         Err(e) => {
+            stats.record_handshake(Handshake::Failed, started.elapsed());
             debug!(peer = %origin.client, failure = %e, side = "client", "TLS handshake failed");
             return;
         }
     };
     {
         let conn = tls.get_ref().1;
+        let kind = match conn.handshake_kind() {
+            Some(rustls::HandshakeKind::Resumed) => Handshake::Resumed,
+            _ => Handshake::Full,
+        };
+        stats.record_handshake(kind, started.elapsed());
         debug!(
             sni = conn.server_name().unwrap_or("-"),
             version = ?conn.protocol_version(),
-            resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed)),
+            alpn = conn.alpn_protocol().map(String::from_utf8_lossy).as_deref().unwrap_or("-"),
+            resumed = kind == Handshake::Resumed,
             "TLS handshake complete"
         );
     }
@@ -50,6 +59,10 @@ pub async fn forward(
     };
     let result = l4::pipe(tls, backend, listener.idle_timeout).await;
     let ms = started.elapsed().as_millis() as u64;
+    if let Ok(t) = &result {
+        stats.add_bytes(t.upstream, t.downstream);
+        lease.state().stats.add_bytes(t.upstream, t.downstream);
+    }
     match result {
         Ok(t) => info!(backend = %lease.address, bytes_in = t.upstream, bytes_out = t.downstream,
             duration_ms = ms, "connection closed"),

@@ -27,10 +27,13 @@ pub struct Generated {
 /// Why generating or writing a certificate failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GenCertError {
+    /// The name list was empty.
     #[error("no names given: pass at least one DNS name")]
     NoNames,
+    /// rcgen refused a name or failed to generate the key.
     #[error("cannot generate the certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    /// Creating the directory or writing a file failed.
     #[error("{path}: {action}: {source}")]
     Io {
         path: PathBuf,
@@ -38,6 +41,7 @@ pub enum GenCertError {
         #[source]
         source: std::io::Error,
     },
+    /// The file exists and `force` was not given.
     #[error("{0}: already exists; pass --force to overwrite it")]
     Exists(PathBuf),
 }

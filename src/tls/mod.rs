@@ -89,6 +89,9 @@ pub enum HandshakeError {
     Failed(#[source] std::io::Error),
 }
 
+/// A server-side TLS stream as returned by [`Acceptor::accept`].
+pub type ServerTlsStream<IO> = tokio_rustls::server::TlsStream<IO>;
+
 /// Terminates TLS for one listener: its rustls `ServerConfig` and the
 /// handshake deadline. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -113,10 +116,7 @@ impl Acceptor {
     /// `handshake_timeout`. Call it in the connection's task, never in the
     /// accept loop. The negotiated ALPN protocol is
     /// `stream.get_ref().1.alpn_protocol()`.
-    pub async fn accept<IO>(
-        &self,
-        io: IO,
-    ) -> Result<tokio_rustls::server::TlsStream<IO>, HandshakeError>
+    pub async fn accept<IO>(&self, io: IO) -> Result<ServerTlsStream<IO>, HandshakeError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
