@@ -392,8 +392,12 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     );
     let user = config.global.user.clone();
     let group = config.global.group.clone();
-    let ipvs = crate::ipvs::task::IpvsTier::start(&config).await?;
+    let ipvs_config = config.clone();
     let running = Running::start(config).await?;
+    // after binding (health checkers run) and before dropping root
+    let ipvs =
+        crate::ipvs::task::IpvsTier::start(&ipvs_config, Some(running.ipvs_health().clone()))
+            .await?;
     if let Some(user) = user {
         crate::privileges::drop_to(&user, group.as_deref())?;
         info!(%user, "dropped privileges after binding");

@@ -190,7 +190,8 @@ fn table_a_service_deleted_by_hand_is_repaired_by_the_next_reconcile() {
     s.flush().unwrap();
 }
 
-/// A table with every kind of service and forwarding, made by ipvsadm.
+/// A table with every kind of service and forwarding, made by ipvsadm, plus
+/// marks and addresses more than 2^31 apart (ipvsadm's sort overflows there).
 const RICH_TABLE: &str = "
 ipvsadm -A -t 192.0.2.10:80 -s sh -b sh-fallback,sh-port
 ipvsadm -a -t 192.0.2.10:80 -r 192.0.2.21:80 -g -w 1 -x 100 -y 10
@@ -204,6 +205,11 @@ ipvsadm -a -u [2001:db8::10]:53 -r [2001:db8::21]:53 -m -w 3
 ipvsadm -A -f 7 -6 -s mh -b mh-port
 ipvsadm -A -f 99 -s rr -p
 ipvsadm -a -f 99 -r 192.0.2.21:0 -g -w 1
+ipvsadm -A -f 3000000000 -s rr
+ipvsadm -A -t [2001:db8::10]:80 -s rr
+ipvsadm -A -t [2001:db8:9000::10]:80 -s rr
+ipvsadm -a -t [2001:db8:9000::10]:80 -r [2001:db8::21]:80 -m
+ipvsadm -a -t [2001:db8:9000::10]:80 -r [2001:db8:9000::21]:80 -m
 ";
 
 #[test]
@@ -600,4 +606,82 @@ fn table_without_cap_net_admin_the_error_says_so() {
         String::from_utf8_lossy(&out.stderr),
         "vipd: get IPVS info: permission denied: programming IPVS needs CAP_NET_ADMIN (run vipd as root or grant it the capability)\n"
     );
+}
+
+const HEALTH_CONFIG: &str = r#"
+[ipvs]
+reconcile_interval = "60s"
+
+[[ipvs.service]]
+name = "web"
+address = "192.0.2.10:80"
+scheduler = "wrr"
+forwarding = "nat"
+real_servers = [ { address = "192.0.2.21:80", weight = 1 }, { address = "192.0.2.22:80", weight = 2 } ]
+health = { kind = "tcp", interval = "500ms", timeout = "500ms", rise = 1, fall = 1 }
+"#;
+
+#[test]
+fn table_vipd_run_quiesces_real_servers_whose_health_check_fails_and_restores_them() {
+    let mut s = sock();
+    s.flush().unwrap();
+    let dir = std::env::temp_dir().join("vipd-health-test");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.html"), "up\n").unwrap();
+    let cfg = dir.join("vipd.toml");
+    std::fs::write(&cfg, HEALTH_CONFIG).unwrap();
+    // rs .21 answers (an address on lo with a web server); .22 does not exist yet
+    let httpd = |ip: &str| {
+        run("ip", &["addr", "add", &format!("{ip}/32"), "dev", "lo"]);
+        Command::new("busybox")
+            .args([
+                "httpd",
+                "-f",
+                "-p",
+                &format!("{ip}:80"),
+                "-h",
+                dir.to_str().unwrap(),
+            ])
+            .spawn()
+            .unwrap()
+    };
+    let mut rs1 = httpd("192.0.2.21");
+    let log = dir.join("vipd.log");
+    let mut vipd = Command::new(vipd_bin())
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let weights = |t: &[vipd::ipvs::KernelService]| -> Vec<u32> {
+        let mut d: Vec<_> = t
+            .iter()
+            .flat_map(|s| s.dests.iter())
+            .map(|d| (d.dest.addr, d.dest.weight))
+            .collect();
+        d.sort();
+        d.into_iter().map(|(_, w)| w).collect()
+    };
+    wait_for(&mut s, "the failing real server to be quiesced", |t| {
+        weights(t) == [1, 0]
+    });
+    let mut rs2 = httpd("192.0.2.22");
+    wait_for(
+        &mut s,
+        "the recovered real server to get its weight back",
+        |t| weights(t) == [1, 2],
+    );
+
+    run("kill", &["-TERM", &vipd.id().to_string()]);
+    let status = vipd.wait().unwrap();
+    for rs in [&mut rs1, &mut rs2] {
+        let _ = rs.kill();
+        let _ = rs.wait();
+    }
+    for ip in ["192.0.2.21/32", "192.0.2.22/32"] {
+        run("ip", &["addr", "del", ip, "dev", "lo"]);
+    }
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "vipd run exited with {status}: {log}");
+    assert!(log.contains("IPVS real server is down"), "{log}");
+    s.flush().unwrap();
 }

@@ -64,6 +64,8 @@ pub(super) struct RawListener {
     pub(super) handshake_timeout: Option<String>,
     pub(super) header_timeout: Option<String>,
     pub(super) idle_timeout: Option<String>,
+    pub(super) forwarded: Option<bool>,
+    pub(super) via: Option<bool>,
 }
 
 /// One backend inside a pool.
@@ -108,6 +110,8 @@ pub(super) struct RawPool {
     pub(super) sorry: Option<String>,
     pub(super) passive_fall: Option<u32>,
     pub(super) passive_cooldown: Option<String>,
+    pub(super) idle_timeout: Option<String>,
+    pub(super) max_idle: Option<usize>,
 }
 
 /// One `[[persistence]]` group.

@@ -54,7 +54,7 @@ fn unsupported(config: &Config) -> Vec<Problem> {
     };
     for l in &config.listeners {
         let p = format!("listener {:?}", l.name);
-        if l.protocol.is_http() {
+        if l.protocol == Protocol::Https {
             refuse(
                 format!("{p}.protocol"),
                 &format!("protocol {:?}", l.protocol.as_str()),
@@ -72,9 +72,6 @@ fn unsupported(config: &Config) -> Vec<Problem> {
                 format!("{p}.send_proxy"),
                 "sending the PROXY protocol to a pool served over HTTP",
             );
-        }
-        if pool.http2 {
-            refuse(format!("{p}.http2"), "HTTP/2 to backends");
         }
     }
     out

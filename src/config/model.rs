@@ -166,6 +166,10 @@ pub struct Listener {
     pub handshake_timeout: Duration,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Add an RFC 7239 `Forwarded` header to requests (`http`/`https`).
+    pub forwarded: bool,
+    /// Add a `Via` header to requests and responses (`http`/`https`).
+    pub via: bool,
 }
 
 /// Scheduling algorithm, named as in ipvsadm.
@@ -255,6 +259,11 @@ pub struct Pool {
     pub send_proxy: bool,
     /// Speak HTTP/2 to backends.
     pub http2: bool,
+    /// How long an unused keep-alive connection to a backend is kept
+    /// (HTTP listeners); keep it below the backends' own keep-alive timeout.
+    pub idle_timeout: Duration,
+    /// Unused keep-alive connections kept per backend (HTTP listeners).
+    pub max_idle: usize,
     /// A backend coming up ramps its share of new connections from ~0 to its
     /// full weight over this period (zero = at once).
     pub slow_start: Duration,

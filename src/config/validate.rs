@@ -663,6 +663,14 @@ fn pool(
         backends,
         send_proxy: raw.send_proxy.unwrap_or(false),
         http2: raw.http2.unwrap_or(false),
+        idle_timeout: c.duration(
+            &span,
+            &p,
+            "idle_timeout",
+            &raw.idle_timeout,
+            Duration::from_secs(30),
+        ),
+        max_idle: raw.max_idle.unwrap_or(64),
     }
 }
 
@@ -1085,6 +1093,17 @@ fn listener(
             ),
         }
     }
+    for (field, set) in [("forwarded", raw.forwarded), ("via", raw.via)] {
+        if set.is_some() && !protocol.is_http() {
+            c.report(
+                &span,
+                &p,
+                Some(field),
+                format!("`{field}` adds an HTTP header, and this listener does not speak HTTP"),
+                "remove it, or use protocol \"http\" or \"https\"",
+            );
+        }
+    }
     let max_connections = raw.max_connections.unwrap_or(10_000);
     if max_connections == 0 {
         c.report(
@@ -1133,6 +1152,8 @@ fn listener(
             &raw.idle_timeout,
             Duration::from_secs(if protocol.is_http() { 60 } else { 3600 }),
         ),
+        forwarded: raw.forwarded.unwrap_or(false),
+        via: raw.via.unwrap_or(false),
         name,
     }
 }

@@ -65,6 +65,29 @@ fn service(cfg: &Config, s: &config::IpvsService) -> Service {
     svc
 }
 
+/// The config names of the services, in the order of [`services`] (health
+/// checks report real servers by service name).
+pub fn names(cfg: &Config) -> Vec<String> {
+    cfg.ipvs.services.iter().map(|s| s.name.clone()).collect()
+}
+
+/// Quiesces (weight 0: no new connections, open ones finish) every real
+/// server whose health check reports it down, as health checks do for
+/// user-space pools; `is_up(service name, address)` is `None` when unchecked.
+pub fn apply_health(
+    services: &mut [Service],
+    names: &[String],
+    is_up: impl Fn(&str, std::net::SocketAddr) -> Option<bool>,
+) {
+    for (svc, name) in services.iter_mut().zip(names) {
+        for d in &mut svc.dests {
+            if is_up(name, d.addr) == Some(false) {
+                d.weight = 0;
+            }
+        }
+    }
+}
+
 /// Ownership and drain settings from `[ipvs]`.
 pub fn policy(cfg: &Config) -> Policy {
     Policy {
@@ -129,5 +152,38 @@ real_servers = [ { address = "198.51.100.11:0" } ]
                 drain_period: std::time::Duration::from_secs(5)
             }
         );
+        assert_eq!(names(&cfg), ["web80", "sticky"]);
+    }
+
+    #[test]
+    fn real_servers_reported_down_get_weight_zero_and_unchecked_ones_keep_theirs() {
+        let key = ServiceKey::Addr {
+            protocol: Protocol::Tcp,
+            addr: "198.51.100.100:80".parse().unwrap(),
+        };
+        let mut svc = Service::new(key, "wrr");
+        let rs = |a: &str, weight| Dest {
+            addr: a.parse().unwrap(),
+            forward: Forward::Dr,
+            weight,
+            upper_threshold: 0,
+            lower_threshold: 0,
+        };
+        svc.dests = vec![
+            rs("198.51.100.11:80", 3),
+            rs("198.51.100.12:80", 2),
+            rs("198.51.100.13:80", 1),
+        ];
+        let mut services = vec![svc];
+        apply_health(&mut services, &["web".to_string()], |name, addr| {
+            assert_eq!(name, "web");
+            match addr.ip().to_string().as_str() {
+                "198.51.100.11" => Some(false),
+                "198.51.100.12" => Some(true),
+                _ => None,
+            }
+        });
+        let weights: Vec<u32> = services[0].dests.iter().map(|d| d.weight).collect();
+        assert_eq!(weights, [0, 2, 1]);
     }
 }

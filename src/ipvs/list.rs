@@ -2,10 +2,11 @@
 //! `--rate`) prints it, so that operators can diff the two outputs.
 //!
 //! Ordering follows ipvsadm's default sort: services by (fwmark, family,
-//! protocol, address, port), real servers by (address, port).
+//! protocol, address, port), real servers by (address, port), with libipvs'
+//! comparison quirks and glibc's merge sort reproduced exactly.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use super::consts::*;
 use super::{Family, Info, KernelDest, KernelService, ServiceKey, Stats};
@@ -22,19 +23,109 @@ pub enum Format {
     Rate,
 }
 
-fn sort_key(k: &ServiceKey) -> (u32, Family, u16, SocketAddr) {
-    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
-    match *k {
-        ServiceKey::Addr { protocol, addr } => {
-            let p = match protocol {
-                super::Protocol::Tcp => IPPROTO_TCP,
-                super::Protocol::Udp => IPPROTO_UDP,
-                super::Protocol::Sctp => IPPROTO_SCTP,
-            };
-            (0, k.family(), p, addr)
+/// ipvsadm compares 32-bit fields by subtracting them into an `int`, so two
+/// values more than 2^31 apart compare "backwards" (10.0.0.1 sorts after
+/// 192.0.2.1). vipd reproduces that, so that its listing stays identical.
+fn diff(a: u32, b: u32) -> i32 {
+    a.wrapping_sub(b) as i32
+}
+
+/// An address as the four host-order words of `union nf_inet_addr`.
+fn words(ip: IpAddr) -> [u32; 4] {
+    match ip {
+        IpAddr::V4(v4) => [u32::from(v4), 0, 0, 0],
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            std::array::from_fn(|i| {
+                u32::from_be_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+            })
         }
-        ServiceKey::Fwmark { mark, family } => (mark, family, 0, unspecified),
     }
+}
+
+/// libipvs' address comparison: all four words for IPv6, one for IPv4.
+fn cmp_addr(family: Family, a: IpAddr, b: IpAddr) -> i32 {
+    let (wa, wb) = (words(a), words(b));
+    let n = if family == Family::Inet6 { 4 } else { 1 };
+    (0..n)
+        .map(|i| diff(wa[i], wb[i]))
+        .find(|r| *r != 0)
+        .unwrap_or(0)
+}
+
+/// libipvs `ipvs_cmp_services`: fwmark, family, protocol, address, port.
+fn cmp_services(a: &KernelService, b: &KernelService) -> i32 {
+    fn fields(k: &ServiceKey) -> (u32, u16, u16, IpAddr, u16) {
+        let any = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+        let af = if k.family() == Family::Inet {
+            AF_INET
+        } else {
+            AF_INET6
+        };
+        match *k {
+            ServiceKey::Addr { protocol, addr } => {
+                let p = match protocol {
+                    super::Protocol::Tcp => IPPROTO_TCP,
+                    super::Protocol::Udp => IPPROTO_UDP,
+                    super::Protocol::Sctp => IPPROTO_SCTP,
+                };
+                (0, af, p, addr.ip(), addr.port())
+            }
+            ServiceKey::Fwmark { mark, .. } => (mark, af, 0, any, 0),
+        }
+    }
+    let (fa, afa, pa, ia, porta) = fields(&a.key);
+    let (fb, afb, pb, ib, portb) = fields(&b.key);
+    [
+        diff(fa, fb),
+        i32::from(afa) - i32::from(afb),
+        i32::from(pa) - i32::from(pb),
+    ]
+    .into_iter()
+    .find(|r| *r != 0)
+    .unwrap_or_else(|| match cmp_addr(a.key.family(), ia, ib) {
+        0 => i32::from(porta) - i32::from(portb),
+        r => r,
+    })
+}
+
+/// libipvs `ipvs_cmp_dests`: address (by the first server's family), port.
+fn cmp_dests(a: &KernelDest, b: &KernelDest) -> i32 {
+    let (x, y) = (a.dest.addr, b.dest.addr);
+    match cmp_addr(Family::of(x.ip()), x.ip(), y.ip()) {
+        0 => i32::from(x.port()) - i32::from(y.port()),
+        r => r,
+    }
+}
+
+/// glibc's `qsort` (a top-down merge sort, `msort_with_tmp`), step for step,
+/// so that ipvsadm's comparison gives the same order even where it is not
+/// transitive (and without the panic a Rust sort may raise then).
+fn msort<T>(v: &mut [T], cmp: &impl Fn(&T, &T) -> i32)
+where
+    T: Copy,
+{
+    let n = v.len();
+    if n <= 1 {
+        return;
+    }
+    let n1 = n / 2;
+    msort(&mut v[..n1], cmp);
+    msort(&mut v[n1..], cmp);
+    let (mut i, mut j) = (0, n1);
+    let mut out = Vec::with_capacity(n);
+    while i < n1 && j < n {
+        if cmp(&v[i], &v[j]) <= 0 {
+            out.push(v[i]);
+            i += 1;
+        } else {
+            out.push(v[j]);
+            j += 1;
+        }
+    }
+    out.extend_from_slice(&v[i..n1]);
+    out.extend_from_slice(&v[j..]);
+    v.copy_from_slice(&out);
 }
 
 /// ipvsadm's `print_largenum`: 9 columns, scaled with K/M/G/T when large.
@@ -74,15 +165,16 @@ fn sched_flags(scheduler: &str, flags: u32) -> Option<String> {
 }
 
 fn service_line(out: &mut String, s: &KernelService, format: Format) {
+    // ipvsadm prints the mark with %d: marks above 2^31 show negative
     let name = match s.key {
         ServiceKey::Fwmark {
             mark,
             family: Family::Inet,
-        } => format!("FWM  {mark}"),
+        } => format!("FWM  {}", mark as i32),
         ServiceKey::Fwmark {
             mark,
             family: Family::Inet6,
-        } => format!("FWM  {mark} IPv6"),
+        } => format!("FWM  {} IPv6", mark as i32),
         ServiceKey::Addr { protocol, addr } => format!("{:<4} {addr}", protocol.name()),
     };
     if format != Format::Plain {
@@ -172,16 +264,14 @@ pub fn render(info: &Info, services: &[KernelService], format: Format) -> String
         }
     }
     let mut svcs: Vec<&KernelService> = services.iter().collect();
-    svcs.sort_by_key(|s| sort_key(&s.key));
+    msort(&mut svcs, &|a: &&KernelService, b: &&KernelService| {
+        cmp_services(a, b)
+    });
     for s in svcs {
         service_line(&mut out, s, format);
         let mut dests: Vec<&KernelDest> = s.dests.iter().collect();
-        dests.sort_by_key(|d| {
-            (
-                Family::of(d.dest.addr.ip()),
-                d.dest.addr.ip(),
-                d.dest.addr.port(),
-            )
+        msort(&mut dests, &|a: &&KernelDest, b: &&KernelDest| {
+            cmp_dests(a, b)
         });
         for d in dests {
             dest_line(&mut out, d, format);
@@ -351,6 +441,34 @@ SCTP 192.0.2.10:5000 lc
 FWM  7 IPv6 mh (mh-port)
 ";
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn addresses_far_apart_sort_as_ipvsadm_sorts_them() {
+        // ipvsadm subtracts addresses into an int: 192.0.2.1 - 10.0.0.1 overflows
+        let k = |a: &str| ServiceKey::Addr {
+            protocol: Protocol::Tcp,
+            addr: a.parse().unwrap(),
+        };
+        let mut a = svc(k("10.0.0.1:80"), "rr", 0, 0);
+        a.dests = vec![
+            dest("10.0.0.11:80", Forward::Nat, 1),
+            dest("192.168.0.11:80", Forward::Nat, 1),
+        ];
+        let b = svc(k("192.0.2.1:80"), "rr", 0, 0);
+        let c = svc(k("10.0.0.2:80"), "rr", 0, 0);
+        let got = render(&INFO, &[a, b, c], Format::Plain);
+        let body: Vec<&str> = got.lines().skip(3).collect();
+        assert_eq!(
+            body,
+            [
+                "TCP  192.0.2.1:80 rr",
+                "TCP  10.0.0.1:80 rr",
+                "  -> 192.168.0.11:80              Masq    1      0          0         ",
+                "  -> 10.0.0.11:80                 Masq    1      0          0         ",
+                "TCP  10.0.0.2:80 rr",
+            ]
+        );
     }
 
     #[test]

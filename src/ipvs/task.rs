@@ -1,6 +1,7 @@
 //! The IPVS tier of `vipd run`: reconciles the kernel table at start, on
-//! reload (SIGHUP) and every `reconcile_interval`, and on shutdown keeps or
-//! removes vipd's services according to `on_shutdown`.
+//! reload (SIGHUP), every `reconcile_interval` and whenever a health check
+//! flips (a real server that is down gets weight 0), and on shutdown keeps
+//! or removes vipd's services according to `on_shutdown`.
 //!
 //! Netlink calls are blocking, so each pass runs in `spawn_blocking`; the
 //! [`Reconciler`] (with its drain timestamps) travels with it.
@@ -16,11 +17,14 @@ use tracing::{error, info, warn};
 
 use super::{IpvsSocket, Reconciler, Service, desired, reconcile};
 use crate::config::{self, Config, OnShutdown};
+use crate::health::IpvsHealth;
 
 /// What the tier is asked to converge to.
 #[derive(Debug, Clone)]
 struct Desired {
     services: Vec<Service>,
+    /// Config names of `services` (health reports by name).
+    names: Vec<String>,
     policy: super::Policy,
     interval: Duration,
     on_shutdown: OnShutdown,
@@ -30,6 +34,7 @@ impl Desired {
     fn of(cfg: &Config) -> Self {
         Desired {
             services: desired::services(cfg),
+            names: desired::names(cfg),
             policy: desired::policy(cfg),
             interval: cfg.ipvs.reconcile_interval.max(Duration::from_secs(1)),
             on_shutdown: cfg.ipvs.on_shutdown,
@@ -46,13 +51,28 @@ pub struct IpvsTier {
     source: Option<PathBuf>,
 }
 
+/// The services to converge to: the config's, with real servers that fail
+/// their health check quiesced.
+fn effective(d: &Desired, health: Option<&IpvsHealth>) -> Vec<Service> {
+    let mut services = d.services.clone();
+    if let Some(h) = health {
+        desired::apply_health(&mut services, &d.names, |name, addr| h.is_up(name, addr));
+    }
+    services
+}
+
 /// One pass off the async runtime: open a socket (so that a module loaded
 /// after start is picked up), reconcile, log.
-async fn pass(mut r: Reconciler, d: Arc<Desired>) -> (Reconciler, super::Result<()>) {
+async fn pass(
+    mut r: Reconciler,
+    d: Arc<Desired>,
+    health: Option<Arc<IpvsHealth>>,
+) -> (Reconciler, super::Result<()>) {
     let res = tokio::task::spawn_blocking(move || {
         r.set_policy(d.policy.clone());
+        let services = effective(&d, health.as_deref());
         let res = IpvsSocket::open()
-            .and_then(|mut sock| r.reconcile(&mut sock, &d.services, Instant::now()));
+            .and_then(|mut sock| r.reconcile(&mut sock, &services, Instant::now()));
         let res = res.map(|report| {
             for op in &report.applied {
                 info!(op = %op, "ipvs change applied");
@@ -69,35 +89,55 @@ async fn pass(mut r: Reconciler, d: Arc<Desired>) -> (Reconciler, super::Result<
 
 impl IpvsTier {
     /// Reconciles once (failing if IPVS is unusable: module missing, no
-    /// CAP_NET_ADMIN) and starts the periodic task. `None` when the config has
-    /// no IPVS services and does not own the table.
-    pub async fn start(cfg: &Config) -> super::Result<Option<Self>> {
+    /// CAP_NET_ADMIN) and starts the periodic task, which also runs a pass
+    /// whenever `health` reports a real server flip. `None` when the config
+    /// has no IPVS services and does not own the table.
+    pub async fn start(
+        cfg: &Config,
+        health: Option<Arc<IpvsHealth>>,
+    ) -> super::Result<Option<Self>> {
         if cfg.ipvs.services.is_empty() && !cfg.ipvs.own_all {
             return Ok(None);
         }
         let d = Arc::new(Desired::of(cfg));
+        if let Some(user) = &cfg.global.user {
+            // setuid() drops CAP_NET_ADMIN, which every IPVS command needs
+            warn!(
+                %user,
+                "global.user drops root after binding: later IPVS passes (interval, SIGHUP, \
+                 on_shutdown = \"remove\") will fail with \"permission denied\""
+            );
+        }
         for s in &d.services {
             if let Err(e) = s.validate() {
                 warn!(error = %e, "ipvs service definition");
             }
         }
-        let (r, res) = pass(Reconciler::new(d.policy.clone()), d.clone()).await;
+        let (r, res) = pass(Reconciler::new(d.policy.clone()), d.clone(), health.clone()).await;
         res?;
         info!(services = d.services.len(), "ipvs table reconciled");
         let (tx, mut rx) = watch::channel(d);
         let stop = Arc::new(Notify::new());
         let stopped = stop.clone();
+        let mut flips = health.as_ref().map(|h| h.subscribe());
         let task = tokio::spawn(async move {
             let mut r = r;
             loop {
                 let interval = rx.borrow().interval;
+                let flipped = async {
+                    match flips.as_mut() {
+                        Some(f) => f.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = stopped.notified() => return r,
                     _ = tokio::time::sleep(interval) => {}
                     changed = rx.changed() => if changed.is_err() { return r },
+                    alive = flipped => if !alive { flips = None },
                 }
                 let d = rx.borrow_and_update().clone();
-                let (next, res) = pass(r, d).await;
+                let (next, res) = pass(r, d, health.clone()).await;
                 r = next;
                 if let Err(e) = res {
                     error!(error = %e, "ipvs reconcile failed; retrying at the next interval");

@@ -211,6 +211,16 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Context) {
                 super::l4::forward(stream, origin, cfg, &snap, &ctx.shutdown, &ctx.stats).await
             }
             config::Protocol::Tls => super::terminate::forward(stream, origin, cfg, &snap).await,
+            config::Protocol::Http => {
+                let accepted = super::http::Accepted {
+                    peer: origin.client,
+                    listener: cfg,
+                    snapshot: ctx.snapshot.clone(),
+                    shutdown: ctx.shutdown.clone(),
+                    sni: None,
+                };
+                super::http::serve(stream, accepted).await
+            }
             other => warn!(
                 protocol = other.as_str(),
                 "protocol not served by this build"

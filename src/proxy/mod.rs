@@ -6,6 +6,7 @@
 //! The TLS state (certificates, rustls configs) is part of the snapshot, so
 //! a reload whose certificates fail to load swaps nothing at all.
 
+pub mod http;
 pub mod l4;
 pub mod limits;
 pub mod listener;
@@ -31,6 +32,11 @@ pub struct Snapshot {
     /// shared with the previous snapshot (same `Arc` per group), so clients
     /// keep their backends across reloads.
     pub persistence: PersistenceTables,
+    /// Vhost and path routing of every HTTP listener.
+    pub http: http::Routes,
+    /// Backend clients of HTTP listeners; their idle connections outlive
+    /// reloads that keep a pool's connection settings.
+    pub upstreams: http::Upstreams,
 }
 
 impl Snapshot {
@@ -40,13 +46,17 @@ impl Snapshot {
     pub fn build(config: Arc<Config>, previous: Option<&Snapshot>) -> Result<Self, TlsError> {
         let tls = Arc::new(TlsState::build(&config, previous.map(|p| &*p.tls))?);
         let pools = Pools::build(&config, previous.map(|p| &p.pools));
-        // Last, once nothing can fail: reusing a table updates it in place.
+        // After the fallible TLS build: reusing a table updates it in place.
         let persistence = PersistenceTables::build(&config, previous.map(|p| &p.persistence));
+        let http = http::Routes::build(&config);
+        let upstreams = http::Upstreams::build(&config, previous.map(|p| &p.upstreams));
         Ok(Self {
             config,
             pools,
             tls,
             persistence,
+            http,
+            upstreams,
         })
     }
 }

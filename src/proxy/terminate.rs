@@ -16,7 +16,6 @@ pub async fn forward(
     listener: &config::Listener,
     snap: &Snapshot,
 ) {
-    let peer = origin.client;
     let started = Instant::now();
     let Some(acceptor) = snap.tls.acceptor(&listener.name) else {
         warn!("listener has no TLS configuration; closing");
@@ -25,7 +24,7 @@ pub async fn forward(
     let tls = match acceptor.accept(client).await {
         Ok(s) => s,
         Err(e) => {
-            debug!(%peer, failure = %e, side = "client", "TLS handshake failed");
+            debug!(peer = %origin.client, failure = %e, side = "client", "TLS handshake failed");
             return;
         }
     };

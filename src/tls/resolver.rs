@@ -106,3 +106,72 @@ impl ResolvesServerCert for SniResolver {
         Self::choose(certs, hello.signature_schemes())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    /// A one-certificate list for `name`; lists are told apart by pointer.
+    fn certs(name: &str) -> CertList {
+        let ck = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let der = CertificateDer::from(ck.cert.der().to_vec());
+        let certified = CertifiedKey::from_der(vec![der], key, &provider).unwrap();
+        Arc::from(vec![Arc::new(certified)])
+    }
+
+    fn same(a: Option<&CertList>, b: &CertList) -> bool {
+        a.is_some_and(|a| Arc::ptr_eq(a, b))
+    }
+
+    #[test]
+    fn exact_names_win_over_wildcards_which_win_over_the_default() {
+        let (exact, wild, default) = (certs("a.example.com"), certs("*.example.com"), certs("d"));
+        let mut r = SniResolver::new(Some(default.clone()));
+        assert!(r.insert("a.example.com", exact.clone()));
+        assert!(r.insert("*.example.com", wild.clone()));
+        assert!(same(r.lookup(Some("a.example.com")), &exact));
+        assert!(same(r.lookup(Some("b.example.com")), &wild));
+        assert!(same(r.lookup(Some("example.com")), &default));
+        assert!(same(r.lookup(Some("x.b.example.com")), &default));
+        assert!(same(r.lookup(None), &default));
+        assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn lookups_ignore_case_and_a_trailing_dot() {
+        let exact = certs("a.example.com");
+        let mut r = SniResolver::new(None);
+        r.insert("a.example.com", exact.clone());
+        assert!(same(r.lookup(Some("A.Example.COM")), &exact));
+        assert!(same(r.lookup(Some("a.example.com.")), &exact));
+    }
+
+    #[test]
+    fn without_a_default_unknown_and_absent_names_resolve_to_nothing() {
+        let mut r = SniResolver::new(None);
+        r.insert("a.example.com", certs("a.example.com"));
+        assert!(r.lookup(Some("b.example.com")).is_none());
+        assert!(r.lookup(None).is_none());
+    }
+
+    #[test]
+    fn the_first_vhost_to_claim_a_name_keeps_it() {
+        let (first, second) = (certs("a"), certs("b"));
+        let mut r = SniResolver::new(None);
+        assert!(r.insert("a.example.com", first.clone()));
+        assert!(!r.insert("a.example.com", second));
+        assert!(same(r.lookup(Some("a.example.com")), &first));
+    }
+
+    #[test]
+    fn the_certificate_chosen_is_the_first_that_can_sign_an_offered_scheme() {
+        let list = certs("a.example.com");
+        let ecdsa = [SignatureScheme::ECDSA_NISTP256_SHA256];
+        let rsa = [SignatureScheme::RSA_PSS_SHA256];
+        assert!(SniResolver::choose(&list, &ecdsa).is_some());
+        assert!(SniResolver::choose(&list, &rsa).is_none());
+    }
+}

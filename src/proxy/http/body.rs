@@ -1,0 +1,145 @@
+//! Bodies as they pass through: the request body with the vhost's size
+//! limit, and the response body that counts bytes, holds the backend lease
+//! and writes the access-log line when the exchange ends.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use super::access::Exchange;
+
+/// Why the request body could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The body grew past `max_body_size`.
+    #[error("request body exceeds {limit} bytes")]
+    TooLarge { limit: u64 },
+    /// Reading from the client failed.
+    #[error("client: {0}")]
+    Client(#[source] hyper::Error),
+}
+
+/// A client's request body on its way to a backend, cut off at a limit.
+pub struct RequestBody {
+    inner: Incoming,
+    limit: u64,
+    seen: u64,
+}
+
+impl RequestBody {
+    /// Wrap `inner`, failing once more than `limit` bytes arrive.
+    pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
+        Self {
+            inner,
+            limit: limit.unwrap_or(u64::MAX),
+            seen: 0,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.seen += data.len() as u64;
+                    if self.seen > self.limit {
+                        return Poll::Ready(Some(Err(BodyError::TooLarge { limit: self.limit })));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Client(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Where a response body comes from.
+pub enum Source {
+    /// Streamed from a backend.
+    Backend(Incoming),
+    /// Made by the proxy (errors, redirects).
+    Local(Option<Bytes>),
+}
+
+impl Source {
+    /// A body made by the proxy.
+    pub fn local(text: &'static str) -> Self {
+        if text.is_empty() {
+            Source::Local(None)
+        } else {
+            Source::Local(Some(Bytes::from_static(text.as_bytes())))
+        }
+    }
+}
+
+/// The body sent to the client. It owns the request's [`Exchange`], so the
+/// exchange ends (access log, backend lease released, connection idle again)
+/// when hyper has written or dropped the body.
+pub struct ResponseBody {
+    source: Source,
+    exchange: Exchange,
+}
+
+impl ResponseBody {
+    /// A body from `source` that ends `exchange` when dropped.
+    pub fn new(source: Source, exchange: Exchange) -> Self {
+        Self { source, exchange }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.source {
+            Source::Backend(b) => Pin::new(b).poll_frame(cx),
+            Source::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        };
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.exchange.record.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.source {
+            Source::Backend(b) => b.is_end_stream(),
+            Source::Local(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.source {
+            Source::Backend(b) => b.size_hint(),
+            Source::Local(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}

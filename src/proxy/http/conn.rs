@@ -1,0 +1,299 @@
+//! One client connection: hyper's HTTP/1.1 + HTTP/2 server over the client
+//! stream, with vipd's own header-read (slowloris) and idle keep-alive
+//! timeouts, and graceful shutdown.
+//!
+//! hyper's own `header_read_timeout` also runs while a keep-alive connection
+//! waits for its next request, which would tie the idle timeout to the
+//! header timeout. Instead, the stream is wrapped so that the first byte read
+//! while no request is in flight starts the header clock, and a watchdog in
+//! the connection task closes the connection when a clock runs out.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::Version;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::headers::Peer;
+use super::service;
+use crate::config;
+use crate::proxy::SharedSnapshot;
+use crate::shutdown::Shutdown;
+
+/// What every request of one connection shares.
+pub struct Conn {
+    pub peer: Peer,
+    /// The listener's name, which keys its routes in the snapshot.
+    pub listener: Arc<str>,
+    pub snapshot: SharedSnapshot,
+    /// Whether the client came over TLS.
+    pub https: bool,
+    /// The TLS server name the client asked for, lower case.
+    pub sni: Option<Box<str>>,
+    pub shutdown: Shutdown,
+    /// Idle timeout of WebSocket tunnels started on this connection.
+    pub idle_timeout: Duration,
+    pub state: ConnState,
+}
+
+/// Activity clocks of one connection, in milliseconds since `epoch`.
+pub struct ConnState {
+    epoch: Instant,
+    inflight: AtomicU32,
+    requests: AtomicU64,
+    /// When the last in-flight request ended (or the connection opened).
+    idle_since: AtomicU64,
+    /// 1 + when the first byte of the next request head arrived; 0 = none.
+    head_since: AtomicU64,
+    /// HTTP/2 streams share the connection, so no header clock applies
+    /// once the connection speaks HTTP/2.
+    h2: AtomicBool,
+}
+
+/// Which clock ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clock {
+    Header,
+    Idle,
+    Busy,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            inflight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// A request head was read.
+    pub fn request_started(&self) {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.head_since.store(0, Ordering::Relaxed);
+    }
+
+    /// Note the protocol version of a request.
+    pub fn saw_version(&self, v: Version) {
+        if v == Version::HTTP_2 {
+            self.h2.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A request's response has been written (or abandoned).
+    pub fn request_done(&self) {
+        if self.inflight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.idle_since.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    fn bytes_read(&self) {
+        if self.inflight.load(Ordering::Relaxed) == 0
+            && self.head_since.load(Ordering::Relaxed) == 0
+        {
+            self.head_since.store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// When the running clock expires, and which one it is.
+    fn deadline(&self, header: Duration, idle: Duration) -> (Instant, Clock) {
+        if self.inflight.load(Ordering::Relaxed) > 0 {
+            // Re-check later: a request in flight has its own timeouts.
+            return (Instant::now() + header.min(idle), Clock::Busy);
+        }
+        let ms = Duration::from_millis;
+        let head = self.head_since.load(Ordering::Relaxed);
+        if head != 0 && !self.h2.load(Ordering::Relaxed) {
+            return (self.epoch + ms(head - 1) + header, Clock::Header);
+        }
+        let since = self.epoch + ms(self.idle_since.load(Ordering::Relaxed));
+        if self.requests.load(Ordering::Relaxed) == 0 {
+            (since + header, Clock::Header)
+        } else {
+            (since + idle, Clock::Idle)
+        }
+    }
+}
+
+/// The client stream, reporting reads to the connection's clocks.
+struct Watched<T> {
+    inner: T,
+    conn: Arc<Conn>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.conn.state.bytes_read();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// The server settings, shared by every connection.
+fn builder() -> &'static auto::Builder<TokioExecutor> {
+    static BUILDER: OnceLock<auto::Builder<TokioExecutor>> = OnceLock::new();
+    BUILDER.get_or_init(|| {
+        let mut b = auto::Builder::new(TokioExecutor::new());
+        b.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .keep_alive(true)
+            // Enough for large cookie headers; the buffer grows only on demand.
+            .max_buf_size(64 * 1024);
+        b.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(64 * 1024);
+        b
+    })
+}
+
+/// What [`serve`] needs besides the stream.
+pub struct Accepted<'a> {
+    pub peer: SocketAddr,
+    pub listener: &'a config::Listener,
+    pub snapshot: SharedSnapshot,
+    pub shutdown: Shutdown,
+    /// The TLS server name, for `https` listeners.
+    pub sni: Option<&'a str>,
+}
+
+/// Serve HTTP on one client stream until the client leaves, a timeout
+/// closes it, or shutdown has drained it.
+pub async fn serve<IO>(io: IO, a: Accepted<'_>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let cfg = a.listener;
+    let https = cfg.protocol == config::Protocol::Https;
+    let conn = Arc::new(Conn {
+        peer: Peer::new(a.peer.ip(), https),
+        listener: cfg.name.as_str().into(),
+        snapshot: a.snapshot,
+        https,
+        sni: a.sni.map(|s| s.to_ascii_lowercase().into_boxed_str()),
+        shutdown: a.shutdown.clone(),
+        idle_timeout: cfg.idle_timeout,
+        state: ConnState::new(),
+    });
+    let (header_timeout, idle_timeout) = (cfg.header_timeout, cfg.idle_timeout);
+    let io = TokioIo::new(Watched {
+        inner: io,
+        conn: conn.clone(),
+    });
+    let svc_conn = conn.clone();
+    let svc = service_fn(move |req| service::handle(svc_conn.clone(), req));
+    let mut served = pin!(builder().serve_connection_with_upgrades(io, svc));
+    let mut graceful = false;
+    let mut hard_stop: Option<Instant> = None;
+    loop {
+        let (mut deadline, clock) = conn.state.deadline(header_timeout, idle_timeout);
+        if let Some(h) = hard_stop {
+            deadline = deadline.min(h);
+        }
+        tokio::select! {
+            result = served.as_mut() => {
+                if let Err(e) = result {
+                    log_connection_error(&*e);
+                }
+                return;
+            }
+            _ = a.shutdown.triggered(), if !graceful => {
+                served.as_mut().graceful_shutdown();
+                graceful = true;
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let now = Instant::now();
+                if hard_stop.is_some_and(|h| now >= h) {
+                    debug!("connection did not close after a graceful shutdown; closing");
+                    return;
+                }
+                let (current, clock_now) = conn.state.deadline(header_timeout, idle_timeout);
+                if current > now || clock_now != clock {
+                    continue;
+                }
+                match clock {
+                    Clock::Header => {
+                        warn!(side = "client", timeout_ms = header_timeout.as_millis() as u64,
+                            "no complete request header within header_timeout; closing");
+                        return;
+                    }
+                    Clock::Idle if !graceful => {
+                        debug!("idle keep-alive connection timed out; closing");
+                        served.as_mut().graceful_shutdown();
+                        graceful = true;
+                        hard_stop = Some(now + header_timeout);
+                    }
+                    Clock::Idle | Clock::Busy => {}
+                }
+            }
+        }
+    }
+}
+
+fn log_connection_error(e: &(dyn std::error::Error + 'static)) {
+    match e.downcast_ref::<hyper::Error>() {
+        Some(h) if h.is_parse_too_large() => {
+            warn!(side = "client", error = %h, "request head too large; answered 431 and closed");
+        }
+        Some(h) if h.is_parse() => {
+            warn!(side = "client", error = %h, "malformed request; answered 400 and closed");
+        }
+        _ => debug!(side = "client", error = %e, "connection ended with an error"),
+    }
+}

@@ -1,0 +1,332 @@
+//! Header rewriting between client and backend: hop-by-hop headers are
+//! stripped both ways, forwarding headers (`X-Forwarded-*`, RFC 7239
+//! `Forwarded`, `Via`) are added to requests.
+//!
+//! Forwarding headers a client sends are kept (and appended to) only when
+//! the client is a trusted proxy; from anyone else they are replaced, so a
+//! client cannot forge the address a backend sees.
+
+use std::net::IpAddr;
+
+use hyper::Version;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// `X-Forwarded-For`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one connection (RFC 9110 7.6.1), never forwarded.
+/// `Upgrade` is handled by the caller because a WebSocket handshake keeps it.
+fn fixed_hop_by_hop() -> [&'static HeaderName; 7] {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+    ]
+}
+
+/// Whether a request asks for a protocol upgrade (HTTP/1.1 `Connection:
+/// upgrade` with an `Upgrade` header).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+/// Whether a `Connection` header lists `token`.
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Remove hop-by-hop headers: the fixed set, `TE` unless it is exactly
+/// `trailers` (which gRPC needs end to end), and every header the
+/// `Connection` header names. With `upgrade`, `Upgrade` is kept and
+/// `Connection: upgrade` re-added so the handshake reaches the other side.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            if !(upgrade && name == header::UPGRADE) {
+                headers.remove(&name);
+            }
+        }
+    }
+    for name in fixed_hop_by_hop() {
+        headers.remove(name);
+    }
+    if headers
+        .get(header::TE)
+        .is_some_and(|te| te.as_bytes() != b"trailers")
+    {
+        headers.remove(header::TE);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Per-connection values of the forwarding headers, computed once when the
+/// connection is accepted.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The client's address.
+    pub ip: IpAddr,
+    /// `ip` as an `X-Forwarded-For` element.
+    xff: HeaderValue,
+    /// `ip` as an RFC 7239 `for=` node (IPv6 quoted and bracketed).
+    node: String,
+    /// `http` or `https`.
+    proto: &'static str,
+}
+
+impl Peer {
+    /// Values for a client at `ip`, connected over `https` or not.
+    pub fn new(ip: IpAddr, https: bool) -> Self {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let node = match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        Self {
+            ip,
+            xff: HeaderValue::try_from(ip.to_string()).expect("an IP is a valid header value"),
+            node,
+            proto: if https { "https" } else { "http" },
+        }
+    }
+
+    /// `http` or `https`.
+    pub fn proto(&self) -> &'static str {
+        self.proto
+    }
+}
+
+/// What [`add_forwarding`] adds beyond the `X-Forwarded-*` headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Whether the client's own forwarding headers are believed.
+    pub trusted: bool,
+    /// Add RFC 7239 `Forwarded`.
+    pub forwarded: bool,
+    /// Add `Via`.
+    pub via: bool,
+}
+
+/// Add forwarding headers to a request from `peer` for `host` (the
+/// client's Host, with any port).
+pub fn add_forwarding(
+    headers: &mut HeaderMap,
+    peer: &Peer,
+    host: &HeaderValue,
+    version: Version,
+    opts: Options,
+) {
+    let xff = match opts
+        .trusted
+        .then(|| joined(headers, &X_FORWARDED_FOR))
+        .flatten()
+    {
+        Some(mut chain) => {
+            chain.extend_from_slice(b", ");
+            chain.extend_from_slice(peer.xff.as_bytes());
+            HeaderValue::from_bytes(&chain).unwrap_or_else(|_| peer.xff.clone())
+        }
+        None => peer.xff.clone(),
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
+    if !(opts.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(peer.proto),
+        );
+    }
+    if !(opts.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    }
+    let earlier = opts
+        .trusted
+        .then(|| joined(headers, &header::FORWARDED))
+        .flatten();
+    if opts.forwarded {
+        let mut value = earlier.unwrap_or_default();
+        if !value.is_empty() {
+            value.extend_from_slice(b", ");
+        }
+        value.extend_from_slice(b"for=");
+        value.extend_from_slice(peer.node.as_bytes());
+        value.extend_from_slice(b";host=\"");
+        value.extend_from_slice(host.as_bytes());
+        value.extend_from_slice(b"\";proto=");
+        value.extend_from_slice(peer.proto.as_bytes());
+        if let Ok(v) = HeaderValue::from_bytes(&value) {
+            headers.insert(header::FORWARDED, v);
+        }
+    } else if !opts.trusted {
+        headers.remove(header::FORWARDED);
+    }
+    if opts.via {
+        add_via(headers, version);
+    }
+}
+
+/// Append this proxy to `Via`, naming the protocol version it received.
+pub fn add_via(headers: &mut HeaderMap, version: Version) {
+    let me: &'static str = match version {
+        Version::HTTP_10 => "1.0 vipd",
+        Version::HTTP_2 => "2 vipd",
+        _ => "1.1 vipd",
+    };
+    let value = match joined(headers, &header::VIA) {
+        Some(mut v) => {
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(me.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or(HeaderValue::from_static(me))
+        }
+        None => HeaderValue::from_static(me),
+    };
+    headers.insert(header::VIA, value);
+}
+
+/// All values of `name` joined with `, `, or None if absent.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    for v in headers.get_all(name) {
+        let buf = out.get_or_insert_with(Vec::new);
+        if !buf.is_empty() {
+            buf.extend_from_slice(b", ");
+        }
+        buf.extend_from_slice(v.as_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn get<'a>(h: &'a HeaderMap, k: &str) -> Option<&'a str> {
+        h.get(k).map(|v| v.to_str().unwrap())
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_connection_named_headers_are_removed() {
+        let mut h = headers(&[
+            ("connection", "close, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "gzip"),
+            ("upgrade", "websocket"),
+            ("transfer-encoding", "chunked"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn te_trailers_is_kept_and_upgrade_survives_a_websocket_handshake() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+        ]);
+        assert!(wants_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(get(&h, "upgrade"), Some("websocket"));
+        assert_eq!(get(&h, "connection"), Some("upgrade"));
+        assert_eq!(get(&h, "te"), Some("trailers"));
+    }
+
+    #[test]
+    fn untrusted_client_forwarding_headers_are_replaced() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil"),
+            ("forwarded", "for=6.6.6.6"),
+        ]);
+        let peer = Peer::new("192.0.2.1".parse().unwrap(), false);
+        let host = HeaderValue::from_static("www.example.com:8080");
+        let opts = Options {
+            trusted: false,
+            forwarded: false,
+            via: false,
+        };
+        add_forwarding(&mut h, &peer, &host, Version::HTTP_11, opts);
+        assert_eq!(get(&h, "x-forwarded-for"), Some("192.0.2.1"));
+        assert_eq!(get(&h, "x-forwarded-proto"), Some("http"));
+        assert_eq!(get(&h, "x-forwarded-host"), Some("www.example.com:8080"));
+        assert_eq!(get(&h, "forwarded"), None);
+    }
+
+    #[test]
+    fn trusted_proxy_chains_are_appended_to() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-for", "198.51.100.2"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=203.0.113.9"),
+            ("via", "1.1 edge"),
+        ]);
+        let peer = Peer::new("2001:db8::1".parse().unwrap(), true);
+        let host = HeaderValue::from_static("www.example.com");
+        let opts = Options {
+            trusted: true,
+            forwarded: true,
+            via: true,
+        };
+        add_forwarding(&mut h, &peer, &host, Version::HTTP_2, opts);
+        assert_eq!(
+            get(&h, "x-forwarded-for"),
+            Some("203.0.113.9, 198.51.100.2, 2001:db8::1")
+        );
+        assert_eq!(get(&h, "x-forwarded-proto"), Some("https"));
+        assert_eq!(get(&h, "x-forwarded-host"), Some("www.example.com"));
+        assert_eq!(
+            get(&h, "forwarded"),
+            Some("for=203.0.113.9, for=\"[2001:db8::1]\";host=\"www.example.com\";proto=https")
+        );
+        assert_eq!(get(&h, "via"), Some("1.1 edge, 2 vipd"));
+    }
+
+    #[test]
+    fn ipv4_mapped_clients_are_shown_as_ipv4() {
+        let peer = Peer::new("::ffff:192.0.2.7".parse().unwrap(), false);
+        assert_eq!(peer.ip.to_string(), "192.0.2.7");
+    }
+}

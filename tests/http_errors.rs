@@ -1,0 +1,235 @@
+//! HTTP proxy failure paths and client-side timeouts.
+
+mod http_support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use http_support::*;
+use hyper::body::Frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+fn config(backend: SocketAddr, extra_listener: &str, extra_pool: &str) -> String {
+    format!(
+        r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "http"
+{extra_listener}
+
+[[pool]]
+name = "p"
+backends = [{{ address = "{backend}" }}]
+{extra_pool}
+
+[[vhost]]
+name = "site"
+hosts = ["site.test"]
+pool = "p"
+max_body_size = 10
+"#
+    )
+}
+
+async fn proxy_for(backend: SocketAddr, extra_listener: &str, extra_pool: &str) -> SocketAddr {
+    let running = start_proxy(&config(backend, extra_listener, extra_pool)).await;
+    let addr = running.local_addr("web").await.unwrap();
+    std::mem::forget(running);
+    addr
+}
+
+#[tokio::test]
+async fn a_refused_backend_connection_is_a_502() {
+    let proxy = proxy_for(closed_port().await, "", "").await;
+    let (status, _, body) = send(&h1_client(), get(proxy, "site.test", "/")).await;
+    assert_eq!(status, 502);
+    assert_eq!(body, "502 Bad Gateway\n");
+}
+
+#[tokio::test]
+async fn a_backend_slower_than_response_timeout_is_a_504() {
+    let b = Backend::start("slow").await;
+    let proxy = proxy_for(b.addr, "", "response_timeout = \"200ms\"").await;
+    let started = Instant::now();
+    let (status, _, body) = send(&h1_client(), get(proxy, "site.test", "/sleep/5000")).await;
+    assert_eq!(status, 504);
+    assert_eq!(body, "504 Gateway Timeout\n");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn a_pool_without_available_backends_is_a_503() {
+    let b = Backend::start("b").await;
+    let text = config(b.addr, "", "").replace(
+        &format!("{{ address = \"{}\" }}", b.addr),
+        &format!("{{ address = \"{}\", weight = 0 }}", b.addr),
+    );
+    let running = start_proxy(&text).await;
+    let proxy = running.local_addr("web").await.unwrap();
+    let (status, _, body) = send(&h1_client(), get(proxy, "site.test", "/")).await;
+    assert_eq!(status, 503);
+    assert_eq!(body, "503 Service Unavailable: no backend is available\n");
+    assert_eq!(b.requests(), 0);
+}
+
+#[tokio::test]
+async fn a_body_declared_over_max_body_size_is_a_413_without_reaching_the_backend() {
+    let b = Backend::start("b").await;
+    let proxy = proxy_for(b.addr, "", "").await;
+    let mut req = get(proxy, "site.test", "/");
+    *req.body_mut() = Full::new(Bytes::from_static(b"0123456789abcdef"));
+    let (status, _, body) = send(&h1_client(), req).await;
+    assert_eq!(status, 413);
+    assert_eq!(body, "413 Payload Too Large\n");
+    assert_eq!(b.requests(), 0);
+}
+
+#[tokio::test]
+async fn a_streamed_body_growing_over_max_body_size_is_a_413() {
+    let b = Backend::start("b").await;
+    let proxy = proxy_for(b.addr, "", "").await;
+    let body = Chunked((0..4).map(|_| Bytes::from_static(b"0123456")).collect());
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let req = hyper::Request::builder()
+        .method("POST")
+        .uri(format!("http://{proxy}/"))
+        .header("host", "site.test")
+        .body(body)
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 413);
+}
+
+/// A body of chunks that are all ready, sent with unknown length (chunked).
+struct Chunked(std::collections::VecDeque<Bytes>);
+
+impl hyper::body::Body for Chunked {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_request_is_a_400_from_the_proxy() {
+    let b = Backend::start("b").await;
+    let proxy = proxy_for(b.addr, "", "").await;
+    let answer = raw(
+        proxy,
+        b"GET / HTTP/1.1\r\nHost: site.test\r\nBroken header line\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    let answer = raw(
+        proxy,
+        b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.ends_with("400 Bad Request: missing or invalid Host header\n"),
+        "{answer}"
+    );
+    assert_eq!(b.requests(), 0);
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_header_is_cut_off_at_header_timeout() {
+    let b = Backend::start("b").await;
+    let proxy = proxy_for(
+        b.addr,
+        "header_timeout = \"300ms\"\nidle_timeout = \"60s\"",
+        "",
+    )
+    .await;
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    let started = Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: site.test\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    let waited = started.elapsed();
+    assert_eq!(n, 0);
+    assert!(waited >= Duration::from_millis(290), "{waited:?}");
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_at_idle_timeout_not_header_timeout() {
+    let b = Backend::start("b").await;
+    let proxy = proxy_for(
+        b.addr,
+        "header_timeout = \"100ms\"\nidle_timeout = \"600ms\"",
+        "",
+    )
+    .await;
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK\r\n"));
+    let answered = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    let waited = answered.elapsed();
+    assert_eq!(n, 0);
+    assert!(waited >= Duration::from_millis(550), "{waited:?}");
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+}
+
+#[tokio::test]
+async fn a_websocket_upgrade_is_tunnelled_both_ways() {
+    let b = Backend::start("ws").await;
+    let proxy = proxy_for(b.addr, "", "").await;
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: site.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 101 switching protocols\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("\r\nupgrade: websocket\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
+    for msg in [&b"hello"[..], b"second message"] {
+        s.write_all(msg).await.unwrap();
+        let mut echo = vec![0u8; msg.len()];
+        s.read_exact(&mut echo).await.unwrap();
+        assert_eq!(echo, msg);
+    }
+}
