@@ -191,7 +191,19 @@ fn plan(
             "503 Service Unavailable: no backend is available\n",
         ));
     };
-    let Some(lease) = pool.select(conn.peer.ip) else {
+    // The listener's persistence group, if any, keeps the client's host.
+    let sticky = snap
+        .config
+        .listeners
+        .iter()
+        .find(|l| *l.name == *conn.listener)
+        .and_then(|l| l.persistence.as_deref())
+        .and_then(|g| snap.persistence.get(g));
+    let selected = match sticky {
+        Some(table) => pool.select_persistent(conn.peer.ip, table),
+        None => pool.select(conn.peer.ip),
+    };
+    let Some(lease) = selected else {
         warn!(side = "backend", pool = %pool_name, "no healthy backend; answering 503");
         return Err(local(
             StatusCode::SERVICE_UNAVAILABLE,
