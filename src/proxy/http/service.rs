@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use super::conn::Conn;
 use super::headers::{self, Options};
 use super::route::VhostRoute;
 use super::upstream::{ForwardError, Upstream};
-use crate::balance::{Lease, Pool};
+use crate::balance::{Lease, PersistenceTable, Pool};
 use crate::proxy::Snapshot;
 
 /// Serve one request. Never fails: every problem becomes a response.
@@ -99,6 +100,7 @@ fn error_response(status: StatusCode) -> Response<Source> {
 struct Plan {
     upstream: Arc<Upstream>,
     pool: Arc<Pool>,
+    persistence: Option<Arc<PersistenceTable>>,
     lease: Lease,
     /// The client's Host (authority for HTTP/2), with any port.
     host: HeaderValue,
@@ -191,19 +193,12 @@ fn plan(
             "503 Service Unavailable: no backend is available\n",
         ));
     };
-    // The listener's persistence group, if any, keeps the client's host.
-    let sticky = snap
-        .config
-        .listeners
-        .iter()
-        .find(|l| *l.name == *conn.listener)
-        .and_then(|l| l.persistence.as_deref())
-        .and_then(|g| snap.persistence.get(g));
-    let selected = match sticky {
-        Some(table) => pool.select_persistent(conn.peer.ip, table),
-        None => pool.select(conn.peer.ip),
-    };
-    let Some(lease) = selected else {
+    let persistence = routes
+        .persistence
+        .as_deref()
+        .and_then(|g| snap.persistence.get(g))
+        .cloned();
+    let Some(lease) = select(pool, persistence.as_ref(), conn.peer.ip) else {
         warn!(side = "backend", pool = %pool_name, "no healthy backend; answering 503");
         return Err(local(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -213,6 +208,7 @@ fn plan(
     Ok(Plan {
         upstream: upstream.clone(),
         pool: pool.clone(),
+        persistence,
         lease,
         host: host.clone(),
         max_body_size: vhost.max_body_size,
@@ -222,6 +218,14 @@ fn plan(
             via: routes.via,
         },
     })
+}
+
+/// A backend of `pool` for `client`, through the persistence table if any.
+fn select(pool: &Pool, table: Option<&Arc<PersistenceTable>>, client: IpAddr) -> Option<Lease> {
+    match table {
+        Some(t) => pool.select_persistent(client, t),
+        None => pool.select(client),
+    }
 }
 
 /// The host name of a Host value: port removed (IPv6 brackets kept), final
@@ -338,6 +342,11 @@ async fn forward(
         if !e.is_connect() {
             return error_response(e.status());
         }
+        // A persistent client is rescheduled rather than sent back to a
+        // backend that just refused it.
+        if let Some(l) = ex.lease.take() {
+            l.connect_failed();
+        }
         if let Some(pool_cfg) = snap.config.pool(&plan.pool.name) {
             if state.connect_failed(pool_cfg) {
                 let cause = format!(
@@ -351,7 +360,7 @@ async fn forward(
         let Some(copy) = retry else {
             return error_response(e.status());
         };
-        let Some(other) = plan.pool.select(conn.peer.ip) else {
+        let Some(other) = select(&plan.pool, plan.persistence.as_ref(), conn.peer.ip) else {
             return error_response(e.status());
         };
         let mut request = Request::new(RequestBody::empty());
