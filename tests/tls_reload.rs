@@ -223,10 +223,11 @@ async fn a_reload_that_adds_a_vhost_serves_its_certificate_and_a_broken_one_chan
     assert_eq!(f.running.snapshot().config.vhosts.len(), 3);
     let published: Vec<_> = f
         .running
-        .metrics()
+        .snapshot()
+        .tls
         .certificates()
-        .into_iter()
-        .map(|c| (c.vhost, c.names, c.not_after))
+        .iter()
+        .map(|c| (c.vhost.clone(), c.cert.names.clone(), c.cert.not_after_unix))
         .collect();
     // rcgen's default notAfter: 4096-01-01T00:00:00Z.
     let end = 67_090_118_400;
