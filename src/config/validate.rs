@@ -32,7 +32,9 @@ struct Skeleton {
     persistence: Vec<Spanned<toml::Table>>,
     #[serde(default)]
     vhost: Vec<Spanned<toml::Table>>,
-    ipvs: Option<Spanned<toml::Table>>,
+    /// Not spanned: `[[ipvs.service]]` alone defines `ipvs` implicitly, and
+    /// an implicit table has no span to give.
+    ipvs: Option<toml::Table>,
 }
 
 /// Collects problems while validating one file.
@@ -408,8 +410,21 @@ fn build(c: &mut Checker<'_>, s: &Skeleton, path: &Path) -> Config {
         .enumerate()
         .map(|(i, t)| listener(c, t, i, &mut names, &pools, &persistence, &vhosts))
         .collect();
-    let ipvs = ipvs(c, s.ipvs.as_ref(), &persistence);
+    let ipvs_table = s.ipvs.as_ref().map(|t| {
+        let start = c.src.find("[ipvs").unwrap_or(0);
+        Spanned::new(start..c.src.len(), t.clone())
+    });
+    let ipvs = ipvs(c, ipvs_table.as_ref(), &persistence);
     check_binds(c, s, &listeners, admin.as_ref());
+    if let (Some(user), false) = (&global.user, ipvs.services.is_empty()) {
+        c.report(
+            &s.global.as_ref().map_or(WHOLE, |t| t.span()),
+            "global",
+            Some("user"),
+            format!("switching to user {user:?} drops CAP_NET_ADMIN, which every later IPVS reconcile needs"),
+            "remove `user` and run vipd with only the capabilities it needs (systemd: AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE, User=...), or manage IPVS from a separate vipd",
+        );
+    }
     Config {
         source: Some(path.to_path_buf()),
         global,
