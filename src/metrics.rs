@@ -192,16 +192,15 @@ impl BackendStats {
     }
 }
 
-/// Hits and misses of one persistence group's client table; its size is
-/// reported by the table itself.
+/// Hits and misses of one persistence group's client table (owned by the
+/// table, so carried across reloads with it); its size is read from the
+/// table at scrape time.
 #[derive(Debug, Default)]
 pub struct PersistenceStats {
-    /// Lookups that found a live entry.
+    /// Connections that followed a live entry.
     pub hits: AtomicU64,
-    /// Lookups that created a new entry.
+    /// Connections that found no usable entry and were scheduled.
     pub misses: AtomicU64,
-    /// Entries in the table now.
-    pub entries: AtomicU64,
 }
 
 /// Result of the last reload.
@@ -219,8 +218,7 @@ pub struct ReloadStatus {
     pub last_error: Option<String>,
 }
 
-/// The process-wide registry: per-listener stats by name, per-group
-/// persistence stats and reload status. (Certificate expiry is read from
+/// The process-wide registry: per-listener stats by name and reload status. (Certificate expiry is read from
 /// the TLS state in the snapshot at scrape time.)
 ///
 /// Lookups here take a short lock and happen at bind, build and reload
@@ -228,7 +226,6 @@ pub struct ReloadStatus {
 #[derive(Debug)]
 pub struct Metrics {
     listeners: Mutex<HashMap<String, Arc<ListenerStats>>>,
-    persistence: Mutex<HashMap<String, Arc<PersistenceStats>>>,
     reload: Mutex<ReloadStatus>,
     /// Unix time the process started.
     pub started_unix: u64,
@@ -238,7 +235,6 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             listeners: Mutex::default(),
-            persistence: Mutex::default(),
             reload: Mutex::new(ReloadStatus {
                 attempts: 0,
                 failures: 0,
@@ -290,24 +286,6 @@ impl Metrics {
     /// Forget listeners that are no longer configured.
     pub fn retain_listeners(&self, keep: impl Fn(&str) -> bool) {
         lock(&self.listeners).retain(|k, _| keep(k));
-    }
-
-    /// The stats handle of persistence group `name`, created on first use.
-    pub fn persistence(&self, name: &str) -> Arc<PersistenceStats> {
-        lock(&self.persistence)
-            .entry(name.to_string())
-            .or_default()
-            .clone()
-    }
-
-    /// Stats of every persistence group seen, by name.
-    pub fn persistence_groups(&self) -> Vec<(String, Arc<PersistenceStats>)> {
-        let mut v: Vec<_> = lock(&self.persistence)
-            .iter()
-            .map(|(k, s)| (k.clone(), s.clone()))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
     }
 
     /// Record the outcome of a reload (SIGHUP or admin API).

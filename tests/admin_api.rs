@@ -552,3 +552,163 @@ backends = [{{ address = "{}" }}]
     running.stop().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn draining_ends_persistence_to_the_backend_only_when_the_group_expires_quiescent() {
+    // Persistence sticks to a backend host, so the backends get their own IPs.
+    let a = TestBackend::start_at("a", "127.0.0.2:0".parse().unwrap()).await;
+    let b = TestBackend::start_at("b", "127.0.0.3:0".parse().unwrap()).await;
+    let text = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[persistence]]
+name = "expire"
+timeout = "5m"
+expire_quiescent = true
+
+[[persistence]]
+name = "keep"
+timeout = "5m"
+expire_quiescent = false
+
+[[listener]]
+name = "expiring"
+bind = "127.0.0.1:0"
+protocol = "tcp"
+pool = "p1"
+persistence = "expire"
+
+[[listener]]
+name = "keeping"
+bind = "127.0.0.1:0"
+protocol = "tcp"
+pool = "p2"
+persistence = "keep"
+
+[[pool]]
+name = "p1"
+scheduler = "rr"
+backends = [{{ address = "{a}" }}, {{ address = "{b}" }}]
+
+[[pool]]
+name = "p2"
+scheduler = "rr"
+backends = [{{ address = "{a}" }}, {{ address = "{b}" }}]
+"#,
+        a = a.addr,
+        b = b.addr
+    );
+    let running = Running::start(config(&text)).await.unwrap();
+    let admin = admin(&running).await;
+    for (listener, pool, after_drain) in [("expiring", "p1", "b"), ("keeping", "p2", "a")] {
+        let vip = running.local_addr(listener).await.unwrap();
+        let sticky = requests(vip, 4).await;
+        assert_eq!(count(&sticky, "a"), 4, "{listener}: {sticky:?}");
+        let path = format!("/api/pools/{pool}/backends/{}/drain", a.addr);
+        assert_eq!(http(admin, "POST", &path, None, "").await.0, 200);
+        let answers = requests(vip, 4).await;
+        assert_eq!(count(&answers, after_drain), 4, "{listener}: {answers:?}");
+    }
+
+    // The tables, once every connection has closed: one entry per group.
+    let groups = loop {
+        let (status, body) = http(admin, "GET", "/api/persistence", None, "").await;
+        assert_eq!(status, 200);
+        let groups = json(&body)["groups"].clone();
+        let open: u64 = groups
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["entries"].as_array().unwrap().clone())
+            .map(|e| e["connections"].as_u64().unwrap())
+            .sum();
+        if open == 0 {
+            break groups;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    for (g, backend, hits, misses) in [(0, "127.0.0.3", 6, 2), (1, "127.0.0.2", 7, 1)] {
+        let group = &groups[g];
+        assert_eq!(group["size"], 1, "{group}");
+        assert_eq!(group["entries"][0]["client"], "127.0.0.1/32");
+        assert_eq!(group["entries"][0]["backend"], backend);
+        assert_eq!(
+            (group["hits"].as_u64(), group["misses"].as_u64()),
+            (Some(hits), Some(misses))
+        );
+    }
+    let (_, text) = http(admin, "GET", "/metrics", None, "").await;
+    let m = samples(&text);
+    let get = |name: &str, labels: &str| m[&(name.to_string(), labels.to_string())];
+    assert_eq!(get("vipd_persistence_entries", "group=expire"), 1.0);
+    assert_eq!(get("vipd_persistence_hits_total", "group=expire"), 6.0);
+    assert_eq!(get("vipd_persistence_misses_total", "group=expire"), 2.0);
+    assert_eq!(get("vipd_persistence_hits_total", "group=keep"), 7.0);
+    assert_eq!(get("vipd_persistence_misses_total", "group=keep"), 1.0);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn http_requests_are_counted_by_status_class_per_listener_and_backend() {
+    let a = TestBackend::start("a").await;
+    a.health_status
+        .store(503, std::sync::atomic::Ordering::Relaxed);
+    let text = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[vhost]]
+name = "site"
+hosts = ["t"]
+pool = "p"
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "http"
+vhosts = ["site"]
+
+[[pool]]
+name = "p"
+backends = [{{ address = "{}" }}]
+"#,
+        a.addr
+    );
+    let running = Running::start(config(&text)).await.unwrap();
+    let web = running.local_addr("web").await.unwrap();
+    let admin = admin(&running).await;
+    for path in ["/", "/x", "/health"] {
+        let mut s = TcpStream::connect(web).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let want = if path == "/health" {
+            "HTTP/1.1 503"
+        } else {
+            "HTTP/1.1 200"
+        };
+        assert!(out.starts_with(want), "{out:?}");
+    }
+    let (_, text) = http(admin, "GET", "/metrics", None, "").await;
+    let m = samples(&text);
+    let get = |name: &str, labels: &str| m[&(name.to_string(), labels.to_string())];
+    let l = |class: &str| format!("class={class},listener=web");
+    assert_eq!(get("vipd_listener_requests_total", &l("2xx")), 2.0);
+    assert_eq!(get("vipd_listener_requests_total", &l("5xx")), 1.0);
+    assert_eq!(get("vipd_listener_requests_total", &l("4xx")), 0.0);
+    assert_eq!(
+        get(
+            "vipd_listener_request_duration_seconds_count",
+            "listener=web"
+        ),
+        3.0
+    );
+    let b = |class: &str| format!("backend={},class={class},pool=p", a.addr);
+    assert_eq!(get("vipd_backend_responses_total", &b("2xx")), 2.0);
+    assert_eq!(get("vipd_backend_responses_total", &b("5xx")), 1.0);
+    running.stop().await;
+}

@@ -174,3 +174,123 @@ async fn a_client_is_rescheduled_when_its_host_is_removed_or_unhealthy() {
     assert_eq!(backend_for("127.0.0.10", http).await.ip(), ip(HOSTS[2]));
     running.stop().await;
 }
+
+/// HTTP backends on `hosts` (one port) answering every request with the
+/// address they were reached on, one request per connection.
+async fn http_backends(hosts: &[&str]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    'retry: for _ in 0..20 {
+        let first = tokio::net::TcpListener::bind((hosts[0], 0)).await.unwrap();
+        let port = first.local_addr().unwrap().port();
+        let mut listeners = vec![first];
+        for h in &hosts[1..] {
+            match tokio::net::TcpListener::bind((*h, port)).await {
+                Ok(l) => listeners.push(l),
+                Err(_) => continue 'retry,
+            }
+        }
+        for l in listeners {
+            tokio::spawn(async move {
+                let me = l.local_addr().unwrap();
+                loop {
+                    let (mut s, _) = l.accept().await.unwrap();
+                    tokio::spawn(async move {
+                        let mut buf = Vec::new();
+                        let mut chunk = [0u8; 1024];
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let body = me.to_string();
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = s.write_all(resp.as_bytes()).await;
+                    });
+                }
+            });
+        }
+        return port;
+    }
+    panic!("no common free port for {hosts:?}");
+}
+
+/// One HTTP/1.1 GET from `from` through `to`; the response body.
+async fn http_get(from: &str, to: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = balance_support::connect_from(from, to).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+#[tokio::test]
+async fn an_http_listener_shares_the_group_with_a_tcp_listener() {
+    let (p_tcp, _r) = backends(&HOSTS).await;
+    let p_http = http_backends(&HOSTS).await;
+    let list = |port: u16| {
+        HOSTS
+            .iter()
+            .map(|h| format!("{{ address = \"{h}:{port}\" }}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let text = format!(
+        r#"
+[[listener]]
+name = "raw"
+bind = "127.0.0.1:0"
+protocol = "tcp"
+pool = "raw"
+persistence = "sticky"
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "http"
+persistence = "sticky"
+
+[[pool]]
+name = "raw"
+scheduler = "rr"
+backends = [{}]
+
+[[pool]]
+name = "web"
+scheduler = "rr"
+backends = [{}]
+
+[[vhost]]
+name = "app"
+hosts = ["app.test"]
+pool = "web"
+
+[[persistence]]
+name = "sticky"
+"#,
+        list(p_tcp),
+        list(p_http)
+    );
+    let running = start(&text).await;
+    let raw = running.local_addr("raw").await.unwrap();
+    let web = running.local_addr("web").await.unwrap();
+    // Move the http pool's rr off its first host.
+    assert_eq!(
+        http_get("127.0.0.99", web).await,
+        format!("127.0.0.2:{p_http}")
+    );
+    for c in 10..16 {
+        let client = format!("127.0.0.{c}");
+        let host = backend_for(&client, raw).await.ip();
+        assert_eq!(http_get(&client, web).await, format!("{host}:{p_http}"));
+    }
+    running.stop().await;
+}

@@ -255,3 +255,31 @@ async fn requests_without_a_body_are_sent_to_another_backend_when_connecting_fai
     }
     assert_eq!(live.requests(), 4);
 }
+
+#[tokio::test]
+async fn a_listener_persistence_group_keeps_a_client_on_one_backend() {
+    let (one, two) = (Backend::start("one").await, Backend::start("two").await);
+    let text = config(
+        one.addr,
+        "persistence = \"sticky\"\n\n[[persistence]]\nname = \"sticky\"\ntimeout = \"60s\"",
+        "",
+    )
+    .replace(
+        &format!("backends = [{{ address = \"{}\" }}]", one.addr),
+        &format!(
+            "backends = [{{ address = \"{}\" }}, {{ address = \"{}\" }}]",
+            one.addr, two.addr
+        ),
+    );
+    let running = start_proxy(&text).await;
+    let proxy = running.local_addr("web").await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let (status, h, _) = send(&h1_client(), get(proxy, "site.test", "/")).await;
+        assert_eq!(status, 200);
+        seen.push(h.get("x-backend").unwrap().to_str().unwrap().to_string());
+    }
+    seen.dedup();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(one.requests() + two.requests(), 6);
+}

@@ -384,28 +384,27 @@ impl Scrape {
     }
 
     fn persistence(&self, f: &mut Family<'_, '_>) -> fmt::Result {
-        let groups = self.metrics.persistence_groups();
+        let mut tables: Vec<_> = self.snapshot.persistence.iter().collect();
+        tables.sort_by(|a, b| a.name().cmp(b.name()));
         let g = |n| l1("group", n);
         f.gauge(
             "vipd_persistence_entries",
             "Client entries in the persistence table.",
-            groups
-                .iter()
-                .map(|(n, s)| (g(n), s.entries.load(Ordering::Relaxed))),
+            tables.iter().map(|t| (g(t.name()), t.len() as u64)),
         )?;
         f.counter(
             "vipd_persistence_hits",
             "Connections that followed an existing persistence entry.",
-            groups
+            tables
                 .iter()
-                .map(|(n, s)| (g(n), s.hits.load(Ordering::Relaxed))),
+                .map(|t| (g(t.name()), t.stats().hits.load(Ordering::Relaxed))),
         )?;
         f.counter(
             "vipd_persistence_misses",
-            "Connections that created a persistence entry.",
-            groups
+            "Connections that found no usable entry and were scheduled.",
+            tables
                 .iter()
-                .map(|(n, s)| (g(n), s.misses.load(Ordering::Relaxed))),
+                .map(|t| (g(t.name()), t.stats().misses.load(Ordering::Relaxed))),
         )?;
         Ok(())
     }

@@ -152,25 +152,36 @@ pub(super) fn listeners(state: &AdminState) -> Vec<ListenerView> {
         .collect()
 }
 
-/// Persistence groups with their counters.
-///
-/// HOOK(balance): the per-client entry listing belongs here once the
-/// persistence table exposes one; until then `entries` is `null`.
+/// Persistence groups with their counters and entries (the admin view of
+/// `ipvsadm -Lc` templates).
 pub(super) fn persistence(state: &AdminState) -> serde_json::Value {
     let snap = state.snapshot.load_full();
     let groups: Vec<_> = snap
         .config
         .persistence
         .iter()
-        .map(|g| {
-            let s = state.metrics.persistence(&g.name);
+        .filter_map(|g| snap.persistence.get(&g.name).map(|t| (g, t)))
+        .map(|(g, t)| {
+            let entries: Vec<_> = t
+                .list()
+                .into_iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "client": e.client.to_string(),
+                        "backend": e.backend.to_string(),
+                        "connections": e.connections,
+                        "expires_in_s": e.expires_in.map(|d| d.as_secs_f64()),
+                    })
+                })
+                .collect();
             serde_json::json!({
                 "name": g.name,
                 "timeout_s": g.timeout.as_secs_f64(),
-                "size": s.entries.load(Ordering::Relaxed),
-                "hits": s.hits.load(Ordering::Relaxed),
-                "misses": s.misses.load(Ordering::Relaxed),
-                "entries": null,
+                "expire_quiescent": g.expire_quiescent,
+                "size": entries.len(),
+                "hits": t.stats().hits.load(Ordering::Relaxed),
+                "misses": t.stats().misses.load(Ordering::Relaxed),
+                "entries": entries,
             })
         })
         .collect();

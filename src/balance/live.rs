@@ -205,6 +205,16 @@ impl AllDown {
         }
     }
 
+    /// Whether this is what `setting` would build (same kind, same sorry address).
+    pub(super) fn matches(&self, setting: config::OnAllDown) -> bool {
+        match (self, setting) {
+            (AllDown::FailOpen { .. }, config::OnAllDown::FailOpen)
+            | (AllDown::Refuse, config::OnAllDown::Refuse) => true,
+            (AllDown::Sorry(b), config::OnAllDown::Sorry(a)) => b.address == a,
+            _ => false,
+        }
+    }
+
     /// The setting's name, as in the config file.
     pub fn as_str(&self) -> &'static str {
         match self {

@@ -13,16 +13,15 @@
 //!
 //! Health, drain and slow-start state of a backend is kept in
 //! [`BackendState`] (methods in `live.rs`) and consulted by
-//! [`Backend::available`], so every scheduler honours it. Load-aware
-//! schedulers read the weight in force ([`Backend::weight`], which an admin
-//! override may change without a reload) on every pick; the tables of `wrr`,
-//! `sh`, `mh` and `p2c` are built from the configured weights.
+//! [`Backend::available`], so every scheduler honours it.
 
 mod hash;
 mod least;
 mod live;
 pub mod persist;
 mod rr;
+
+pub use live::AllDown;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -32,7 +31,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 pub use hash::{Maglev, SourceHash};
 pub use least::{LeastConnection, NeverQueue, PowerOfTwo, ShortestExpectedDelay, WeightedLeast};
-pub use live::AllDown;
 pub use persist::{PersistenceEntry, PersistenceTable, PersistenceTables};
 pub use rr::{RoundRobin, WeightedRoundRobin};
 
@@ -112,6 +110,11 @@ impl Backend {
         self.is_up() && self.state.slow_start_admits()
     }
 
+    /// Whether health checks currently pass (weight not considered).
+    pub fn healthy(&self) -> bool {
+        self.state.healthy.load(Ordering::Relaxed)
+    }
+
     /// Connections currently open.
     pub fn active(&self) -> u64 {
         self.state.active.load(Ordering::Relaxed)
@@ -155,9 +158,12 @@ pub struct Pool {
     /// Backends in configuration order (the order schedulers walk).
     pub backends: Vec<Backend>,
     kind: SchedulerKind,
+    mh_table_size: u32,
     scheduler: Box<dyn Scheduler>,
     /// What to do when no backend is up.
     pub on_all_down: AllDown,
+    /// Slow-start period it was built with (reload compares it).
+    slow_start: std::time::Duration,
 }
 
 impl Pool {
@@ -180,11 +186,11 @@ impl Pool {
         }
         let mut pool = Self::from_backends(&cfg.name, backends, cfg.scheduler, cfg.mh_table_size);
         pool.on_all_down = AllDown::new(cfg, previous.map(|p| &p.on_all_down));
+        pool.slow_start = cfg.slow_start;
         pool
     }
 
-    /// Build from backends directly (tests, benches); refuses connections
-    /// when no backend is up.
+    /// Build from backends directly (tests, benches).
     pub fn from_backends(
         name: &str,
         backends: Vec<Backend>,
@@ -196,14 +202,32 @@ impl Pool {
             name: name.to_owned(),
             backends,
             kind,
+            mh_table_size,
             scheduler,
             on_all_down: AllDown::Refuse,
+            slow_start: std::time::Duration::ZERO,
         }
     }
 
     /// The scheduling algorithm.
     pub fn scheduler_kind(&self) -> SchedulerKind {
         self.kind
+    }
+
+    /// Whether `cfg` describes exactly this pool's scheduling (same
+    /// backends, weights, order and scheduler), so the pool, with its
+    /// scheduler position, can be kept across a reload.
+    fn same_as(&self, cfg: &config::Pool) -> bool {
+        self.kind == cfg.scheduler
+            && self.mh_table_size == cfg.mh_table_size
+            && self.slow_start == cfg.slow_start
+            && self.on_all_down.matches(cfg.on_all_down)
+            && self.backends.len() == cfg.backends.len()
+            && self
+                .backends
+                .iter()
+                .zip(&cfg.backends)
+                .all(|(b, c)| b.address == c.address && b.weight == c.weight)
     }
 
     /// Index of the backend the scheduler picks for `client`, without
@@ -292,19 +316,20 @@ pub struct Pools {
 }
 
 impl Pools {
-    /// Build all pools, carrying backend state over from `previous`.
-    /// Schedulers start afresh, as the kernel's do when a service's real
-    /// servers change.
+    /// Build all pools, carrying backend state over from `previous`. A pool
+    /// whose backends, weights and scheduler did not change is kept as is,
+    /// so its scheduler continues where it was (rr/wrr position).
     pub fn build(config: &config::Config, previous: Option<&Pools>) -> Self {
         let by_name = config
             .pools
             .iter()
             .map(|cfg| {
                 let prev = previous.and_then(|p| p.get(&cfg.name));
-                (
-                    cfg.name.clone(),
-                    Arc::new(Pool::new(cfg, prev.map(|p| &**p))),
-                )
+                let pool = match prev {
+                    Some(p) if p.same_as(cfg) => p.clone(),
+                    _ => Arc::new(Pool::new(cfg, prev.map(|p| &**p))),
+                };
+                (cfg.name.clone(), pool)
             })
             .collect();
         Self { by_name }
@@ -401,21 +426,30 @@ mod tests {
     use super::testing::*;
     use super::*;
 
-    fn config_for(kind: SchedulerKind, weights: &[u32]) -> config::Config {
-        let list: Vec<String> = backends(weights)
-            .iter()
-            .map(|b| format!("{{ address = \"{}\", weight = {} }}", b.address, b.weight))
-            .collect();
-        let text = format!(
-            "[[pool]]\nname = \"p\"\nscheduler = \"{}\"\nbackends = [{}]\n",
-            kind.as_str(),
-            list.join(", ")
-        );
-        crate::config::parse(&text, std::path::Path::new("t.toml")).unwrap()
-    }
-
     fn pool_cfg(kind: SchedulerKind, weights: &[u32]) -> config::Pool {
-        config_for(kind, weights).pools.remove(0)
+        config::Pool {
+            name: "p".into(),
+            scheduler: kind,
+            mh_table_size: 65_537,
+            backends: backends(weights)
+                .iter()
+                .map(|b| config::Backend {
+                    address: b.address,
+                    weight: b.weight,
+                })
+                .collect(),
+            health: None,
+            connect_timeout: std::time::Duration::from_secs(1),
+            response_timeout: std::time::Duration::from_secs(1),
+            send_proxy: false,
+            http2: false,
+            slow_start: std::time::Duration::ZERO,
+            on_all_down: config::OnAllDown::Refuse,
+            passive_fall: 3,
+            passive_cooldown: std::time::Duration::from_secs(10),
+            idle_timeout: std::time::Duration::from_secs(60),
+            max_idle: 32,
+        }
     }
 
     #[test]
@@ -448,17 +482,25 @@ mod tests {
     }
 
     #[test]
-    fn reload_carries_backend_state_into_the_rebuilt_pool() {
-        let config = config_for(SchedulerKind::Wrr, &[4, 3, 2]);
+    fn reload_keeps_an_unchanged_pool_and_carries_state_into_a_changed_one() {
+        let a = pool_cfg(SchedulerKind::Wrr, &[4, 3, 2]);
+        let mut config = crate::config::parse(
+            "[[pool]]\nname = \"p\"\nbackends = [{ address = \"10.0.0.1:80\" }]\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        config.pools = vec![a.clone()];
         let first = Pools::build(&config, None);
         let p1 = first.get("p").unwrap().clone();
         p1.backends[1].state.healthy.store(false, Ordering::Relaxed);
-        let config = config_for(SchedulerKind::Wrr, &[4, 3, 2, 1]);
-        let second = Pools::build(&config, Some(&first));
-        let p2 = second.get("p").unwrap();
+        let same = Pools::build(&config, Some(&first));
+        assert!(Arc::ptr_eq(same.get("p").unwrap(), &p1));
+        config.pools = vec![pool_cfg(SchedulerKind::Wrr, &[4, 3, 2, 1])];
+        let changed = Pools::build(&config, Some(&same));
+        let p2 = changed.get("p").unwrap();
+        assert!(!Arc::ptr_eq(p2, &p1));
         assert!(Arc::ptr_eq(&p2.backends[1].state, &p1.backends[1].state));
-        assert!(!p2.backends[1].state.is_healthy());
-        assert!(p2.backends[3].state.is_healthy());
-        assert_eq!(p2.scheduler_kind(), SchedulerKind::Wrr);
+        assert!(!p2.backends[1].healthy());
+        assert!(p2.backends[3].healthy());
     }
 }

@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ use tokio::time::Instant;
 
 use super::{Lease, Pool};
 use crate::config;
+use crate::metrics::PersistenceStats;
 
 /// Expired entries removed per selection at most, so that one selection
 /// never pays for a large backlog (the rest goes on the next ones).
@@ -43,6 +45,8 @@ const PURGE_BATCH: usize = 64;
 pub struct PersistenceTable {
     name: String,
     inner: Mutex<Inner>,
+    /// Lookups that followed an entry (hits) or scheduled anew (misses).
+    stats: PersistenceStats,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,12 +219,18 @@ impl PersistenceTable {
                 expiry: BTreeSet::new(),
                 next_generation: 0,
             }),
+            stats: PersistenceStats::default(),
         }
     }
 
     /// The group's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Hit and miss counters, for metrics.
+    pub fn stats(&self) -> &PersistenceStats {
+        &self.stats
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -255,10 +265,12 @@ impl PersistenceTable {
                     key,
                     generation: e.generation,
                 };
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 return Some(Lease::new(&pool.backends[i], Some(hold)));
             }
             inner.remove(key);
         }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let Some(i) = pool.pick(client) else {
             // Nobody up: the pool's all-down policy answers, unrecorded.
             return pool.fallback().map(|b| Lease::new(b, None));

@@ -220,6 +220,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Context) {
                     snapshot: ctx.snapshot.clone(),
                     shutdown: ctx.shutdown.clone(),
                     sni: None,
+                    stats: ctx.stats.clone(),
                 };
                 super::http::accept(stream, accepted, &snap).await
             }

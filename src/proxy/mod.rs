@@ -46,6 +46,7 @@ impl Snapshot {
     pub fn build(config: Arc<Config>, previous: Option<&Snapshot>) -> Result<Self, TlsError> {
         let tls = Arc::new(TlsState::build(&config, previous.map(|p| &*p.tls))?);
         let pools = Pools::build(&config, previous.map(|p| &p.pools));
+        // After the fallible TLS build: reusing a table updates it in place.
         let persistence = PersistenceTables::build(&config, previous.map(|p| &p.persistence));
         let http = http::Routes::build(&config);
         let upstreams = http::Upstreams::build(&config, previous.map(|p| &p.upstreams));

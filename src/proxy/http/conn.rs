@@ -28,6 +28,7 @@ use tracing::{debug, warn};
 use super::headers::Peer;
 use super::service;
 use crate::config;
+use crate::metrics::ListenerStats;
 use crate::proxy::{SharedSnapshot, Snapshot};
 use crate::shutdown::Shutdown;
 
@@ -45,6 +46,8 @@ pub struct Conn {
     /// Idle timeout of WebSocket tunnels started on this connection.
     pub idle_timeout: Duration,
     pub state: ConnState,
+    /// The listener's counters (requests by status class, latency).
+    pub stats: Arc<ListenerStats>,
 }
 
 /// Activity clocks of one connection, in milliseconds since `epoch`.
@@ -212,6 +215,8 @@ pub struct Accepted<'a> {
     pub shutdown: Shutdown,
     /// The TLS server name, for `https` listeners.
     pub sni: Option<&'a str>,
+    /// The listener's counters.
+    pub stats: Arc<ListenerStats>,
 }
 
 /// Serve an accepted connection: for `https` listeners, run the TLS
@@ -260,6 +265,7 @@ where
         shutdown: a.shutdown.clone(),
         idle_timeout: cfg.idle_timeout,
         state: ConnState::new(),
+        stats: a.stats,
     });
     let (header_timeout, idle_timeout) = (cfg.header_timeout, cfg.idle_timeout);
     let io = TokioIo::new(Watched {

@@ -96,6 +96,8 @@ pub struct ListenerRoutes {
     pub forwarded: bool,
     /// Add `Via`.
     pub via: bool,
+    /// Client-IP persistence group the listener schedules through.
+    pub persistence: Option<String>,
 }
 
 impl ListenerRoutes {
@@ -127,6 +129,7 @@ impl ListenerRoutes {
             trusted_proxies: l.trusted_proxies.clone(),
             forwarded: l.forwarded,
             via: l.via,
+            persistence: l.persistence.clone(),
         }
     }
 

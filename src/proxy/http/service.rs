@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use super::conn::Conn;
 use super::headers::{self, Options};
 use super::route::VhostRoute;
 use super::upstream::{ForwardError, Upstream};
-use crate::balance::{Lease, Pool};
+use crate::balance::{Lease, PersistenceTable, Pool};
 use crate::proxy::Snapshot;
 
 /// Serve one request. Never fails: every problem becomes a response.
@@ -66,6 +67,8 @@ pub async fn handle(
         }
     }
     ex.record.status = parts.status.as_u16();
+    conn.stats
+        .record_request(ex.record.status, ex.record.start.elapsed());
     Ok(Response::from_parts(parts, ResponseBody::new(source, ex)))
 }
 
@@ -97,6 +100,7 @@ fn error_response(status: StatusCode) -> Response<Source> {
 struct Plan {
     upstream: Arc<Upstream>,
     pool: Arc<Pool>,
+    persistence: Option<Arc<PersistenceTable>>,
     lease: Lease,
     /// The client's Host (authority for HTTP/2), with any port.
     host: HeaderValue,
@@ -189,7 +193,12 @@ fn plan(
             "503 Service Unavailable: no backend is available\n",
         ));
     };
-    let Some(lease) = pool.select(conn.peer.ip) else {
+    let persistence = routes
+        .persistence
+        .as_deref()
+        .and_then(|g| snap.persistence.get(g))
+        .cloned();
+    let Some(lease) = select(pool, persistence.as_ref(), conn.peer.ip) else {
         warn!(side = "backend", pool = %pool_name, "no healthy backend; answering 503");
         return Err(local(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -199,6 +208,7 @@ fn plan(
     Ok(Plan {
         upstream: upstream.clone(),
         pool: pool.clone(),
+        persistence,
         lease,
         host: host.clone(),
         max_body_size: vhost.max_body_size,
@@ -208,6 +218,14 @@ fn plan(
             via: routes.via,
         },
     })
+}
+
+/// A backend of `pool` for `client`, through the persistence table if any.
+fn select(pool: &Pool, table: Option<&Arc<PersistenceTable>>, client: IpAddr) -> Option<Lease> {
+    match table {
+        Some(t) => pool.select_persistent(client, t),
+        None => pool.select(client),
+    }
 }
 
 /// The host name of a Host value: port removed (IPv6 brackets kept), final
@@ -324,6 +342,11 @@ async fn forward(
         if !e.is_connect() {
             return error_response(e.status());
         }
+        // A persistent client is rescheduled rather than sent back to a
+        // backend that just refused it.
+        if let Some(l) = ex.lease.take() {
+            l.connect_failed();
+        }
         if let Some(pool_cfg) = snap.config.pool(&plan.pool.name) {
             if state.connect_failed(pool_cfg) {
                 let cause = format!(
@@ -337,7 +360,7 @@ async fn forward(
         let Some(copy) = retry else {
             return error_response(e.status());
         };
-        let Some(other) = plan.pool.select(conn.peer.ip) else {
+        let Some(other) = select(&plan.pool, plan.persistence.as_ref(), conn.peer.ip) else {
             return error_response(e.status());
         };
         let mut request = Request::new(RequestBody::empty());
@@ -351,6 +374,9 @@ async fn forward(
         lease = other;
         attempt += 1;
     };
+    if let Some(lease) = &ex.lease {
+        lease.state().stats.responses.record(resp.status().as_u16());
+    }
     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     match client_upgrade {
         Some(client) if switched => {
