@@ -87,7 +87,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 if ((SMOKE)); then
-  : "${DURATION:=2}" "${REPS:=1}" "${WORKERS_LIST:=1}" "${MEM_CONNS:=200}" "${VIPD_PROFILE:=dev}"
+  : "${DURATION:=1}" "${REPS:=1}" "${WORKERS_LIST:=1}" "${MEM_CONNS:=200}" "${VIPD_PROFILE:=dev}"
 elif ((QUICK)); then
   : "${DURATION:=3}" "${REPS:=1}" "${MEM_CONNS:=1000}"
 fi
