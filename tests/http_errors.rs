@@ -233,3 +233,25 @@ async fn a_websocket_upgrade_is_tunnelled_both_ways() {
         assert_eq!(echo, msg);
     }
 }
+
+#[tokio::test]
+async fn requests_without_a_body_are_sent_to_another_backend_when_connecting_fails() {
+    let live = Backend::start("live").await;
+    let dead = closed_port().await;
+    let text = config(live.addr, "", "").replace(
+        &format!("backends = [{{ address = \"{}\" }}]", live.addr),
+        &format!(
+            "backends = [{{ address = \"{dead}\" }}, {{ address = \"{}\" }}]",
+            live.addr
+        ),
+    );
+    let running = start_proxy(&text).await;
+    let proxy = running.local_addr("web").await.unwrap();
+    let c = h1_client();
+    for _ in 0..4 {
+        let (status, h, _) = send(&c, get(proxy, "site.test", "/")).await;
+        assert_eq!(status, 200);
+        assert_eq!(h.get("x-backend").unwrap(), "live");
+    }
+    assert_eq!(live.requests(), 4);
+}

@@ -52,15 +52,6 @@ fn unsupported(config: &Config) -> Vec<Problem> {
             fix: "remove the setting (see \"Status\" in README.md for what is implemented)".into(),
         })
     };
-    for l in &config.listeners {
-        let p = format!("listener {:?}", l.name);
-        if l.protocol == Protocol::Https {
-            refuse(
-                format!("{p}.protocol"),
-                &format!("protocol {:?}", l.protocol.as_str()),
-            );
-        }
-    }
     for pool in &config.pools {
         let p = format!("pool {:?}", pool.name);
         let over_http = config.vhosts.iter().any(|v| {

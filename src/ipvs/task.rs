@@ -113,13 +113,14 @@ impl IpvsTier {
                 warn!(error = %e, "ipvs service definition");
             }
         }
+        // subscribe before the first pass, so that a flip during it is not lost
+        let mut flips = health.as_ref().map(|h| h.subscribe());
         let (r, res) = pass(Reconciler::new(d.policy.clone()), d.clone(), health.clone()).await;
         res?;
         info!(services = d.services.len(), "ipvs table reconciled");
         let (tx, mut rx) = watch::channel(d);
         let stop = Arc::new(Notify::new());
         let stopped = stop.clone();
-        let mut flips = health.as_ref().map(|h| h.subscribe());
         let task = tokio::spawn(async move {
             let mut r = r;
             loop {

@@ -23,6 +23,6 @@ pub mod route;
 pub mod service;
 pub mod upstream;
 
-pub use conn::{Accepted, serve};
+pub use conn::{Accepted, accept, serve};
 pub use route::Routes;
 pub use upstream::Upstreams;

@@ -213,7 +213,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Context) {
             config::Protocol::Tls => {
                 super::terminate::forward(stream, origin, cfg, &snap, &ctx.stats).await
             }
-            config::Protocol::Http => {
+            config::Protocol::Http | config::Protocol::Https => {
                 let accepted = super::http::Accepted {
                     peer: origin.client,
                     listener: cfg,
@@ -222,12 +222,8 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Context) {
                     sni: None,
                     stats: ctx.stats.clone(),
                 };
-                super::http::serve(stream, accepted).await
+                super::http::accept(stream, accepted, &snap).await
             }
-            other => warn!(
-                protocol = other.as_str(),
-                "protocol not served by this build"
-            ),
         }
     };
     if origin.client == peer {

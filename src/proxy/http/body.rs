@@ -23,7 +23,8 @@ pub enum BodyError {
 
 /// A client's request body on its way to a backend, cut off at a limit.
 pub struct RequestBody {
-    inner: Incoming,
+    /// None for an empty body (a request re-sent to another backend).
+    inner: Option<Incoming>,
     limit: u64,
     seen: u64,
 }
@@ -32,8 +33,17 @@ impl RequestBody {
     /// Wrap `inner`, failing once more than `limit` bytes arrive.
     pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
             limit: limit.unwrap_or(u64::MAX),
+            seen: 0,
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self {
+            inner: None,
+            limit: u64::MAX,
             seen: 0,
         }
     }
@@ -47,7 +57,10 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.seen += data.len() as u64;
@@ -64,11 +77,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
     }
 }
 

@@ -21,14 +21,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::headers::Peer;
 use super::service;
 use crate::config;
-use crate::metrics::ListenerStats;
-use crate::proxy::SharedSnapshot;
+use crate::metrics::{Handshake, ListenerStats};
+use crate::proxy::{SharedSnapshot, Snapshot};
 use crate::shutdown::Shutdown;
 
 /// What every request of one connection shares.
@@ -216,6 +217,43 @@ pub struct Accepted<'a> {
     pub sni: Option<&'a str>,
     /// The listener's counters.
     pub stats: Arc<ListenerStats>,
+}
+
+/// Serve an accepted connection: for `https` listeners, run the TLS
+/// handshake first (ALPN may pick HTTP/2; the server also detects the
+/// HTTP/2 preface itself), then serve HTTP on the stream.
+pub async fn accept(stream: TcpStream, a: Accepted<'_>, snap: &Snapshot) {
+    if a.listener.protocol != config::Protocol::Https {
+        return serve(stream, a).await;
+    }
+    let Some(acceptor) = snap.tls.acceptor(&a.listener.name) else {
+        warn!("listener has no TLS configuration; closing");
+        return;
+    };
+    let started = Instant::now();
+    let tls = match acceptor.accept(stream).await {
+        Ok(s) => s,
+        Err(e) => {
+            a.stats
+                .record_handshake(Handshake::Failed, started.elapsed());
+            debug!(failure = %e, side = "client", "TLS handshake failed");
+            return;
+        }
+    };
+    let kind = match tls.get_ref().1.handshake_kind() {
+        Some(rustls::HandshakeKind::Resumed) => Handshake::Resumed,
+        _ => Handshake::Full,
+    };
+    a.stats.record_handshake(kind, started.elapsed());
+    let sni = tls.get_ref().1.server_name().map(str::to_owned);
+    serve(
+        tls,
+        Accepted {
+            sni: sni.as_deref(),
+            ..a
+        },
+    )
+    .await
 }
 
 /// Serve HTTP on one client stream until the client leaves, a timeout

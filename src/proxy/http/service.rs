@@ -22,7 +22,7 @@ use super::conn::Conn;
 use super::headers::{self, Options};
 use super::route::VhostRoute;
 use super::upstream::{ForwardError, Upstream};
-use crate::balance::Lease;
+use crate::balance::{Lease, Pool};
 use crate::proxy::Snapshot;
 
 /// Serve one request. Never fails: every problem becomes a response.
@@ -46,11 +46,10 @@ pub async fn handle(
     let mut ex = Exchange::begin(conn.clone(), record, snap.config.global.access_log);
     let mut vhost = None;
     let planned = plan(&conn, &snap, &req, &mut vhost);
-    drop(snap);
     let resp = match planned {
         Ok(plan) => {
             ex.record.vhost = vhost.as_ref().map(|v| v.name.clone());
-            forward(&conn, req, plan, &mut ex).await
+            forward(&conn, &snap, req, plan, &mut ex).await
         }
         Err(local) => {
             ex.record.vhost = vhost.as_ref().map(|v| v.name.clone());
@@ -99,6 +98,7 @@ fn error_response(status: StatusCode) -> Response<Source> {
 /// Where a request goes.
 struct Plan {
     upstream: Arc<Upstream>,
+    pool: Arc<Pool>,
     lease: Lease,
     /// The client's Host (authority for HTTP/2), with any port.
     host: HeaderValue,
@@ -200,6 +200,7 @@ fn plan(
     };
     Ok(Plan {
         upstream: upstream.clone(),
+        pool: pool.clone(),
         lease,
         host: host.clone(),
         max_body_size: vhost.max_body_size,
@@ -235,14 +236,17 @@ fn host_name(host: &HeaderValue) -> Option<Cow<'_, str>> {
 }
 
 /// Send the request to the planned backend and return its response.
+///
+/// When connecting fails and the request has no body, it is sent to another
+/// backend (up to three tries, as the L4 path does); every connect outcome
+/// feeds the backend's passive health check.
 async fn forward(
     conn: &Arc<Conn>,
+    snap: &Snapshot,
     mut req: Request<Incoming>,
     plan: Plan,
     ex: &mut Exchange,
 ) -> Response<Source> {
-    let addr = plan.lease.address;
-    ex.record.upstream = Some(addr);
     let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -257,40 +261,97 @@ async fn forward(
         parts.version,
         plan.opts,
     );
-    let mut uri = std::mem::take(&mut parts.uri).into_parts();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(plan.upstream.authority(addr));
-    if uri.path_and_query.is_none() {
-        uri.path_and_query = Some(PathAndQuery::from_static("/"));
-    }
-    parts.uri = match Uri::from_parts(uri) {
-        Ok(u) => u,
-        Err(e) => {
-            debug!(side = "client", error = %e, "request target cannot be forwarded");
-            return error_response(StatusCode::BAD_REQUEST);
-        }
-    };
+    let target = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     parts.version = if plan.upstream.http2() {
         Version::HTTP_2
     } else {
         Version::HTTP_11
     };
-    let request = Request::from_parts(parts, RequestBody::new(body, plan.max_body_size));
-    ex.lease = Some(plan.lease);
+    let attempts = plan.pool.backends.len().clamp(1, 3);
+    // A copy to re-send is kept only when re-sending is possible.
+    let mut again = (attempts > 1 && body.is_end_stream()).then(|| {
+        let mut copy = Request::new(());
+        *copy.method_mut() = parts.method.clone();
+        *copy.version_mut() = parts.version;
+        *copy.headers_mut() = parts.headers.clone();
+        copy.into_parts().0
+    });
+    let mut next = Some(Request::from_parts(
+        parts,
+        RequestBody::new(body, plan.max_body_size),
+    ));
+    let mut lease = plan.lease;
     let timeout = plan.upstream.response_timeout;
-    let sent = tokio::time::timeout(timeout, plan.upstream.client().request(request)).await;
-    let mut resp = match sent {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => {
-            let e = ForwardError::classify(&e, addr);
-            warn!(side = e.side(), error = %e, "request failed");
+    let mut attempt = 1;
+    let mut resp = loop {
+        let addr = lease.address;
+        ex.record.upstream = Some(addr);
+        let Some(mut request) = next.take() else {
+            return error_response(StatusCode::BAD_GATEWAY);
+        };
+        *request.uri_mut() = match Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(plan.upstream.authority(addr))
+            .path_and_query(target.clone())
+            .build()
+        {
+            Ok(u) => u,
+            Err(e) => {
+                debug!(side = "client", error = %e, "request target cannot be forwarded");
+                return error_response(StatusCode::BAD_REQUEST);
+            }
+        };
+        let state = lease.state().clone();
+        ex.lease = Some(lease);
+        let sent = tokio::time::timeout(timeout, plan.upstream.client().request(request)).await;
+        let e = match sent {
+            Ok(Ok(resp)) => {
+                if state.connect_succeeded() {
+                    plan.pool.log_flip(
+                        addr,
+                        true,
+                        "passive check: request succeeded after cool-down",
+                    );
+                }
+                break resp;
+            }
+            Ok(Err(e)) => ForwardError::classify(&e, addr),
+            Err(_) => ForwardError::ResponseTimeout { addr, timeout },
+        };
+        warn!(side = e.side(), error = %e, attempt, "request failed");
+        if !e.is_connect() {
             return error_response(e.status());
         }
-        Err(_) => {
-            let e = ForwardError::ResponseTimeout { addr, timeout };
-            warn!(side = e.side(), error = %e, "request failed");
-            return error_response(e.status());
+        if let Some(pool_cfg) = snap.config.pool(&plan.pool.name) {
+            if state.connect_failed(pool_cfg) {
+                let cause = format!(
+                    "passive check: {} consecutive connect failures; last: {e}",
+                    pool_cfg.passive_fall
+                );
+                plan.pool.log_flip(addr, false, &cause);
+            }
         }
+        let retry = again.as_ref().filter(|_| attempt < attempts);
+        let Some(copy) = retry else {
+            return error_response(e.status());
+        };
+        let Some(other) = plan.pool.select(conn.peer.ip) else {
+            return error_response(e.status());
+        };
+        let mut request = Request::new(RequestBody::empty());
+        *request.method_mut() = copy.method.clone();
+        *request.version_mut() = copy.version;
+        *request.headers_mut() = copy.headers.clone();
+        if attempt + 1 == attempts {
+            again = None;
+        }
+        next = Some(request);
+        lease = other;
+        attempt += 1;
     };
     if let Some(lease) = &ex.lease {
         lease.state().stats.responses.record(resp.status().as_u16());

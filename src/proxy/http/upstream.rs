@@ -202,6 +202,11 @@ impl ForwardError {
         }
     }
 
+    /// Whether connecting failed, so the request was never sent.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Self::Connect { .. } | Self::ConnectTimeout { .. })
+    }
+
     /// Which side caused the failure: `client` or `backend`.
     pub fn side(&self) -> &'static str {
         match self {

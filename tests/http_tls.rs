@@ -1,0 +1,236 @@
+//! `https` listeners: TLS with SNI, ALPN h2 and http/1.1, SNI/Host
+//! agreement, HSTS.
+
+mod http_support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use http_support::*;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+/// A test CA and leaf certificates it signs, written to a temp directory.
+struct Pki {
+    dir: PathBuf,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new() -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("vipd-http-tls-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "vipd test CA");
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&ca_key).unwrap();
+        Self { dir, ca, ca_key }
+    }
+
+    /// Write a leaf for `names`; returns (cert path, key path).
+    fn leaf(&self, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let (c, k) = (
+            self.dir.join(format!("{stem}.crt")),
+            self.dir.join(format!("{stem}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    fn client(&self, alpn: &[&str]) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn cert_entry(paths: &(PathBuf, PathBuf)) -> String {
+    let show = |p: &Path| p.display().to_string();
+    format!(
+        "[{{ cert = \"{}\", key = \"{}\" }}]",
+        show(&paths.0),
+        show(&paths.1)
+    )
+}
+
+async fn setup() -> (Pki, Backend, Backend, SocketAddr) {
+    let pki = Pki::new();
+    let www = pki.leaf("www", &["www.a.test"]);
+    let wild = pki.leaf("wild", &["*.b.test"]);
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let text = format!(
+        r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "https"
+
+[[pool]]
+name = "a"
+backends = [{{ address = "{a}" }}]
+
+[[pool]]
+name = "b"
+backends = [{{ address = "{b}" }}]
+
+[[vhost]]
+name = "www"
+hosts = ["www.a.test"]
+pool = "a"
+hsts_max_age = "365d"
+redirect_https = true
+certificates = {www}
+
+[[vhost]]
+name = "wild"
+hosts = ["*.b.test"]
+pool = "b"
+certificates = {wild}
+"#,
+        a = a.addr,
+        b = b.addr,
+        www = cert_entry(&www),
+        wild = cert_entry(&wild),
+    );
+    let running = start_proxy(&text).await;
+    let proxy = running.local_addr("web").await.unwrap();
+    std::mem::forget(running);
+    (pki, a, b, proxy)
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn tls(pki: &Pki, proxy: SocketAddr, sni: &str, alpn: &[&str]) -> Tls {
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    pki.client(alpn).connect(name, tcp).await.unwrap()
+}
+
+/// One request over HTTP/1.1 on `stream`, with `host` as Host.
+async fn h1(stream: Tls, host: &str, path: &str) -> (StatusCode, hyper::HeaderMap, String) {
+    let (mut tx, conn) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri(path)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    collect(tx.send_request(req).await.unwrap()).await
+}
+
+/// One request over HTTP/2 on `stream`, with `authority` as :authority.
+async fn h2(stream: Tls, authority: &str, path: &str) -> (StatusCode, hyper::HeaderMap, String) {
+    let (mut tx, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri(format!("https://{authority}{path}"))
+        .version(hyper::Version::HTTP_2)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    collect(tx.send_request(req).await.unwrap()).await
+}
+
+async fn collect(
+    resp: hyper::Response<hyper::body::Incoming>,
+) -> (StatusCode, hyper::HeaderMap, String) {
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn https_http1_requests_are_forwarded_with_hsts_and_proto_https() {
+    let (pki, a, _b, proxy) = setup().await;
+    let stream = tls(&pki, proxy, "www.a.test", &["http/1.1"]).await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (status, h, body) = h1(stream, "www.a.test", "/x").await;
+    assert_eq!(status, 200);
+    assert_eq!(h.get("x-backend").unwrap(), "a");
+    assert_eq!(
+        h.get("strict-transport-security").unwrap(),
+        "max-age=31536000"
+    );
+    assert_eq!(echoed_values(&body, "x-forwarded-proto"), ["https"]);
+    assert_eq!(a.requests(), 1);
+}
+
+#[tokio::test]
+async fn alpn_h2_clients_are_served_over_http2() {
+    let (pki, _a, _b, proxy) = setup().await;
+    let stream = tls(&pki, proxy, "api.b.test", &["h2", "http/1.1"]).await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (status, h, body) = h2(stream, "api.b.test", "/h2").await;
+    assert_eq!(status, 200);
+    assert_eq!(h.get("x-backend").unwrap(), "b");
+    assert!(body.starts_with("GET /h2 HTTP/1.1\n"), "{body}");
+    assert_eq!(echoed_values(&body, "host"), ["api.b.test"]);
+    assert!(h.get("strict-transport-security").is_none());
+}
+
+#[tokio::test]
+async fn a_host_of_another_site_than_the_sni_is_a_421() {
+    let (pki, a, b, proxy) = setup().await;
+    let stream = tls(&pki, proxy, "www.a.test", &["http/1.1"]).await;
+    let (status, _, body) = h1(stream, "api.b.test", "/").await;
+    assert_eq!(status, 421);
+    assert_eq!(
+        body,
+        "421 Misdirected Request: the Host header names a different site than TLS SNI\n"
+    );
+    let stream = tls(&pki, proxy, "api.b.test", &["h2"]).await;
+    let (status, _, _) = h2(stream, "www.a.test", "/").await;
+    assert_eq!(status, 421);
+    assert_eq!((a.requests(), b.requests()), (0, 0));
+}
+
+#[tokio::test]
+async fn names_under_one_wildcard_site_may_share_a_connection() {
+    let (pki, _a, b, proxy) = setup().await;
+    let stream = tls(&pki, proxy, "one.b.test", &["http/1.1"]).await;
+    let (status, h, _) = h1(stream, "two.b.test", "/").await;
+    assert_eq!(status, 200);
+    assert_eq!(h.get("x-backend").unwrap(), "b");
+    assert_eq!(b.requests(), 1);
+}
