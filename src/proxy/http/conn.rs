@@ -28,7 +28,7 @@ use tracing::{debug, warn};
 use super::headers::Peer;
 use super::service;
 use crate::config;
-use crate::metrics::ListenerStats;
+use crate::metrics::{Handshake, ListenerStats};
 use crate::proxy::{SharedSnapshot, Snapshot};
 use crate::shutdown::Shutdown;
 
@@ -230,13 +230,21 @@ pub async fn accept(stream: TcpStream, a: Accepted<'_>, snap: &Snapshot) {
         warn!("listener has no TLS configuration; closing");
         return;
     };
+    let started = Instant::now();
     let tls = match acceptor.accept(stream).await {
         Ok(s) => s,
         Err(e) => {
+            a.stats
+                .record_handshake(Handshake::Failed, started.elapsed());
             debug!(failure = %e, side = "client", "TLS handshake failed");
             return;
         }
     };
+    let kind = match tls.get_ref().1.handshake_kind() {
+        Some(rustls::HandshakeKind::Resumed) => Handshake::Resumed,
+        _ => Handshake::Full,
+    };
+    a.stats.record_handshake(kind, started.elapsed());
     let sni = tls.get_ref().1.server_name().map(str::to_owned);
     serve(
         tls,
