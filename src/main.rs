@@ -123,13 +123,7 @@ fn main() -> ExitCode {
             };
             exit(vipd::ipvs::cli::run(&cmd, config.as_ref()))
         }
-        Command::Demo => {
-            let c = match config::parse(config::DEMO_CONFIG, Path::new("(embedded demo config)")) {
-                Ok(c) => c,
-                Err(e) => return config_failure(&e),
-            };
-            exit(demo(c))
-        }
+        Command::Demo => exit(demo()),
     }
 }
 
@@ -207,10 +201,21 @@ fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo(config: Config) -> anyhow::Result<()> {
+fn demo() -> anyhow::Result<()> {
+    use vipd::tls::gencert;
+    // A fresh self-signed certificate for "localhost" in a private temp dir.
+    let dir = std::env::temp_dir().join(format!("vipd-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let generated = gencert::generate(&["localhost".to_string()], gencert::KeyType::EcdsaP256, 30)?;
+    gencert::write(&generated, &dir, "localhost", true)?;
+    let text = config::DEMO_CONFIG.replace("@CERT_DIR@", &dir.display().to_string());
+    let config = match config::parse(&text, Path::new("(embedded demo config)")) {
+        Ok(c) => c,
+        Err(e) => anyhow::bail!("{e}"),
+    };
     init_logging(config.global.log_format);
     let rt = runtime(&config)?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         let shutdown = vipd::shutdown::Shutdown::new();
         let addrs: Vec<_> = config
             .pools
@@ -220,11 +225,16 @@ fn demo(config: Config) -> anyhow::Result<()> {
         vipd::demo::start_backends(&addrs, &shutdown)
             .await
             .context("cannot start the demo backends (is another demo running?)")?;
-        println!("vipd demo is running. Try, in another terminal:");
+        println!(
+            "vipd demo is running. Try, in another terminal (answers alternate between backends):"
+        );
         for l in &config.listeners {
+            let cmd = match l.protocol {
+                config::Protocol::Https => format!("curl -k https://localhost:{}/", l.bind.port()),
+                _ => format!("curl http://{}/", l.bind),
+            };
             println!(
-                "  curl http://{}/        # {} listener {:?}: answers alternate between backends",
-                l.bind,
+                "  {cmd:<40} # {} listener {:?}",
                 l.protocol.as_str(),
                 l.name
             );
@@ -233,5 +243,7 @@ fn demo(config: Config) -> anyhow::Result<()> {
         let result = vipd::app::run(config).await;
         shutdown.trigger();
         result.map_err(anyhow::Error::from)
-    })
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }

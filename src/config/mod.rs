@@ -14,7 +14,7 @@ pub use model::*;
 pub use validate::parse_duration;
 
 /// The configuration `vipd demo` runs, embedded in the binary.
-pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
+pub const DEMO_CONFIG: &str = include_str!("../demo.toml");
 
 /// Read and validate the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {

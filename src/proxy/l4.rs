@@ -192,7 +192,11 @@ pub async fn forward(
     }
 }
 
+/// Copy buffer of a busy direction: large, for bulk throughput.
 const BUFFER: usize = 32 * 1024;
+/// Copy buffer a direction starts with: small, so that an idle connection
+/// costs little memory. It grows to `BUFFER` once a read fills it.
+const START_BUFFER: usize = 2 * 1024;
 
 /// Copy both ways between `a` (client) and `b` (backend) until both sides
 /// have finished. EOF from one side is passed on as a write shutdown to the
@@ -232,10 +236,13 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; BUFFER];
+    let mut buf = vec![0u8; START_BUFFER];
     let mut total = 0u64;
     loop {
         let n = r.read(&mut buf).await?;
+        if n == buf.len() && buf.len() < BUFFER {
+            buf.resize(BUFFER, 0);
+        }
         if n == 0 {
             // The peer may already be gone; the other direction reports that.
             let _ = w.shutdown().await;
