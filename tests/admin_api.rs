@@ -712,3 +712,34 @@ backends = [{{ address = "{}" }}]
     assert_eq!(get("vipd_backend_responses_total", &b("5xx")), 1.0);
     running.stop().await;
 }
+
+#[tokio::test]
+async fn the_ipvs_view_says_why_the_kernel_table_cannot_be_read() {
+    // This host's kernel has no IPVS (the VM suite covers a kernel that has):
+    // the view still lists the configured services and names the fix.
+    let backend = TestBackend::start("a").await;
+    let text = format!(
+        "{}\n[[ipvs.service]]\nname = \"web\"\naddress = \"198.51.100.100:80\"\nreal_servers = [{{ address = \"198.51.100.11:80\", weight = 2 }}]\n",
+        config_text("127.0.0.1:0", &[&backend], "")
+    );
+    let config = vipd::config::parse(&text, Path::new("t.toml")).unwrap();
+    let running = Running::start(config).await.unwrap();
+    let (status, body) = http(admin(&running).await, "GET", "/api/ipvs", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["services"][0]["name"], "web");
+    assert_eq!(
+        v["services"][0]["real_servers"][0]["address"],
+        "198.51.100.11:80"
+    );
+    assert_eq!(v["services"][0]["real_servers"][0]["weight"], 2);
+    // The in-process proxy does not program IPVS, so the kernel has no such service.
+    assert!(v["services"][0]["kernel_stats"].is_null());
+    match v["kernel_error"].as_str() {
+        Some(err) => assert!(err.contains("modprobe ip_vs"), "{err}"),
+        None => assert!(
+            std::path::Path::new("/proc/net/ip_vs").exists(),
+            "no kernel error, yet this kernel has no IPVS: {body}"
+        ),
+    }
+}

@@ -245,7 +245,10 @@ async fn handle(req: Request<Incoming>, state: &AdminState, peer: SocketAddr) ->
         (&Method::GET, ["api", "certificates"]) => {
             json(StatusCode::OK, &views::certificates(state))
         }
-        (&Method::GET, ["api", "ipvs"]) => json(StatusCode::OK, &views::ipvs(state)),
+        (&Method::GET, ["api", "ipvs"]) => {
+            let kernel = views::read_kernel_ipvs(state).await;
+            json(StatusCode::OK, &views::ipvs(state, kernel))
+        }
         (&Method::POST, ["api", "reload"]) => reload(state, peer).await,
         (&Method::POST, ["api", "pools", pool, "backends", addr, action]) => {
             let (pool, addr, action) = (pool.to_string(), addr.to_string(), action.to_string());

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::AdminState;
 use crate::balance::{Backend, Pool};
+use crate::ipvs;
 
 /// One backend as the admin API shows it.
 #[derive(Debug, Serialize)]
@@ -215,26 +216,72 @@ pub(super) fn certificates(state: &AdminState) -> serde_json::Value {
     serde_json::json!({ "certificates": certs })
 }
 
-/// IPVS services from the configuration with their real servers' health.
-///
-/// HOOK(ipvs): kernel counters (connections, packets, bytes) join here
-/// once the IPVS module exposes a listing.
-pub(super) fn ipvs(state: &AdminState) -> serde_json::Value {
+/// What the kernel holds for each configured IPVS service, read over
+/// generic netlink; an error (no IPVS, no CAP_NET_ADMIN) is reported as text.
+pub(super) type KernelTable = Result<Vec<(ipvs::KernelService, Vec<ipvs::KernelDest>)>, String>;
+
+/// Read the kernel IPVS table, off the async threads. `None` when the
+/// configuration has no IPVS service (nothing to ask the kernel).
+pub(super) async fn read_kernel_ipvs(state: &AdminState) -> Option<KernelTable> {
+    if state.snapshot.load().config.ipvs.services.is_empty() {
+        return None;
+    }
+    let read = || -> Result<_, ipvs::Error> {
+        let mut socket = ipvs::socket::IpvsSocket::open()?;
+        let services = socket.services()?;
+        let mut out = Vec::with_capacity(services.len());
+        for s in services {
+            let dests = socket.dests(&s.key)?;
+            out.push((s, dests));
+        }
+        Ok(out)
+    };
+    Some(match tokio::task::spawn_blocking(read).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("kernel read task failed: {e}")),
+    })
+}
+
+fn stats_json(s: &ipvs::Stats) -> serde_json::Value {
+    serde_json::json!({
+        "conns": s.conns, "inpkts": s.inpkts, "outpkts": s.outpkts,
+        "inbytes": s.inbytes, "outbytes": s.outbytes, "cps": s.cps,
+    })
+}
+
+/// IPVS services from the configuration with their real servers' health
+/// and, when the kernel could be read, its counters for them.
+pub(super) fn ipvs(state: &AdminState, kernel: Option<KernelTable>) -> serde_json::Value {
     let snap = state.snapshot.load_full();
+    let desired = ipvs::desired::services(&snap.config);
     let services: Vec<_> = snap
         .config
         .ipvs
         .services
         .iter()
-        .map(|s| {
+        .zip(&desired)
+        .map(|(s, want)| {
+            let in_kernel = match &kernel {
+                Some(Ok(table)) => table.iter().find(|(k, _)| k.key == want.key),
+                _ => None,
+            };
             let real: Vec<_> = s
                 .real_servers
                 .iter()
                 .map(|r| {
+                    let kd =
+                        in_kernel.and_then(|(_, ds)| ds.iter().find(|d| d.dest.addr == r.address));
                     serde_json::json!({
                         "address": r.address.to_string(),
                         "weight": r.weight,
                         "healthy": state.ipvs_health.is_up(&s.name, r.address),
+                        "kernel": kd.map(|d| serde_json::json!({
+                            "weight": d.dest.weight,
+                            "active_conns": d.active_conns,
+                            "inactive_conns": d.inactive_conns,
+                            "persist_conns": d.persist_conns,
+                            "stats": stats_json(&d.stats),
+                        })),
                     })
                 })
                 .collect();
@@ -242,11 +289,15 @@ pub(super) fn ipvs(state: &AdminState) -> serde_json::Value {
                 "name": s.name,
                 "scheduler": s.scheduler,
                 "real_servers": real,
-                "kernel_stats": null,
+                "kernel_stats": in_kernel.map(|(k, _)| stats_json(&k.stats)),
             })
         })
         .collect();
-    serde_json::json!({ "services": services })
+    let kernel_error = match &kernel {
+        Some(Err(e)) => Some(e.clone()),
+        _ => None,
+    };
+    serde_json::json!({ "services": services, "kernel_error": kernel_error })
 }
 
 /// Process-wide status: version, reloads.
