@@ -286,10 +286,27 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, Failure> {
             "check the path (relative paths start at the configuration file's directory) and the file's permissions",
         )
     })?;
+    warn_if_readable_by_others(path, &file);
     match rustls_pemfile::private_key(&mut BufReader::new(file)) {
         Ok(Some(k)) => Ok(k),
         Ok(None) => Err(("no PEM private key block found".into(), FIX)),
         Err(e) => Err((format!("the PEM data cannot be parsed: {e}"), FIX)),
+    }
+}
+
+/// A private key that group or others may read is a leak waiting to
+/// happen: say so (the key is still used, as nginx does).
+fn warn_if_readable_by_others(path: &Path, file: &std::fs::File) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = file.metadata() {
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                file = %path.display(),
+                mode = format!("{:o}", mode & 0o777),
+                "private key file is readable by group or others; fix: chmod 600"
+            );
+        }
     }
 }
 
