@@ -828,6 +828,24 @@ fn check_pool_ref(
     }
 }
 
+fn check_group_ref(
+    c: &mut Checker<'_>,
+    span: &Range<usize>,
+    path: &str,
+    name: &str,
+    groups: &[PersistenceGroup],
+) {
+    if !groups.iter().any(|x| x.name == name) {
+        c.report(
+            span,
+            path,
+            Some("persistence"),
+            format!("no persistence group is named {name:?}"),
+            format!("define [[persistence]] with name = {name:?}"),
+        );
+    }
+}
+
 fn vhost(
     c: &mut Checker<'_>,
     t: &Spanned<toml::Table>,
@@ -1067,15 +1085,7 @@ fn listener(
         }
     }
     if let Some(g) = &raw.persistence {
-        if !groups.iter().any(|x| &x.name == g) {
-            c.report(
-                &span,
-                &p,
-                Some("persistence"),
-                format!("no persistence group is named {g:?}"),
-                format!("define [[persistence]] with name = {g:?}"),
-            );
-        }
+        check_group_ref(c, &span, &p, g, groups);
     }
     let alpn = raw.alpn.clone().unwrap_or_else(|| match protocol {
         Protocol::Https => vec!["h2".into(), "http/1.1".into()],
@@ -1265,15 +1275,7 @@ fn ipvs(
             );
         }
         if let Some(g) = &s.persistence {
-            if !groups.iter().any(|x| &x.name == g) {
-                c.report(
-                    &span,
-                    &p,
-                    Some("persistence"),
-                    format!("no persistence group is named {g:?}"),
-                    format!("define [[persistence]] with name = {g:?}"),
-                );
-            }
+            check_group_ref(c, &span, &p, g, groups);
         }
         let forwarding = c.choice(
             &span,
