@@ -16,7 +16,6 @@ use super::{Snapshot, proxy_protocol};
 use crate::balance::{Lease, PersistenceTable};
 use crate::config;
 use crate::metrics::ListenerStats;
-use crate::shutdown::Shutdown;
 
 /// Bytes moved by one forwarded connection.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -161,10 +160,25 @@ pub async fn forward(
     origin: Origin,
     listener: &config::Listener,
     snap: &Snapshot,
-    shutdown: &Shutdown,
     stats: &ListenerStats,
 ) {
-    let started = Instant::now();
+    splice(client, origin, listener, snap, stats, Instant::now()).await
+}
+
+/// Connect a backend of the listener's pool and copy both ways until the
+/// connection ends, then count its bytes and log one line. Shared by `tcp`
+/// listeners and by `tls` listeners after the handshake (`started` is when
+/// the client connection was accepted).
+pub async fn splice<C>(
+    client: C,
+    origin: Origin,
+    listener: &config::Listener,
+    snap: &Snapshot,
+    stats: &ListenerStats,
+    started: Instant,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
     let Some(pool_cfg) = listener.pool.as_deref().and_then(|p| snap.config.pool(p)) else {
         warn!("listener has no pool; closing");
         return;
@@ -176,16 +190,15 @@ pub async fn forward(
             return;
         }
     };
-    let _ = shutdown;
     let result = pipe(client, backend, listener.idle_timeout).await;
     let ms = started.elapsed().as_millis() as u64;
-    if let Ok(t) = &result {
-        stats.add_bytes(t.upstream, t.downstream);
-        lease.state().stats.add_bytes(t.upstream, t.downstream);
-    }
     match result {
-        Ok(t) => info!(backend = %lease.address, bytes_in = t.upstream, bytes_out = t.downstream,
-            duration_ms = ms, "connection closed"),
+        Ok(t) => {
+            stats.add_bytes(t.upstream, t.downstream);
+            lease.state().stats.add_bytes(t.upstream, t.downstream);
+            info!(backend = %lease.address, bytes_in = t.upstream, bytes_out = t.downstream,
+                duration_ms = ms, "connection closed")
+        }
         Err(e) => {
             info!(backend = %lease.address, error = %e, duration_ms = ms, "connection ended with error")
         }

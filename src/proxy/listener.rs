@@ -208,7 +208,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Context) {
     let serve = async {
         match cfg.protocol {
             config::Protocol::Tcp => {
-                super::l4::forward(stream, origin, cfg, &snap, &ctx.shutdown, &ctx.stats).await
+                super::l4::forward(stream, origin, cfg, &snap, &ctx.stats).await
             }
             config::Protocol::Tls => {
                 super::terminate::forward(stream, origin, cfg, &snap, &ctx.stats).await

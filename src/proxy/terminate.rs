@@ -4,7 +4,7 @@
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::{Snapshot, l4};
 use crate::config;
@@ -46,28 +46,5 @@ pub async fn forward(
             "TLS handshake complete"
         );
     }
-    let Some(pool_cfg) = listener.pool.as_deref().and_then(|p| snap.config.pool(p)) else {
-        warn!("listener has no pool; closing");
-        return;
-    };
-    let (backend, lease) = match l4::connect_for(listener, pool_cfg, snap, origin).await {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(error = %e, side = "backend", "closing client connection: no backend reachable");
-            return;
-        }
-    };
-    let result = l4::pipe(tls, backend, listener.idle_timeout).await;
-    let ms = started.elapsed().as_millis() as u64;
-    if let Ok(t) = &result {
-        stats.add_bytes(t.upstream, t.downstream);
-        lease.state().stats.add_bytes(t.upstream, t.downstream);
-    }
-    match result {
-        Ok(t) => info!(backend = %lease.address, bytes_in = t.upstream, bytes_out = t.downstream,
-            duration_ms = ms, "connection closed"),
-        Err(e) => {
-            info!(backend = %lease.address, error = %e, duration_ms = ms, "connection ended with error")
-        }
-    }
+    l4::splice(tls, origin, listener, snap, stats, started).await
 }
