@@ -312,7 +312,7 @@ impl Drop for Lease {
 /// Every pool of a configuration, by name.
 #[derive(Debug, Default)]
 pub struct Pools {
-    by_name: HashMap<String, Arc<Pool>>,
+    by_name: HashMap<String, Arc<Pool>, fnv::FnvBuildHasher>,
 }
 
 impl Pools {

@@ -392,7 +392,7 @@ fn row(s: &Settings, key: IpAddr, e: &Entry, now: Instant) -> Option<Persistence
 /// previous one, so a group keeps its table (and its clients) across reloads.
 #[derive(Debug, Default)]
 pub struct PersistenceTables {
-    by_name: HashMap<String, Arc<PersistenceTable>>,
+    by_name: HashMap<String, Arc<PersistenceTable>, fnv::FnvBuildHasher>,
 }
 
 impl PersistenceTables {

@@ -17,22 +17,6 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`.
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Headers that describe one connection (RFC 9110 7.6.1), never forwarded.
-/// `Upgrade` is handled by the caller because a WebSocket handshake keeps it.
-fn fixed_hop_by_hop() -> [&'static HeaderName; 7] {
-    [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-    ]
-}
 
 /// Whether a request asks for a protocol upgrade (HTTP/1.1 `Connection:
 /// upgrade` with an `Upgrade` header).
@@ -50,38 +34,61 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// Whether `name` (lower case, as `HeaderName`s are) is one of the headers
+/// that describe one connection (RFC 9110 7.6.1) and are never forwarded.
+/// `Upgrade` is left to the caller because a WebSocket handshake keeps it.
+fn is_fixed_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "trailer"
+            | "transfer-encoding"
+    )
+}
+
 /// Remove hop-by-hop headers: the fixed set, `TE` unless it is exactly
 /// `trailers` (which gRPC needs end to end), and every header the
 /// `Connection` header names. With `upgrade`, `Upgrade` is kept and
 /// `Connection: upgrade` re-added so the handshake reaches the other side.
+///
+/// This runs on every request and response, so it makes one pass over the
+/// header names and looks nothing up unless a name calls for it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
+    let listed = headers.get_all(header::CONNECTION);
+    let named_by_connection = |name: &str| {
+        listed
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            if !(upgrade && name == header::UPGRADE) {
-                headers.remove(&name);
-            }
+            .any(|t| t.trim().eq_ignore_ascii_case(name))
+    };
+    let has_connection = listed.iter().next().is_some();
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        let n = name.as_str();
+        let drop = if n == "upgrade" {
+            !upgrade
+        } else {
+            is_fixed_hop_by_hop(n)
+                || (n == "te"
+                    && headers
+                        .get(header::TE)
+                        .is_some_and(|te| te.as_bytes() != b"trailers"))
+                || (has_connection && named_by_connection(n))
+        };
+        if drop {
+            doomed.push(name.clone());
         }
     }
-    for name in fixed_hop_by_hop() {
+    for name in doomed {
         headers.remove(name);
-    }
-    if headers
-        .get(header::TE)
-        .is_some_and(|te| te.as_bytes() != b"trailers")
-    {
-        headers.remove(header::TE);
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
 }
 

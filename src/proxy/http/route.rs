@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use fnv::FnvBuildHasher;
 use hyper::header::HeaderValue;
 use ipnet::IpNet;
 
@@ -64,9 +65,9 @@ impl VhostRoute {
 /// The vhosts one listener serves, by host name.
 #[derive(Debug, Default)]
 pub struct VhostTable {
-    exact: HashMap<String, Arc<VhostRoute>>,
+    exact: HashMap<String, Arc<VhostRoute>, FnvBuildHasher>,
     /// Keyed by the suffix after `*.`; matches exactly one more label.
-    wildcard: HashMap<String, Arc<VhostRoute>>,
+    wildcard: HashMap<String, Arc<VhostRoute>, FnvBuildHasher>,
     default: Option<Arc<VhostRoute>>,
 }
 
@@ -142,7 +143,7 @@ impl ListenerRoutes {
 /// Routing of every HTTP listener, by listener name.
 #[derive(Debug, Default)]
 pub struct Routes {
-    by_listener: HashMap<String, Arc<ListenerRoutes>>,
+    by_listener: HashMap<String, Arc<ListenerRoutes>, FnvBuildHasher>,
 }
 
 impl Routes {

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fnv::FnvBuildHasher;
 use hyper::http::uri::Authority;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -46,7 +47,7 @@ pub struct Upstream {
     /// Time allowed from sending a request until the response head arrives.
     pub response_timeout: Duration,
     /// Backend addresses as URI authorities, built once.
-    authorities: HashMap<SocketAddr, Authority>,
+    authorities: HashMap<SocketAddr, Authority, FnvBuildHasher>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -114,7 +115,7 @@ impl Upstream {
 /// The clients of every pool, by pool name.
 #[derive(Debug, Default)]
 pub struct Upstreams {
-    by_pool: HashMap<String, Arc<Upstream>>,
+    by_pool: HashMap<String, Arc<Upstream>, FnvBuildHasher>,
 }
 
 impl Upstreams {
