@@ -122,6 +122,14 @@ fn plan(
             "503 Service Unavailable: listener removed\n",
         ));
     };
+    if req.headers().len() > routes.max_headers {
+        // HTTP/1 heads with more fields never get here (hyper answers 431);
+        // HTTP/2 only bounds the header list's size.
+        return Err(local(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "431 Request Header Fields Too Large\n",
+        ));
+    }
     if req.method() == Method::CONNECT {
         return Err(local(
             StatusCode::METHOD_NOT_ALLOWED,
