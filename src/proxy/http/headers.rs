@@ -40,14 +40,19 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
 }
 
-/// Whether a `Connection` header lists `token`.
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+/// The tokens of every `Connection` header, blanks trimmed. Split as bytes:
+/// a non-ASCII byte elsewhere in a value must not hide its tokens.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+}
+
+/// Whether a `Connection` header lists `token`.
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Remove hop-by-hop headers: the fixed set, `TE` unless it is exactly
@@ -56,12 +61,8 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// `Connection: upgrade` re-added so the handshake reaches the other side.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
         for name in named {
             if !(upgrade && name == header::UPGRADE) {
@@ -73,8 +74,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers.remove(name);
     }
     if headers
-        .get(header::TE)
-        .is_some_and(|te| te.as_bytes() != b"trailers")
+        .get_all(header::TE)
+        .iter()
+        .any(|te| te.as_bytes() != b"trailers")
     {
         headers.remove(header::TE);
     }
@@ -210,10 +212,11 @@ pub fn add_via(headers: &mut HeaderMap, version: Version) {
     headers.insert(header::VIA, value);
 }
 
-/// All values of `name` joined with `, `, or None if absent.
+/// All non-empty values of `name` joined with `, ` (empty list elements
+/// carry nothing, RFC 9110 5.6.1), or None if there are none.
 fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
     let mut out: Option<Vec<u8>> = None;
-    for v in headers.get_all(name) {
+    for v in headers.get_all(name).iter().filter(|v| !v.is_empty()) {
         let buf = out.get_or_insert_with(Vec::new);
         if !buf.is_empty() {
             buf.extend_from_slice(b", ");
@@ -256,6 +259,25 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn a_non_ascii_byte_does_not_hide_connection_tokens() {
+        let mut h = HeaderMap::new();
+        h.append("x-secret", HeaderValue::from_static("1"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"X-Secret, \xff").unwrap(),
+        );
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn te_goes_unless_every_value_is_trailers() {
+        let mut h = headers(&[("te", "trailers"), ("te", "gzip")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(get(&h, "te"), None);
     }
 
     #[test]
