@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Soak: mixed HTTP, HTTPS and TCP load through vipd with a SIGHUP every 5 s,
-# for a fixed time; reports errors (must be 0), RSS after warm-up and at the
-# end, and open file descriptors before and after. Not part of `cargo test`.
+# for a fixed time; reports errors (must be 0), RSS after warm-up, every
+# 60 s and at the end, and open file descriptors before and after. Not part
+# of `cargo test`.
 # Usage (as root, from the repo root): bash bench/soak.sh [--duration SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,28 +66,40 @@ rss() { awk '/VmRSS/ {print $2}' "/proc/$vpid/status"; }
 fds() { ls "/proc/$vpid/fd" | wc -l; }
 fd0=$(fds)
 
-# Warm-up with the same mix, then the baseline RSS.
-wrk -t1 -c32 -d10s http://127.0.0.1:18911/index.html >/dev/null &
-warm=$!
-wrk -t1 -c32 -d10s -H "Host: soak.test" https://127.0.0.1:18912/index.html >/dev/null
-wait "$warm"
+# Warm-up with the same mix (reloads and tcp included: the first reload
+# builds a second snapshot while connections still hold the first), then
+# the baseline RSS.
+tcp_loop() { # seconds -> "ok bad" on stdout
+  local end ok=0 bad=0
+  end=$(( $(date +%s) + $1 ))
+  while [ "$(date +%s)" -lt "$end" ]; do
+    if curl -sf -o /dev/null --max-time 5 http://127.0.0.1:18913/index.html; then ok=$((ok+1)); else bad=$((bad+1)); fi
+  done
+  echo "$ok $bad"
+}
+wrk -t1 -c32 -d15s http://127.0.0.1:18911/index.html >/dev/null &
+warm1=$!
+wrk -t1 -c32 -d15s -H "Host: soak.test" https://127.0.0.1:18912/index.html >/dev/null &
+warm2=$!
+tcp_loop 15 >/dev/null &
+warm3=$!
+for _ in 1 2; do sleep 5; kill -HUP "$vpid"; done
+wait "$warm1" "$warm2" "$warm3"
 rss0=$(rss)
 echo "soak: ${DURATION}s of mixed load with SIGHUP every 5 s (vipd pid $vpid)"
 wrk -t1 -c32 -d"${DURATION}s" http://127.0.0.1:18911/index.html >"$work/http.txt" 2>&1 &
 w1=$!
 wrk -t1 -c32 -d"${DURATION}s" -H "Host: soak.test" https://127.0.0.1:18912/index.html >"$work/https.txt" 2>&1 &
 w2=$!
-(
-  end=$(( $(date +%s) + DURATION )); ok=0; bad=0
-  while [ "$(date +%s)" -lt "$end" ]; do
-    if curl -sf -o /dev/null --max-time 5 http://127.0.0.1:18913/index.html; then ok=$((ok+1)); else bad=$((bad+1)); fi
-  done
-  echo "$ok $bad" >"$work/tcp.txt"
-) &
+tcp_loop "$DURATION" >"$work/tcp.txt" &
 w3=$!
 hups=0
+series="$rss0"
 end=$(( $(date +%s) + DURATION ))
-while [ "$(date +%s)" -lt "$end" ]; do sleep 5; kill -HUP "$vpid"; hups=$((hups+1)); done
+while [ "$(date +%s)" -lt "$end" ]; do
+  sleep 5; kill -HUP "$vpid"; hups=$((hups+1))
+  if [ $((hups % 12)) -eq 0 ]; then series="$series $(rss)"; fi
+done
 wait "$w1" "$w2" "$w3"
 sleep 4
 rss1=$(rss); fd1=$(fds)
@@ -110,6 +123,7 @@ cat <<OUT
 | tcp connections / errors | ${tcp_ok} / ${tcp_bad} |
 | failed reloads | ${reload_fail} |
 | RSS after warm-up -> end | ${rss0} KiB -> ${rss1} KiB (${growth} %) |
+| RSS every 60 s (KiB) | ${series// / -> } |
 | open fds before -> after | ${fd0} -> ${fd1} |
 OUT
 cat "$work/http.txt" "$work/https.txt" | grep -E "Socket|Non-2xx" || true

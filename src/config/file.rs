@@ -66,6 +66,8 @@ pub(super) struct RawListener {
     pub(super) idle_timeout: Option<String>,
     pub(super) forwarded: Option<bool>,
     pub(super) via: Option<bool>,
+    pub(super) max_header_bytes: Option<usize>,
+    pub(super) max_headers: Option<usize>,
 }
 
 /// One backend inside a pool.

@@ -170,6 +170,11 @@ pub struct Listener {
     pub forwarded: bool,
     /// Add a `Via` header to requests and responses (`http`/`https`).
     pub via: bool,
+    /// Largest request head (request line and headers; HTTP/2: header list
+    /// size) accepted, in bytes; larger ones get 431 (`http`/`https`).
+    pub max_header_bytes: usize,
+    /// Most header fields a request may carry; more get 431 (`http`/`https`).
+    pub max_headers: usize,
 }
 
 /// Scheduling algorithm, named as in ipvsadm.

@@ -1129,6 +1129,7 @@ fn listener(
             );
         }
     }
+    let (max_header_bytes, max_headers) = header_limits(c, &span, &p, &raw, protocol);
     let max_connections = raw.max_connections.unwrap_or(10_000);
     if max_connections == 0 {
         c.report(
@@ -1179,8 +1180,66 @@ fn listener(
         ),
         forwarded: raw.forwarded.unwrap_or(false),
         via: raw.via.unwrap_or(false),
+        max_header_bytes,
+        max_headers,
         name,
     }
+}
+
+/// Bounds of the request-head limits. hyper's HTTP/1 read buffer, which a
+/// head must fit, cannot be smaller than 8 KiB; above 1 MiB one connection
+/// could pin that much memory. Above 100 fields hyper allocates its parse
+/// table per request instead of using the stack.
+const HEADER_BYTES: (usize, usize) = (8192, 1024 * 1024);
+const HEADER_COUNT: (usize, usize) = (1, 1000);
+
+/// `max_header_bytes` and `max_headers` of a listener (HTTP only).
+fn header_limits(
+    c: &mut Checker<'_>,
+    span: &Range<usize>,
+    p: &str,
+    raw: &RawListener,
+    protocol: Protocol,
+) -> (usize, usize) {
+    let bytes = raw.max_header_bytes.unwrap_or(64 * 1024);
+    let count = raw.max_headers.unwrap_or(100);
+    let checks = [
+        (
+            "max_header_bytes",
+            raw.max_header_bytes,
+            HEADER_BYTES,
+            "bytes",
+            "65536",
+        ),
+        (
+            "max_headers",
+            raw.max_headers,
+            HEADER_COUNT,
+            "header fields",
+            "100",
+        ),
+    ];
+    for (field, set, (min, max), unit, default) in checks {
+        let Some(v) = set else { continue };
+        if !protocol.is_http() {
+            c.report(
+                span,
+                p,
+                Some(field),
+                format!("`{field}` limits HTTP requests, and this listener does not speak HTTP"),
+                "remove it, or use protocol \"http\" or \"https\"",
+            );
+        } else if !(min..=max).contains(&v) {
+            c.report(
+                span,
+                p,
+                Some(field),
+                format!("{v} is outside {min}..={max} {unit}"),
+                format!("set `{field}` between {min} and {max} (default {default})"),
+            );
+        }
+    }
+    (bytes, count)
 }
 
 fn ipvs(

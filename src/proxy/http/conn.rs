@@ -11,8 +11,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -188,23 +188,25 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 }
 
-/// The server settings, shared by every connection.
-fn builder() -> &'static auto::Builder<TokioExecutor> {
-    static BUILDER: OnceLock<auto::Builder<TokioExecutor>> = OnceLock::new();
-    BUILDER.get_or_init(|| {
-        let mut b = auto::Builder::new(TokioExecutor::new());
-        b.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(None)
-            .keep_alive(true)
-            // Enough for large cookie headers; the buffer grows only on demand.
-            .max_buf_size(64 * 1024);
-        b.http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(256)
-            .max_header_list_size(64 * 1024);
-        b
-    })
+/// The HTTP server settings of listener `l`. Built once per listener and
+/// configuration ([`super::route::ListenerRoutes::server`]), not per
+/// connection.
+pub fn server_builder(l: &config::Listener) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(true)
+        // A request head must fit hyper's read buffer, so its cap is the
+        // head limit (validation keeps it at hyper's minimum of 8 KiB or
+        // more); the buffer grows only on demand.
+        .max_buf_size(l.max_header_bytes)
+        .max_headers(l.max_headers);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(u32::try_from(l.max_header_bytes).unwrap_or(u32::MAX));
+    b
 }
 
 /// What [`serve`] needs besides the stream.
@@ -264,6 +266,13 @@ where
 {
     let cfg = a.listener;
     let https = cfg.protocol == config::Protocol::Https;
+    let server = a
+        .snapshot
+        .load()
+        .http
+        .listener(&cfg.name)
+        .map(|r| r.server.clone());
+    let server = server.unwrap_or_else(|| Arc::new(server_builder(cfg)));
     let conn = Arc::new(Conn {
         peer: Peer::new(a.peer.ip(), https),
         listener: cfg.name.as_str().into(),
@@ -282,7 +291,7 @@ where
     });
     let svc_conn = conn.clone();
     let svc = service_fn(move |req| service::handle(svc_conn.clone(), req));
-    let mut served = pin!(builder().serve_connection_with_upgrades(io, svc));
+    let mut served = pin!(server.serve_connection_with_upgrades(io, svc));
     let mut graceful = false;
     let mut hard_stop: Option<Instant> = None;
     loop {

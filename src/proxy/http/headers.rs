@@ -24,14 +24,22 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
 }
 
+/// The tokens of every `Connection` header, blanks trimmed. Split as bytes:
+/// a non-ASCII byte elsewhere in a value must not hide its tokens.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    tokens(headers.get_all(header::CONNECTION).iter())
+}
+
+/// The comma-separated elements of a header's values, blanks trimmed.
+fn tokens<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> impl Iterator<Item = &'a [u8]> {
+    values
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+}
+
 /// Whether a `Connection` header lists `token`.
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Whether `name` (lower case, as `HeaderName`s are) is one of the headers
@@ -59,13 +67,6 @@ fn is_fixed_hop_by_hop(name: &str) -> bool {
 /// header names and looks nothing up unless a name calls for it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let listed = headers.get_all(header::CONNECTION);
-    let named_by_connection = |name: &str| {
-        listed
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(name))
-    };
     let has_connection = listed.iter().next().is_some();
     let mut doomed: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
@@ -76,9 +77,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             is_fixed_hop_by_hop(n)
                 || (n == "te"
                     && headers
-                        .get(header::TE)
-                        .is_some_and(|te| te.as_bytes() != b"trailers"))
-                || (has_connection && named_by_connection(n))
+                        .get_all(header::TE)
+                        .iter()
+                        .any(|te| te.as_bytes() != b"trailers"))
+                || (has_connection
+                    && tokens(listed.iter()).any(|t| t.eq_ignore_ascii_case(n.as_bytes())))
         };
         if drop {
             doomed.push(name.clone());
@@ -217,10 +220,11 @@ pub fn add_via(headers: &mut HeaderMap, version: Version) {
     headers.insert(header::VIA, value);
 }
 
-/// All values of `name` joined with `, `, or None if absent.
+/// All non-empty values of `name` joined with `, ` (empty list elements
+/// carry nothing, RFC 9110 5.6.1), or None if there are none.
 fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
     let mut out: Option<Vec<u8>> = None;
-    for v in headers.get_all(name) {
+    for v in headers.get_all(name).iter().filter(|v| !v.is_empty()) {
         let buf = out.get_or_insert_with(Vec::new);
         if !buf.is_empty() {
             buf.extend_from_slice(b", ");
@@ -263,6 +267,25 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn a_non_ascii_byte_does_not_hide_connection_tokens() {
+        let mut h = HeaderMap::new();
+        h.append("x-secret", HeaderValue::from_static("1"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"X-Secret, \xff").unwrap(),
+        );
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn te_goes_unless_every_value_is_trailers() {
+        let mut h = headers(&[("te", "trailers"), ("te", "gzip")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(get(&h, "te"), None);
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use fnv::FnvBuildHasher;
 use hyper::header::HeaderValue;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
 use ipnet::IpNet;
 
 use crate::config;
@@ -99,6 +101,12 @@ pub struct ListenerRoutes {
     pub via: bool,
     /// Client-IP persistence group the listener schedules through.
     pub persistence: Option<String>,
+    /// Most header fields a request may carry (hyper enforces it for
+    /// HTTP/1; the request path checks HTTP/2 requests).
+    pub max_headers: usize,
+    /// hyper's server settings for the listener's connections (header
+    /// limits), built once here rather than per connection.
+    pub server: Arc<auto::Builder<TokioExecutor>>,
 }
 
 impl ListenerRoutes {
@@ -131,6 +139,8 @@ impl ListenerRoutes {
             forwarded: l.forwarded,
             via: l.via,
             persistence: l.persistence.clone(),
+            max_headers: l.max_headers,
+            server: Arc::new(super::conn::server_builder(l)),
         }
     }
 

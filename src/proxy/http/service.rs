@@ -122,6 +122,14 @@ fn plan(
             "503 Service Unavailable: listener removed\n",
         ));
     };
+    if req.headers().len() > routes.max_headers {
+        // HTTP/1 heads with more fields never get here (hyper answers 431);
+        // HTTP/2 only bounds the header list's size.
+        return Err(local(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "431 Request Header Fields Too Large\n",
+        ));
+    }
     if req.method() == Method::CONNECT {
         return Err(local(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -435,5 +443,38 @@ mod tests {
         assert_eq!(name("www.example.com.").as_deref(), Some("www.example.com"));
         assert_eq!(name("[::1]:80").as_deref(), Some("[::1]"));
         assert_eq!(name(":80"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn host_name_never_panics_on_any_header_value(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![0x20u8..0x7f, proptest::strategy::Just(b'\t'), 0x80u8..=0xff],
+                0..40,
+            ),
+        ) {
+            let _ = host_name(&HeaderValue::from_bytes(&bytes).unwrap());
+        }
+
+        #[test]
+        fn any_host_name_loses_port_final_dot_and_case(
+            labels in proptest::collection::vec("[a-zA-Z0-9-]{1,10}", 1..5),
+            dot: bool,
+            port: Option<u16>,
+        ) {
+            let name = labels.join(".");
+            let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+            let text = format!("{name}{}{port}", if dot { "." } else { "" });
+            let got = host_name(&HeaderValue::from_str(&text).unwrap()).map(Cow::into_owned);
+            proptest::prop_assert_eq!(got, Some(name.to_ascii_lowercase()));
+        }
+
+        #[test]
+        fn ipv6_literals_keep_their_brackets_and_lose_the_port(ip: [u8; 16], port: Option<u16>) {
+            let literal = format!("[{}]", std::net::Ipv6Addr::from(ip));
+            let text = format!("{literal}{}", port.map(|p| format!(":{p}")).unwrap_or_default());
+            let got = host_name(&HeaderValue::from_str(&text).unwrap()).map(Cow::into_owned);
+            proptest::prop_assert_eq!(got, Some(literal));
+        }
     }
 }
