@@ -9,6 +9,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::access::Exchange;
+use super::upstream::Reusable;
 
 /// Why the request body could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +91,7 @@ impl Body for RequestBody {
 /// Where a response body comes from.
 pub enum Source {
     /// Streamed from a backend.
-    Backend(Incoming),
+    Backend(BackendBody),
     /// Made by the proxy (errors, redirects).
     Local(Option<Bytes>),
 }
@@ -102,6 +103,49 @@ impl Source {
             Source::Local(None)
         } else {
             Source::Local(Some(Bytes::from_static(text.as_bytes())))
+        }
+    }
+}
+
+/// A response body streamed from a backend, holding the backend connection
+/// until the body has been read: then the connection goes back to its pool.
+/// A body abandoned half-way closes the connection instead.
+pub struct BackendBody {
+    body: Incoming,
+    conn: Option<Reusable>,
+    ended: bool,
+}
+
+impl BackendBody {
+    /// The body of a response that came over `conn` (None: not reusable).
+    pub fn new(body: Incoming, conn: Option<Reusable>) -> Self {
+        Self {
+            body,
+            conn,
+            ended: false,
+        }
+    }
+
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.ended = true,
+            Poll::Ready(Some(Ok(_))) => self.ended = self.body.is_end_stream(),
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl Drop for BackendBody {
+    fn drop(&mut self) {
+        if self.ended || self.body.is_end_stream() {
+            if let Some(conn) = self.conn.take() {
+                conn.release();
+            }
         }
     }
 }
@@ -131,7 +175,7 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let polled = match &mut this.source {
-            Source::Backend(b) => Pin::new(b).poll_frame(cx),
+            Source::Backend(b) => b.poll_frame(cx),
             Source::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         };
         if let Poll::Ready(Some(Ok(frame))) = &polled {
@@ -144,14 +188,14 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.source {
-            Source::Backend(b) => b.is_end_stream(),
+            Source::Backend(b) => b.body.is_end_stream(),
             Source::Local(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.source {
-            Source::Backend(b) => b.size_hint(),
+            Source::Backend(b) => b.body.size_hint(),
             Source::Local(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }

@@ -10,19 +10,19 @@ use std::time::Duration;
 
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderValue};
-use hyper::http::uri::{PathAndQuery, Scheme};
+use hyper::http::uri::PathAndQuery;
 use hyper::upgrade::OnUpgrade;
-use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::access::{Exchange, Record};
-use super::body::{RequestBody, ResponseBody, Source};
+use super::body::{BackendBody, RequestBody, ResponseBody, Source};
 use super::conn::Conn;
 use super::headers::{self, Options};
 use super::route::VhostRoute;
-use super::upstream::{ForwardError, Upstream};
+use super::upstream::Upstream;
 use crate::balance::{Lease, PersistenceTable, Pool};
 use crate::proxy::Snapshot;
 
@@ -296,44 +296,17 @@ async fn forward(
         Version::HTTP_11
     };
     let attempts = plan.pool.backends.len().clamp(1, 3);
-    // A copy to re-send is kept only when re-sending is possible.
-    let mut again = (attempts > 1 && body.is_end_stream()).then(|| {
-        let mut copy = Request::new(());
-        *copy.method_mut() = parts.method.clone();
-        *copy.version_mut() = parts.version;
-        *copy.headers_mut() = parts.headers.clone();
-        copy.into_parts().0
-    });
-    let mut next = Some(Request::from_parts(
-        parts,
-        RequestBody::new(body, plan.max_body_size),
-    ));
+    let mut req = Request::from_parts(parts, RequestBody::new(body, plan.max_body_size));
     let mut lease = plan.lease;
-    let timeout = plan.upstream.response_timeout;
     let mut attempt = 1;
-    let mut resp = loop {
+    let (mut resp, reusable) = loop {
         let addr = lease.address;
         ex.record.upstream = Some(addr);
-        let Some(mut request) = next.take() else {
-            return error_response(StatusCode::BAD_GATEWAY);
-        };
-        *request.uri_mut() = match Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(plan.upstream.authority(addr))
-            .path_and_query(target.clone())
-            .build()
-        {
-            Ok(u) => u,
-            Err(e) => {
-                debug!(side = "client", error = %e, "request target cannot be forwarded");
-                return error_response(StatusCode::BAD_REQUEST);
-            }
-        };
+        *req.uri_mut() = plan.upstream.target(addr, target.clone());
         let state = lease.state().clone();
         ex.lease = Some(lease);
-        let sent = tokio::time::timeout(timeout, plan.upstream.client().request(request)).await;
-        let e = match sent {
-            Ok(Ok(resp)) => {
+        let failed = match plan.upstream.send(addr, req).await {
+            Ok(sent) => {
                 if state.connect_succeeded() {
                     plan.pool.log_flip(
                         addr,
@@ -341,11 +314,11 @@ async fn forward(
                         "passive check: request succeeded after cool-down",
                     );
                 }
-                break resp;
+                break sent;
             }
-            Ok(Err(e)) => ForwardError::classify(&e, addr),
-            Err(_) => ForwardError::ResponseTimeout { addr, timeout },
+            Err(failed) => failed,
         };
+        let e = failed.error;
         warn!(side = e.side(), error = %e, attempt, "request failed");
         if !e.is_connect() {
             return error_response(e.status());
@@ -364,21 +337,16 @@ async fn forward(
                 plan.pool.log_flip(addr, false, &cause);
             }
         }
-        let retry = again.as_ref().filter(|_| attempt < attempts);
-        let Some(copy) = retry else {
+        // Nothing reached the backend, so the request (body included) can
+        // go to another one.
+        let retry = failed.request.filter(|_| attempt < attempts);
+        let Some(again) = retry else {
             return error_response(e.status());
         };
         let Some(other) = select(&plan.pool, plan.persistence.as_ref(), conn.peer.ip) else {
             return error_response(e.status());
         };
-        let mut request = Request::new(RequestBody::empty());
-        *request.method_mut() = copy.method.clone();
-        *request.version_mut() = copy.version;
-        *request.headers_mut() = copy.headers.clone();
-        if attempt + 1 == attempts {
-            again = None;
-        }
-        next = Some(request);
+        req = again;
         lease = other;
         attempt += 1;
     };
@@ -386,6 +354,8 @@ async fn forward(
         lease.state().stats.responses.record(resp.status().as_u16());
     }
     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    // An upgraded connection belongs to the tunnel, never to the pool.
+    let reusable = reusable.filter(|_| !switched);
     match client_upgrade {
         Some(client) if switched => {
             let backend = hyper::upgrade::on(&mut resp);
@@ -400,7 +370,7 @@ async fn forward(
         let version = resp.version();
         headers::add_via(resp.headers_mut(), version);
     }
-    resp.map(Source::Backend)
+    resp.map(|body| Source::Backend(BackendBody::new(body, reusable)))
 }
 
 /// Splice an upgraded client connection (e.g. a WebSocket) to the upgraded

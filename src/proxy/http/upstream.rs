@@ -1,23 +1,38 @@
-//! Connections to backends: one keep-alive client per pool, shared by every
-//! connection and thread, kept across reloads while the pool's connection
-//! settings stay the same. The client keys idle connections by backend
-//! address, so each backend has its own bounded idle set.
+//! Connections to backends: one connection pool per vipd pool, shared by
+//! every client connection and thread, kept across reloads while the
+//! pool's connection settings stay the same.
+//!
+//! HTTP/1.1 backends get a pool of idle keep-alive connections per backend
+//! address (newest first, at most `max_idle`, closed after `idle_timeout`);
+//! a connection goes back to it when its response body has been read to the
+//! end. HTTP/2 backends get one shared connection per backend that carries
+//! every request. Connecting happens before a request is handed over, so a
+//! backend that cannot be reached gives the request back and it can go to
+//! another backend, body and all.
 
-use std::collections::HashMap;
 use std::error::Error as StdError;
-use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use fnv::FnvBuildHasher;
-use hyper::http::uri::Authority;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
+use hyper::{Request, Response, Uri};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::debug;
 
 use super::body::{BodyError, RequestBody};
 use crate::config;
+
+type HashMap<K, V> = std::collections::HashMap<K, V, FnvBuildHasher>;
+
+/// How long a pooled HTTP/1.1 connection may take to become ready for its
+/// next request after its last response ended (normally no time at all).
+const READY_WAIT: Duration = Duration::from_millis(100);
 
 /// The settings that shape a pool's connections; a reload that keeps them
 /// keeps the pool's open connections.
@@ -40,43 +55,37 @@ impl Settings {
     }
 }
 
-/// The client of one pool.
+/// The backend connections of one pool.
 pub struct Upstream {
-    settings: Settings,
-    client: Client<HttpConnector, RequestBody>,
+    conns: Arc<Conns>,
     /// Time allowed from sending a request until the response head arrives.
     pub response_timeout: Duration,
-    /// Backend addresses as URI authorities, built once.
-    authorities: HashMap<SocketAddr, Authority, FnvBuildHasher>,
+    /// Backend addresses as URI authorities (HTTP/2 requests carry one).
+    authorities: HashMap<SocketAddr, Authority>,
 }
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
-            .field("settings", &self.settings)
+            .field("settings", &self.conns.settings)
             .field("response_timeout", &self.response_timeout)
             .finish_non_exhaustive()
     }
 }
 
+/// A request that could not be forwarded: why, and the request itself when
+/// it was never handed to a backend (so it may go to another one).
+pub struct Failed {
+    pub error: ForwardError,
+    pub request: Option<Request<RequestBody>>,
+}
+
 impl Upstream {
     fn new(p: &config::Pool, reuse: Option<&Upstream>) -> Self {
         let settings = Settings::of(p);
-        let client = match reuse {
-            Some(old) if old.settings == settings => old.client.clone(),
-            _ => {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                connector.set_connect_timeout(Some(settings.connect_timeout));
-                Client::builder(TokioExecutor::new())
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new())
-                    .pool_idle_timeout(settings.idle_timeout)
-                    .pool_max_idle_per_host(settings.max_idle)
-                    .http2_only(settings.http2)
-                    .set_host(false)
-                    .build(connector)
-            }
+        let conns = match reuse {
+            Some(old) if old.conns.settings == settings => old.conns.clone(),
+            _ => Arc::new(Conns::new(settings)),
         };
         let authorities = p
             .backends
@@ -87,8 +96,7 @@ impl Upstream {
             })
             .collect();
         Self {
-            settings,
-            client,
+            conns,
             response_timeout: p.response_timeout,
             authorities,
         }
@@ -96,31 +104,310 @@ impl Upstream {
 
     /// Whether requests go to backends over HTTP/2.
     pub fn http2(&self) -> bool {
-        self.settings.http2
+        self.conns.settings.http2
     }
 
-    /// The client that sends requests to this pool's backends.
-    pub fn client(&self) -> &Client<HttpConnector, RequestBody> {
-        &self.client
-    }
-
-    /// `addr` as a URI authority.
-    pub fn authority(&self, addr: SocketAddr) -> Authority {
-        self.authorities.get(&addr).cloned().unwrap_or_else(|| {
+    /// The request target for backend `addr`: origin-form for HTTP/1.1,
+    /// absolute (the backend's address as authority) for HTTP/2.
+    pub fn target(&self, addr: SocketAddr, path: PathAndQuery) -> Uri {
+        if !self.http2() {
+            return Uri::from(path);
+        }
+        let authority = self.authorities.get(&addr).cloned().unwrap_or_else(|| {
             Authority::try_from(addr.to_string()).expect("a socket address is an authority")
-        })
+        });
+        let mut parts = hyper::http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(authority);
+        parts.path_and_query = Some(path);
+        Uri::from_parts(parts).expect("scheme, authority and path make a URI")
+    }
+
+    /// Send `req` to backend `addr` over a pooled or new connection and wait
+    /// for the response head. With the response comes the connection to give
+    /// back (HTTP/1.1) once the response body has been read to its end.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Option<Reusable>), Failed> {
+        loop {
+            let checkout = match self.conns.checkout(addr).await {
+                Ok(c) => c,
+                Err(error) => {
+                    return Err(Failed {
+                        error,
+                        request: Some(req),
+                    });
+                }
+            };
+            let Checkout { mut sender, reused } = checkout;
+            let sent = tokio::time::timeout(self.response_timeout, sender.send(req)).await;
+            let mut e = match sent {
+                Ok(Ok(resp)) => {
+                    let give_back = match sender {
+                        Sender::H1(s) => Some(Reusable {
+                            sender: s,
+                            addr,
+                            conns: Arc::downgrade(&self.conns),
+                        }),
+                        Sender::H2(_) => None,
+                    };
+                    return Ok((resp, give_back));
+                }
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    let timeout = self.response_timeout;
+                    return Err(Failed {
+                        error: ForwardError::ResponseTimeout { addr, timeout },
+                        request: None,
+                    });
+                }
+            };
+            match e.take_message() {
+                // A pooled connection the backend had closed: the request
+                // was never written, so send it again.
+                Some(back) if reused => {
+                    debug!(backend = %addr, error = %e.error(), "pooled connection was closed; retrying");
+                    req = back;
+                }
+                request => {
+                    return Err(Failed {
+                        error: ForwardError::classify(e.error(), addr),
+                        request,
+                    });
+                }
+            }
+        }
     }
 }
 
-/// The clients of every pool, by pool name.
+/// A connection ready to carry one request.
+struct Checkout {
+    sender: Sender,
+    /// Whether it came from the pool (and may have been closed meanwhile).
+    reused: bool,
+}
+
+enum Sender {
+    H1(http1::SendRequest<RequestBody>),
+    H2(http2::SendRequest<RequestBody>),
+}
+
+type TrySendError = hyper::client::conn::TrySendError<Request<RequestBody>>;
+
+impl Sender {
+    async fn send(&mut self, req: Request<RequestBody>) -> Result<Response<Incoming>, TrySendError> {
+        match self {
+            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H2(s) => s.try_send_request(req).await,
+        }
+    }
+}
+
+/// An HTTP/1.1 connection that carried a response; dropping it after the
+/// response body ended puts it back in its pool, otherwise closes it.
+pub struct Reusable {
+    sender: http1::SendRequest<RequestBody>,
+    addr: SocketAddr,
+    conns: Weak<Conns>,
+}
+
+impl Reusable {
+    /// Put the connection back in its pool (the response was read in full).
+    pub fn release(self) {
+        if let Some(conns) = self.conns.upgrade() {
+            conns.put_idle(self.addr, self.sender);
+        }
+    }
+}
+
+/// An idle HTTP/1.1 connection.
+struct Idle {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+}
+
+/// The connections of one pool, by backend address.
+struct Conns {
+    settings: Settings,
+    /// HTTP/1.1: idle connections, oldest first.
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    /// HTTP/2: the shared connection of each backend.
+    shared: Mutex<HashMap<SocketAddr, http2::SendRequest<RequestBody>>>,
+    /// Whether the task that closes expired idle connections runs.
+    sweeping: std::sync::atomic::AtomicBool,
+}
+
+impl Conns {
+    fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            idle: Mutex::default(),
+            shared: Mutex::default(),
+            sweeping: false.into(),
+        }
+    }
+
+    async fn checkout(self: &Arc<Self>, addr: SocketAddr) -> Result<Checkout, ForwardError> {
+        if self.settings.http2 {
+            return self.checkout_h2(addr).await;
+        }
+        while let Some(mut sender) = self.take_idle(addr) {
+            let ready = sender.is_ready()
+                || (!sender.is_closed()
+                    && matches!(
+                        tokio::time::timeout(READY_WAIT, sender.ready()).await,
+                        Ok(Ok(()))
+                    ));
+            if ready {
+                return Ok(Checkout {
+                    sender: Sender::H1(sender),
+                    reused: true,
+                });
+            }
+        }
+        let io = self.connect(addr).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| ForwardError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(backend = %addr, error = %e, "backend connection ended with an error");
+            }
+        });
+        Ok(Checkout {
+            sender: Sender::H1(sender),
+            reused: false,
+        })
+    }
+
+    async fn checkout_h2(&self, addr: SocketAddr) -> Result<Checkout, ForwardError> {
+        let shared = self.lock_shared().get(&addr).cloned();
+        if let Some(sender) = shared.filter(|s| s.is_ready()) {
+            return Ok(Checkout {
+                sender: Sender::H2(sender),
+                reused: true,
+            });
+        }
+        let io = self.connect(addr).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| ForwardError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(backend = %addr, error = %e, "HTTP/2 backend connection ended with an error");
+            }
+        });
+        self.lock_shared().insert(addr, sender.clone());
+        Ok(Checkout {
+            sender: Sender::H2(sender),
+            reused: false,
+        })
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<TokioIo<TcpStream>, ForwardError> {
+        let timeout = self.settings.connect_timeout;
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Err(ForwardError::Connect {
+                    addr,
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => return Err(ForwardError::ConnectTimeout { addr }),
+        };
+        // Small requests and responses go out at once.
+        let _ = stream.set_nodelay(true);
+        Ok(TokioIo::new(stream))
+    }
+
+    /// The newest idle connection to `addr` that has not expired.
+    fn take_idle(self: &Arc<Self>, addr: SocketAddr) -> Option<http1::SendRequest<RequestBody>> {
+        let mut idle = self.lock_idle();
+        let list = idle.get_mut(&addr)?;
+        let newest = list.pop()?;
+        if newest.since.elapsed() >= self.settings.idle_timeout {
+            // The newest expired, so have all the others.
+            list.clear();
+            return None;
+        }
+        Some(newest.sender)
+    }
+
+    fn put_idle(self: &Arc<Self>, addr: SocketAddr, sender: http1::SendRequest<RequestBody>) {
+        if sender.is_closed() || self.settings.max_idle == 0 {
+            return;
+        }
+        let mut idle = self.lock_idle();
+        let list = idle.entry(addr).or_default();
+        if list.len() >= self.settings.max_idle {
+            // Keep the newest; the oldest closes.
+            list.remove(0);
+        }
+        list.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+        drop(idle);
+        self.start_sweeping();
+    }
+
+    /// Close idle connections once they pass `idle_timeout`, even if no
+    /// request comes to the pool again. One task per pool, started by the
+    /// first connection put back; it ends with the pool.
+    fn start_sweeping(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.sweeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let every = (self.settings.idle_timeout / 2).max(Duration::from_millis(500));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(conns) = weak.upgrade() else { return };
+                let limit = conns.settings.idle_timeout;
+                conns.lock_idle().retain(|_, list| {
+                    list.retain(|i| i.since.elapsed() < limit && !i.sender.is_closed());
+                    !list.is_empty()
+                });
+            }
+        });
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_shared(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, http2::SendRequest<RequestBody>>> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The connection pools of every pool, by pool name.
 #[derive(Debug, Default)]
 pub struct Upstreams {
-    by_pool: HashMap<String, Arc<Upstream>, FnvBuildHasher>,
+    by_pool: HashMap<String, Arc<Upstream>>,
 }
 
 impl Upstreams {
-    /// Build a client per pool, reusing `previous` clients (and their open
-    /// connections) whose settings did not change.
+    /// Build the connections of each pool, reusing `previous` pools (and
+    /// their open connections) whose settings did not change.
     pub fn build(config: &config::Config, previous: Option<&Upstreams>) -> Self {
         let by_pool = config
             .pools
@@ -136,7 +423,7 @@ impl Upstreams {
         Self { by_pool }
     }
 
-    /// The client of the pool called `name`.
+    /// The connections of the pool called `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.by_pool.get(name)
     }
@@ -166,10 +453,10 @@ pub enum ForwardError {
 }
 
 impl ForwardError {
-    /// Classify a client error for a request sent to `addr`.
-    pub fn classify(e: &hyper_util::client::legacy::Error, addr: SocketAddr) -> Self {
+    /// Classify an error of a request sent to `addr` (the connection was
+    /// made, so it is about the exchange, not connecting).
+    pub fn classify(e: &hyper::Error, addr: SocketAddr) -> Self {
         let mut source: Option<&(dyn StdError + 'static)> = e.source();
-        let mut timed_out = false;
         let mut innermost = None;
         while let Some(s) = source {
             if let Some(b) = s.downcast_ref::<BodyError>() {
@@ -178,18 +465,14 @@ impl ForwardError {
                     BodyError::Client(c) => Self::ClientBody(c.to_string()),
                 };
             }
-            if let Some(io) = s.downcast_ref::<io::Error>() {
-                timed_out |= io.kind() == io::ErrorKind::TimedOut;
-            }
             innermost = Some(s);
             source = s.source();
         }
-        let reason = innermost.map_or_else(|| e.to_string(), |s| s.to_string());
-        match (e.is_connect(), timed_out) {
-            (true, true) => Self::ConnectTimeout { addr },
-            (true, false) => Self::Connect { addr, reason },
-            _ => Self::Backend { addr, reason },
-        }
+        let reason = match innermost {
+            Some(s) => format!("{e}: {s}"),
+            None => e.to_string(),
+        };
+        Self::Backend { addr, reason }
     }
 
     /// The status the client gets.
