@@ -188,6 +188,20 @@ async fn upstream_connections_are_kept_alive_and_reused() {
 }
 
 #[tokio::test]
+async fn idle_upstream_connections_are_not_reused_after_the_pool_idle_timeout() {
+    let (a, _b, proxy) = setup("", "idle_timeout = \"300ms\"").await;
+    let c = h1_client();
+    for _ in 0..2 {
+        assert_eq!(send(&c, get(proxy, "www.a.test", "/")).await.0, 200);
+    }
+    assert_eq!(a.connections(), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert_eq!(send(&c, get(proxy, "www.a.test", "/")).await.0, 200);
+    assert_eq!(a.requests(), 3);
+    assert_eq!(a.connections(), 2, "an expired idle connection was reused");
+}
+
+#[tokio::test]
 async fn http2_clients_are_routed_by_authority_and_forwarded_over_http1() {
     let (a, b, proxy) = setup("", "").await;
     let (status, h, body) = h2_get(proxy, "http://www.a.test/b/h2").await;

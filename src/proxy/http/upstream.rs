@@ -197,7 +197,10 @@ enum Sender {
 type TrySendError = hyper::client::conn::TrySendError<Request<RequestBody>>;
 
 impl Sender {
-    async fn send(&mut self, req: Request<RequestBody>) -> Result<Response<Incoming>, TrySendError> {
+    async fn send(
+        &mut self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, TrySendError> {
         match self {
             Sender::H1(s) => s.try_send_request(req).await,
             Sender::H2(s) => s.try_send_request(req).await,
@@ -268,13 +271,14 @@ impl Conns {
             }
         }
         let io = self.connect(addr).await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| ForwardError::Connect {
-                addr,
-                reason: e.to_string(),
-            })?;
+        let (sender, conn) =
+            http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|e| ForwardError::Connect {
+                    addr,
+                    reason: e.to_string(),
+                })?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 debug!(backend = %addr, error = %e, "backend connection ended with an error");
