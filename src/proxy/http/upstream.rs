@@ -271,14 +271,16 @@ impl Conns {
             }
         }
         let io = self.connect(addr).await?;
-        let (sender, conn) =
-            http1::Builder::new()
-                .handshake(io)
-                .await
-                .map_err(|e| ForwardError::Connect {
-                    addr,
-                    reason: e.to_string(),
-                })?;
+        let (sender, conn) = http1::Builder::new()
+            // One send(2) per request (head and body copied together)
+            // instead of writev(2), as haproxy does.
+            .writev(false)
+            .handshake(io)
+            .await
+            .map_err(|e| ForwardError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 debug!(backend = %addr, error = %e, "backend connection ended with an error");
