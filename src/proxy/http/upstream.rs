@@ -277,15 +277,8 @@ impl Conns {
             .writev(false)
             .handshake(io)
             .await
-            .map_err(|e| ForwardError::Connect {
-                addr,
-                reason: e.to_string(),
-            })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                debug!(backend = %addr, error = %e, "backend connection ended with an error");
-            }
-        });
+            .map_err(handshake_failed(addr))?;
+        drive(addr, conn.with_upgrades());
         Ok(Checkout {
             sender: Sender::H1(sender),
             reused: false,
@@ -305,15 +298,8 @@ impl Conns {
             .timer(TokioTimer::new())
             .handshake(io)
             .await
-            .map_err(|e| ForwardError::Connect {
-                addr,
-                reason: e.to_string(),
-            })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(backend = %addr, error = %e, "HTTP/2 backend connection ended with an error");
-            }
-        });
+            .map_err(handshake_failed(addr))?;
+        drive(addr, conn);
         self.lock_shared().insert(addr, sender.clone());
         Ok(Checkout {
             sender: Sender::H2(sender),
@@ -403,6 +389,27 @@ impl Conns {
     ) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, http2::SendRequest<RequestBody>>> {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A handshake that fails on a new connection counts as failing to connect:
+/// the request was not handed over.
+fn handshake_failed(addr: SocketAddr) -> impl FnOnce(hyper::Error) -> ForwardError {
+    move |e| ForwardError::Connect {
+        addr,
+        reason: e.to_string(),
+    }
+}
+
+/// Run a backend connection (hyper's connection future) in its own task.
+fn drive<F>(addr: SocketAddr, conn: F)
+where
+    F: std::future::Future<Output = hyper::Result<()>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(backend = %addr, error = %e, "backend connection ended with an error");
+        }
+    });
 }
 
 /// The connection pools of every pool, by pool name.
