@@ -12,8 +12,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use http_support::*;
 use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 
 /// The head limit of the test listener, in bytes.
 const LIMIT: usize = 16 * 1024;
@@ -126,15 +124,7 @@ async fn the_default_limits_are_64_kib_and_100_fields() {
 /// Send `req` over a fresh HTTP/2 prior-knowledge connection: the status,
 /// or the stream error.
 async fn h2_send(proxy: SocketAddr, req: Request<Full<Bytes>>) -> Result<u16, hyper::Error> {
-    let stream = TcpStream::connect(proxy).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
-        TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    let resp = tx.send_request(req).await?;
+    let resp = h2_connect(proxy).await.send_request(req).await?;
     let status = resp.status().as_u16();
     resp.into_body().collect().await?;
     Ok(status)

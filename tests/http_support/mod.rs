@@ -208,17 +208,23 @@ pub async fn raw(proxy: SocketAddr, request: &[u8], limit: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Send a GET for `uri` (whose authority names the site) over a fresh
-/// HTTP/2 prior-knowledge connection to `proxy`.
-pub async fn h2_get(proxy: SocketAddr, uri: &str) -> (StatusCode, hyper::HeaderMap, String) {
+/// A fresh HTTP/2 prior-knowledge connection to `proxy`.
+pub async fn h2_connect(proxy: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
     let stream = TcpStream::connect(proxy).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+    let (tx, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
         TokioExecutor::new(),
         TokioIo::new(stream),
     )
     .await
     .unwrap();
     tokio::spawn(conn);
+    tx
+}
+
+/// Send a GET for `uri` (whose authority names the site) over a fresh
+/// HTTP/2 prior-knowledge connection to `proxy`.
+pub async fn h2_get(proxy: SocketAddr, uri: &str) -> (StatusCode, hyper::HeaderMap, String) {
+    let mut tx = h2_connect(proxy).await;
     let req = Request::builder()
         .uri(uri)
         .version(hyper::Version::HTTP_2)

@@ -325,7 +325,7 @@ impl Conns {
     }
 
     /// The newest idle connection to `addr` that has not expired.
-    fn take_idle(self: &Arc<Self>, addr: SocketAddr) -> Option<http1::SendRequest<RequestBody>> {
+    fn take_idle(&self, addr: SocketAddr) -> Option<http1::SendRequest<RequestBody>> {
         let mut idle = self.lock_idle();
         let list = idle.get_mut(&addr)?;
         let newest = list.pop()?;
