@@ -4,6 +4,7 @@
 #
 #   bash bench/callgrind.sh                  # vipd and haproxy, plain HTTP
 #   bash bench/callgrind.sh --test https     # HTTPS/1.1 keep-alive instead
+#   bash bench/callgrind.sh --test h2        # HTTP/2 over TLS (h2load, 4x16 streams)
 #   bash bench/callgrind.sh --proxies vipd   # one contestant
 #
 # Wall-clock rates on a shared 2-core VM move by +-30 % from run to run;
@@ -37,7 +38,7 @@ while [[ $# -gt 0 ]]; do
     *) echo "unknown option $1 (see the header of $0)" >&2; exit 64 ;;
   esac
 done
-for tool in valgrind callgrind_control wrk nginx; do
+for tool in valgrind callgrind_control wrk h2load nginx; do
   command -v $tool >/dev/null || { echo "callgrind.sh: $tool is not installed (apt-get install valgrind wrk nginx haproxy)" >&2; exit 69; }
 done
 [[ -f $WORK/backend/nginx.conf ]] || { echo "callgrind.sh: no $WORK/backend/nginx.conf; run bash bench/run.sh --quick --tests http_ka first" >&2; exit 66; }
@@ -53,14 +54,15 @@ sleep 0.5
 
 # The HTTP (or HTTPS) port of a proxy's rendered config.
 port_of() {
-  local proxy=$1 conf
+  local proxy=$1 conf test=$TEST
+  [[ $test == h2 ]] && test=https
   case $proxy in
     vipd) conf=$WORK/vipd-w1/vipd.toml
-          awk -v want="$TEST" '/^name = /{gsub(/"/,"",$3); name=$3} /^bind = /{if (name==want) {gsub(/"/,"",$3); n=split($3,a,":"); print a[n]; exit}}' "$conf" ;;
+          awk -v want="$test" '/^name = /{gsub(/"/,"",$3); name=$3} /^bind = /{if (name==want) {gsub(/"/,"",$3); n=split($3,a,":"); print a[n]; exit}}' "$conf" ;;
     haproxy) conf=$WORK/haproxy-w1/haproxy.cfg
-          awk -v fe="fe_$TEST" '$1=="frontend"{cur=$2} $1=="bind" && cur==fe {n=split($2,a,":"); print a[n]; exit}' "$conf" ;;
+          awk -v fe="fe_$test" '$1=="frontend"{cur=$2} $1=="bind" && cur==fe {n=split($2,a,":"); print a[n]; exit}' "$conf" ;;
     nginx) conf=$WORK/nginx-w1/nginx.conf
-          grep -oE 'listen 127\.0\.0\.1:[0-9]+' "$conf" | head -$([[ $TEST == http ]] && echo 1 || echo 2) | tail -1 | cut -d: -f2 ;;
+          grep -oE 'listen 127\.0\.0\.1:[0-9]+' "$conf" | head -$([[ $test == http ]] && echo 1 || echo 2) | tail -1 | cut -d: -f2 ;;
   esac
 }
 
@@ -78,10 +80,18 @@ for proxy in $PROXIES; do
     "${cmd[@]}" >"$out/$proxy.log" 2>&1 &
   vg=$!
   url=$TEST://localhost:$port/1k
+  [[ $TEST == h2 ]] && url=https://localhost:$port/1k
   for _ in $(seq 60); do curl -sk -o /dev/null "$url" && break; sleep 0.5; done
-  wrk -t1 -c8 -d2s "$url" >/dev/null
-  callgrind_control -i on "$vg" >/dev/null
-  reqs=$(wrk -t1 -c8 -d"${DURATION}s" "$url" | awk '/requests in/{print $1}')
+  if [[ $TEST == h2 ]]; then
+    # A fixed request count: h2load has no duration mode that ends cleanly.
+    h2load -c4 -m16 -n4000 "$url" >/dev/null
+    callgrind_control -i on "$vg" >/dev/null
+    reqs=$(h2load -c4 -m16 -n$((DURATION * 2000)) "$url" | awk '/^requests:/{print $8}')
+  else
+    wrk -t1 -c8 -d2s "$url" >/dev/null
+    callgrind_control -i on "$vg" >/dev/null
+    reqs=$(wrk -t1 -c8 -d"${DURATION}s" "$url" | awk '/requests in/{print $1}')
+  fi
   callgrind_control -i off "$vg" >/dev/null
   callgrind_control -d "$vg" >/dev/null
   kill "$vg"; wait "$vg" 2>/dev/null || true

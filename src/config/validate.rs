@@ -685,7 +685,7 @@ fn pool(
             &raw.idle_timeout,
             Duration::from_secs(30),
         ),
-        max_idle: raw.max_idle.unwrap_or(64),
+        max_idle: raw.max_idle.unwrap_or(256),
     }
 }
 

@@ -293,7 +293,9 @@ where
         conn: conn.clone(),
     });
     let svc_conn = conn.clone();
-    let svc = service_fn(move |req| service::handle(svc_conn.clone(), req));
+    // Boxed: HTTP/2 spawns a task per stream, and moving a small unresumed
+    // box is cheaper than moving the whole request future into the task.
+    let svc = service_fn(move |req| Box::pin(service::handle(svc_conn.clone(), req)));
     let mut served = pin!(server.serve_connection_with_upgrades(io, svc));
     let mut graceful = false;
     let mut hard_stop: Option<Instant> = None;
