@@ -303,6 +303,7 @@ impl Running {
         let next = Arc::new(Snapshot::build(config.clone(), Some(&previous))?);
         self.snapshot.store(next.clone());
         if let Err(e) = self.sync_listeners(&config).await {
+            previous.pools.claim_backends();
             self.snapshot.store(previous);
             return Err(e);
         }

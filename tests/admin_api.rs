@@ -122,6 +122,35 @@ async fn draining_keeps_an_open_connection_alive_while_new_ones_avoid_the_backen
 }
 
 #[tokio::test]
+async fn a_weight_set_through_the_api_reshapes_wrr_at_once() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let text = config_text("127.0.0.1:0", &[&a, &b], "").replace("\"rr\"", "\"wrr\"");
+    let running = Running::start(config(&text)).await.unwrap();
+    let proxy = running.local_addr("web").await.unwrap();
+    let admin = admin(&running).await;
+    let answers = requests(proxy, 8).await;
+    assert_eq!((count(&answers, "a"), count(&answers, "b")), (4, 4));
+
+    let path = format!("/api/pools/p/backends/{}/weight", a.addr);
+    let (status, body) = http(admin, "POST", &path, None, r#"{"weight": 3}"#).await;
+    assert_eq!(status, 200, "{body}");
+    // wrr with weights {3, 1} from the next connection on: a a a b.
+    let order: String = requests(proxy, 8)
+        .await
+        .iter()
+        .map(|a| a.as_deref().unwrap_or("?"))
+        .collect();
+    assert_eq!(order, "aaabaaab");
+
+    let (status, body) = http(admin, "POST", &path, None, r#"{"weight": null}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let answers = requests(proxy, 8).await;
+    assert_eq!((count(&answers, "a"), count(&answers, "b")), (4, 4));
+    running.stop().await;
+}
+
+#[tokio::test]
 async fn setting_a_weight_through_the_api_validates_its_input() {
     let a = TestBackend::start("a").await;
     let running = Running::start(config(&config_text("127.0.0.1:0", &[&a], "")))

@@ -46,7 +46,7 @@ const SH_BITS: u32 = 8;
 impl SourceHash {
     /// Fill the buckets for `backends`.
     pub fn new(backends: &[Backend]) -> Self {
-        let total: u64 = backends.iter().map(|b| u64::from(b.weight.max(1))).sum();
+        let total: u64 = backends.iter().map(|b| u64::from(b.weight().max(1))).sum();
         let mut bits = SH_BITS;
         while (1u64 << bits) < total && bits < 20 {
             bits += 1;
@@ -57,7 +57,7 @@ impl SourceHash {
         while !backends.is_empty() && buckets.len() < size {
             buckets.push(d as u32);
             count += 1;
-            if count >= backends[d].weight {
+            if count >= backends[d].weight() {
                 d = (d + 1) % backends.len();
                 count = 0;
             }
@@ -124,11 +124,11 @@ impl Maglev {
     /// of weight 0 get no slot.
     pub fn new(backends: &[Backend], size: u32) -> Self {
         let m = size.max(1) as usize;
-        if backends.iter().all(|b| b.weight == 0) {
+        if backends.iter().all(|b| b.weight() == 0) {
             return Self { table: Vec::new() };
         }
         let gcd = gcd_weight(backends);
-        let max = backends.iter().map(|b| b.weight).max().unwrap_or(1) / gcd;
+        let max = backends.iter().map(Backend::weight).max().unwrap_or(1) / gcd;
         // ip_vs_mh_shift_weight: keep turns within IP_VS_MH_TAB_BITS bits.
         let tab_bits = m.ilog2() / 2;
         let shift = (32 - max.leading_zeros()).saturating_sub(tab_bits);
@@ -142,13 +142,13 @@ impl Maglev {
             .map(|b| Setup {
                 perm: (hash_backend(b.address, MH_SEED_OFFSET) % m as u64) as usize,
                 skip: (hash_backend(b.address, MH_SEED_SKIP) % (m as u64 - 1).max(1)) as usize + 1,
-                turns: (b.weight / gcd) >> shift,
+                turns: (b.weight() / gcd) >> shift,
             })
             .collect();
         // A weight shifted to 0 turns would leave its backend out; give
         // every weighted backend at least one turn.
         for (s, b) in setup.iter_mut().zip(backends) {
-            if b.weight > 0 && s.turns == 0 {
+            if b.weight() > 0 && s.turns == 0 {
                 s.turns = 1;
             }
         }

@@ -109,7 +109,7 @@ impl PowerOfTwo {
         let cumulative = backends
             .iter()
             .map(|b| {
-                sum += u64::from(b.weight);
+                sum += u64::from(b.weight());
                 sum
             })
             .collect();

@@ -82,7 +82,13 @@ impl BackendState {
     /// open connections continue, new ones go elsewhere.
     pub fn set_weight_override(&self, weight: Option<u32>) {
         let w = weight.map_or(NO_OVERRIDE, |w| w.min(NO_OVERRIDE - 1));
-        self.weight_override.store(w, Ordering::Relaxed);
+        if self.weight_override.swap(w, Ordering::Relaxed) != w {
+            // The pool rebuilds tables that depend on weights (`wrr`, `sh`,
+            // `mh`, `p2c`) on its next pick.
+            if let Some(generation) = self.pool_weights.load_full() {
+                generation.fetch_add(1, Ordering::Release);
+            }
+        }
     }
 
     /// Fraction of its weight, in thousandths, that the backend gets now:

@@ -2,11 +2,14 @@
 //! (IPVS semantics), and client-IP persistence. Pure selection: no I/O,
 //! nothing spawned.
 //!
-//! A [`Pool`] is immutable once built: its backends, their weights and its
-//! scheduler's table. Live state (health, active connections) sits in
-//! [`BackendState`] behind an `Arc`, carried across reloads by backend address.
-//! A weight change or a backend added or removed is applied by building a new
-//! pool on reload ([`Pools::build`] with the previous pools).
+//! A [`Pool`]'s backends and configured weights are fixed once built. Live
+//! state (health, active connections, admin weight overrides) sits in
+//! [`BackendState`] behind an `Arc`, carried across reloads by backend
+//! address. A weight change in the file or a backend added or removed is
+//! applied by building a new pool on reload ([`Pools::build`] with the
+//! previous pools). Scheduler tables are built from the weights in force
+//! (overrides included) and rebuilt on the next pick after an admin
+//! override changes, as the kernel rebuilds on `ipvsadm -e`.
 //!
 //! Every scheduler skips backends that are unhealthy or have weight 0, the
 //! way IPVS skips overloaded and quiesced real servers.
@@ -28,6 +31,8 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 pub use hash::{Maglev, SourceHash};
 pub use least::{LeastConnection, NeverQueue, PowerOfTwo, ShortestExpectedDelay, WeightedLeast};
@@ -64,6 +69,9 @@ pub struct BackendState {
     /// Set when passive checks took it down and no active check will bring
     /// it back: it may be retried from this time (ms on `live`'s clock).
     pub retry_at_ms: AtomicU64,
+    /// The weight generation of the pool the backend is in, bumped by a
+    /// weight override so that the pool rebuilds its scheduler table.
+    pub(crate) pool_weights: ArcSwapOption<AtomicU64>,
 }
 
 impl Default for BackendState {
@@ -77,6 +85,7 @@ impl Default for BackendState {
             up_since_ms: AtomicU64::new(0),
             slow_start_ms: AtomicU64::new(0),
             ramp_tick: AtomicU64::new(0),
+            pool_weights: ArcSwapOption::empty(),
             passive_failures: AtomicU32::new(0),
             retry_at_ms: AtomicU64::new(0),
         }
@@ -150,6 +159,13 @@ pub fn scheduler(
     }
 }
 
+/// A scheduler and the pool's weight generation it was built for.
+#[derive(Debug)]
+struct Built {
+    generation: u64,
+    scheduler: Box<dyn Scheduler>,
+}
+
 /// A named set of backends and its scheduler.
 #[derive(Debug)]
 pub struct Pool {
@@ -159,7 +175,9 @@ pub struct Pool {
     pub backends: Vec<Backend>,
     kind: SchedulerKind,
     mh_table_size: u32,
-    scheduler: Box<dyn Scheduler>,
+    scheduler: ArcSwap<Built>,
+    /// Bumped by an admin weight override on one of `backends`.
+    weights_generation: Arc<AtomicU64>,
     /// What to do when no backend is up.
     pub on_all_down: AllDown,
     /// Slow-start period it was built with (reload compares it).
@@ -197,16 +215,40 @@ impl Pool {
         kind: SchedulerKind,
         mh_table_size: u32,
     ) -> Self {
-        let scheduler = scheduler(kind, &backends, mh_table_size);
-        Self {
+        let scheduler = ArcSwap::from_pointee(Built {
+            generation: 0,
+            scheduler: scheduler(kind, &backends, mh_table_size),
+        });
+        let pool = Self {
             name: name.to_owned(),
             backends,
             kind,
             mh_table_size,
             scheduler,
+            weights_generation: Arc::new(AtomicU64::new(0)),
             on_all_down: AllDown::Refuse,
             slow_start: std::time::Duration::ZERO,
+        };
+        pool.attach_backends();
+        pool
+    }
+
+    /// Point this pool's backends at its weight generation.
+    fn attach_backends(&self) {
+        for b in &self.backends {
+            b.state
+                .pool_weights
+                .store(Some(self.weights_generation.clone()));
         }
+    }
+
+    /// Make admin weight overrides of this pool's backends reach this pool,
+    /// and rebuild its table on the next pick. Backend state is shared with
+    /// the pool it was carried from on reload, so a reload that is rolled
+    /// back calls this on the pools it keeps.
+    pub fn claim_backends(&self) {
+        self.attach_backends();
+        self.weights_generation.fetch_add(1, Ordering::Release);
     }
 
     /// The scheduling algorithm.
@@ -233,7 +275,19 @@ impl Pool {
     /// Index of the backend the scheduler picks for `client`, without
     /// claiming it.
     pub fn pick(&self, client: IpAddr) -> Option<usize> {
-        self.scheduler.pick(&self.backends, client)
+        let built = self.scheduler.load();
+        let generation = self.weights_generation.load(Ordering::Acquire);
+        if built.generation == generation {
+            return built.scheduler.pick(&self.backends, client);
+        }
+        // An admin weight override changed since the table was built: rebuild it from the weights in force (rare; concurrent
+        // picks may each rebuild, and build the same table).
+        let fresh = Arc::new(Built {
+            generation,
+            scheduler: scheduler(self.kind, &self.backends, self.mh_table_size),
+        });
+        self.scheduler.store(fresh.clone());
+        fresh.scheduler.pick(&self.backends, client)
     }
 
     /// Choose a backend for `client`; the lease counts the connection as
@@ -344,6 +398,11 @@ impl Pools {
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Pool>> {
         self.by_name.values()
     }
+
+    /// [`Pool::claim_backends`] for every pool (after a rolled-back reload).
+    pub fn claim_backends(&self) {
+        self.iter().for_each(|p| p.claim_backends());
+    }
 }
 
 /// splitmix64's finalizer: a bijective 64-bit mix with full avalanche. The
@@ -355,15 +414,15 @@ pub(crate) fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Greatest common divisor of the positive weights (1 when there are none),
-/// as ip_vs_wrr_gcd_weight.
+/// Greatest common divisor of the positive weights in force (1 when there
+/// are none), as ip_vs_wrr_gcd_weight.
 pub(crate) fn gcd_weight(backends: &[Backend]) -> u32 {
     fn gcd(a: u32, b: u32) -> u32 {
         if b == 0 { a } else { gcd(b, a % b) }
     }
     let g = backends
         .iter()
-        .map(|b| b.weight)
+        .map(Backend::weight)
         .filter(|&w| w > 0)
         .fold(0, gcd);
     g.max(1)
@@ -468,6 +527,46 @@ mod tests {
                 .healthy
                 .store(false, Ordering::Relaxed);
             assert_eq!(pool.pick(client(0)), None, "scheduler {name}");
+        }
+    }
+
+    #[test]
+    fn an_admin_weight_override_reshapes_the_wrr_sequence_at_once() {
+        let pool = Pool::new(&pool_cfg(SchedulerKind::Wrr, &[1, 1]), None);
+        let picks = |n| {
+            (0..n)
+                .map(|i| pool.pick(client(i)).unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(picks(4), [0, 1, 0, 1]);
+        pool.backends[0].state.set_weight_override(Some(3));
+        // ip_vs_wrr with weights {3, 1}, restarted as the kernel restarts
+        // it when a destination's weight is edited.
+        assert_eq!(picks(8), [0, 0, 0, 1, 0, 0, 0, 1]);
+        pool.backends[0].state.set_weight_override(None);
+        assert_eq!(picks(4), [0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn weight_table_schedulers_follow_an_admin_weight_override() {
+        let kinds = [
+            SchedulerKind::Wrr,
+            SchedulerKind::Sh,
+            SchedulerKind::Mh,
+            SchedulerKind::P2c,
+        ];
+        for kind in kinds {
+            let pool = Pool::new(&pool_cfg(kind, &[1, 1]), None);
+            pool.backends[1].state.set_weight_override(Some(3));
+            let mut counts = [0u32; 2];
+            for i in 0..40_000 {
+                counts[pool.pick(client(i)).unwrap()] += 1;
+            }
+            let share = f64::from(counts[1]) / 40_000.0;
+            assert!(
+                (share - 0.75).abs() < 0.03,
+                "{kind:?}: backend 1 got {share} of picks with weights {{1, 3}}: {counts:?}"
+            );
         }
     }
 

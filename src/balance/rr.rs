@@ -64,7 +64,7 @@ impl WeightedRoundRobin {
     /// Build for `backends` as ip_vs_wrr_init_svc does.
     pub fn new(backends: &[Backend]) -> Self {
         let di = gcd_weight(backends);
-        let max = backends.iter().map(|b| b.weight).max().unwrap_or(0);
+        let max = backends.iter().map(Backend::weight).max().unwrap_or(0);
         let mw = if max == 0 { 0 } else { max - (di - 1) };
         Self {
             state: AtomicU64::new(pack(mw, 0)),
