@@ -283,3 +283,51 @@ async fn a_listener_persistence_group_keeps_a_client_on_one_backend() {
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(one.requests() + two.requests(), 6);
 }
+
+/// A backend that accepts, reads a request and closes without answering.
+async fn hang_up_backend() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            if s.read(&mut buf).await.unwrap_or(0) > 0 {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            drop(s);
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn a_backend_that_hangs_up_before_answering_is_taken_out_by_passive_checks() {
+    let live = Backend::start("live").await;
+    let (bad, bad_requests) = hang_up_backend().await;
+    let text = config(live.addr, "", "passive_fall = 2").replace(
+        &format!("backends = [{{ address = \"{}\" }}]", live.addr),
+        &format!(
+            "scheduler = \"rr\"\nbackends = [{{ address = \"{bad}\" }}, {{ address = \"{}\" }}]",
+            live.addr
+        ),
+    );
+    let running = start_proxy(&text).await;
+    let proxy = running.local_addr("web").await.unwrap();
+    let c = h1_client();
+    // rr: bad, live, bad: the two exchanges bad fails are 502s.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(send(&c, get(proxy, "site.test", "/")).await.0);
+    }
+    assert_eq!(statuses, [502, 200, 502]);
+    assert_eq!(bad_requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // Two consecutive failures (passive_fall = 2) took bad out.
+    for _ in 0..4 {
+        let (status, h, _) = send(&c, get(proxy, "site.test", "/")).await;
+        assert_eq!(status, 200);
+        assert_eq!(h.get("x-backend").unwrap(), "live");
+    }
+    assert_eq!(bad_requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

@@ -124,6 +124,19 @@ impl BackendState {
     /// is retried after `pool.passive_cooldown`.
     pub fn connect_failed(&self, pool: &config::Pool) -> bool {
         self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+        self.passive_failure(pool)
+    }
+
+    /// Passive check: an HTTP exchange failed after connecting (the backend
+    /// reset or closed the connection before a response head, or sent no
+    /// head within `response_timeout`), which counts like a failed connect,
+    /// as nginx's `max_fails` counts `error` and `timeout`.
+    pub fn exchange_failed(&self, pool: &config::Pool) -> bool {
+        self.passive_failure(pool)
+    }
+
+    /// One more consecutive passive failure; true if it took the backend down.
+    fn passive_failure(&self, pool: &config::Pool) -> bool {
         if pool.passive_fall == 0 {
             return false;
         }

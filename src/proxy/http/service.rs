@@ -320,6 +320,26 @@ async fn forward(
         };
         let e = failed.error;
         warn!(side = e.side(), error = %e, attempt, "request failed");
+        // Passive check: connect failures and backend failures after
+        // connecting (reset, closed, no response head in time) count.
+        let counted = snap
+            .config
+            .pool(&plan.pool.name)
+            .filter(|_| e.is_connect() || e.is_backend_failure());
+        if let Some(cfg) = counted {
+            let down = if e.is_connect() {
+                state.connect_failed(cfg)
+            } else {
+                state.exchange_failed(cfg)
+            };
+            if down {
+                let cause = format!(
+                    "passive check: {} consecutive failures; last: {e}",
+                    cfg.passive_fall
+                );
+                plan.pool.log_flip(addr, false, &cause);
+            }
+        }
         if !e.is_connect() {
             return error_response(e.status());
         }
@@ -327,15 +347,6 @@ async fn forward(
         // backend that just refused it.
         if let Some(l) = ex.lease.take() {
             l.connect_failed();
-        }
-        if let Some(pool_cfg) = snap.config.pool(&plan.pool.name) {
-            if state.connect_failed(pool_cfg) {
-                let cause = format!(
-                    "passive check: {} consecutive connect failures; last: {e}",
-                    pool_cfg.passive_fall
-                );
-                plan.pool.log_flip(addr, false, &cause);
-            }
         }
         // Nothing reached the backend, so the request (body included) can
         // go to another one.

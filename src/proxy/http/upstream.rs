@@ -504,6 +504,13 @@ impl ForwardError {
         matches!(self, Self::Connect { .. } | Self::ConnectTimeout { .. })
     }
 
+    /// Whether the backend failed the exchange after the connection was
+    /// made (reset, closed, not HTTP, or no response head in time): a
+    /// passive health check failure.
+    pub fn is_backend_failure(&self) -> bool {
+        matches!(self, Self::Backend { .. } | Self::ResponseTimeout { .. })
+    }
+
     /// Which side caused the failure: `client` or `backend`.
     pub fn side(&self) -> &'static str {
         match self {
