@@ -130,13 +130,57 @@ impl Backend {
     }
 }
 
-/// Chooses a backend for a new connection. Implementations hold an immutable
-/// table built once per backend-set change, over the same `backends` slice
-/// that `pick` then receives; `pick` must not block, lock or allocate.
+/// Chooses a backend for a new connection. Implementations hold a table
+/// built once per backend-set change (and again on [`Scheduler::reweigh`]),
+/// over the same `backends` slice that `pick` then receives; `pick` must not
+/// block, lock or allocate.
 pub trait Scheduler: Send + Sync + fmt::Debug {
     /// Index into `backends` of the chosen one, skipping unavailable
     /// backends; `None` when no backend is available.
     fn pick(&self, backends: &[Backend], client: IpAddr) -> Option<usize>;
+
+    /// Adopt the weights now in force (an admin override changed one).
+    /// Schedulers that read weights on every pick have nothing to do.
+    fn reweigh(&self, _backends: &[Backend]) {}
+}
+
+/// A scheduler whose table depends on the weights (`sh`, `mh`, `p2c`):
+/// rebuilt from the weights in force when they change, as the kernel
+/// rebuilds it when a destination is edited. Picks pay one `ArcSwap` load.
+struct Rebuilt<S> {
+    current: ArcSwap<S>,
+    build: Build<S>,
+}
+
+/// How a [`Rebuilt`] scheduler makes its table.
+type Build<S> = Box<dyn Fn(&[Backend]) -> S + Send + Sync>;
+
+impl<S: Scheduler + 'static> Rebuilt<S> {
+    fn boxed(
+        backends: &[Backend],
+        build: impl Fn(&[Backend]) -> S + Send + Sync + 'static,
+    ) -> Box<dyn Scheduler> {
+        Box::new(Self {
+            current: ArcSwap::from_pointee(build(backends)),
+            build: Box::new(build),
+        })
+    }
+}
+
+impl<S: Scheduler> fmt::Debug for Rebuilt<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.current.load().fmt(f)
+    }
+}
+
+impl<S: Scheduler> Scheduler for Rebuilt<S> {
+    fn pick(&self, backends: &[Backend], client: IpAddr) -> Option<usize> {
+        self.current.load().pick(backends, client)
+    }
+
+    fn reweigh(&self, backends: &[Backend]) {
+        self.current.store(Arc::new((self.build)(backends)));
+    }
 }
 
 /// Build the scheduler `kind` for `backends`. `mh_table_size` is the Maglev
@@ -153,17 +197,10 @@ pub fn scheduler(
         SchedulerKind::Wlc => Box::new(WeightedLeast),
         SchedulerKind::Sed => Box::new(ShortestExpectedDelay),
         SchedulerKind::Nq => Box::new(NeverQueue),
-        SchedulerKind::Sh => Box::new(SourceHash::new(backends)),
-        SchedulerKind::Mh => Box::new(Maglev::new(backends, mh_table_size)),
-        SchedulerKind::P2c => Box::new(PowerOfTwo::new(backends)),
+        SchedulerKind::Sh => Rebuilt::boxed(backends, SourceHash::new),
+        SchedulerKind::Mh => Rebuilt::boxed(backends, move |b| Maglev::new(b, mh_table_size)),
+        SchedulerKind::P2c => Rebuilt::boxed(backends, PowerOfTwo::new),
     }
-}
-
-/// A scheduler and the pool's weight generation it was built for.
-#[derive(Debug)]
-struct Built {
-    generation: u64,
-    scheduler: Box<dyn Scheduler>,
 }
 
 /// A named set of backends and its scheduler.
@@ -175,9 +212,11 @@ pub struct Pool {
     pub backends: Vec<Backend>,
     kind: SchedulerKind,
     mh_table_size: u32,
-    scheduler: ArcSwap<Built>,
+    scheduler: Box<dyn Scheduler>,
     /// Bumped by an admin weight override on one of `backends`.
     weights_generation: Arc<AtomicU64>,
+    /// The generation the scheduler last adopted.
+    weights_seen: AtomicU64,
     /// What to do when no backend is up.
     pub on_all_down: AllDown,
     /// Slow-start period it was built with (reload compares it).
@@ -215,10 +254,7 @@ impl Pool {
         kind: SchedulerKind,
         mh_table_size: u32,
     ) -> Self {
-        let scheduler = ArcSwap::from_pointee(Built {
-            generation: 0,
-            scheduler: scheduler(kind, &backends, mh_table_size),
-        });
+        let scheduler = scheduler(kind, &backends, mh_table_size);
         let pool = Self {
             name: name.to_owned(),
             backends,
@@ -226,6 +262,7 @@ impl Pool {
             mh_table_size,
             scheduler,
             weights_generation: Arc::new(AtomicU64::new(0)),
+            weights_seen: AtomicU64::new(0),
             on_all_down: AllDown::Refuse,
             slow_start: std::time::Duration::ZERO,
         };
@@ -275,19 +312,15 @@ impl Pool {
     /// Index of the backend the scheduler picks for `client`, without
     /// claiming it.
     pub fn pick(&self, client: IpAddr) -> Option<usize> {
-        let built = self.scheduler.load();
         let generation = self.weights_generation.load(Ordering::Acquire);
-        if built.generation == generation {
-            return built.scheduler.pick(&self.backends, client);
+        if self.weights_seen.load(Ordering::Relaxed) != generation
+            && self.weights_seen.swap(generation, Ordering::Relaxed) != generation
+        {
+            // An admin weight override changed since the scheduler last
+            // looked (rare): one pick adopts the weights in force.
+            self.scheduler.reweigh(&self.backends);
         }
-        // An admin weight override changed since the table was built: rebuild it from the weights in force (rare; concurrent
-        // picks may each rebuild, and build the same table).
-        let fresh = Arc::new(Built {
-            generation,
-            scheduler: scheduler(self.kind, &self.backends, self.mh_table_size),
-        });
-        self.scheduler.store(fresh.clone());
-        fresh.scheduler.pick(&self.backends, client)
+        self.scheduler.pick(&self.backends, client)
     }
 
     /// Choose a backend for `client`; the lease counts the connection as

@@ -54,32 +54,37 @@ pub struct WeightedRoundRobin {
     /// `cw` in the high 32 bits, index of the previous pick + 1 in the low
     /// 32 (0: before the first backend, the kernel's list head).
     state: AtomicU64,
-    /// gcd of the weights (`mark->di`).
-    di: u32,
-    /// max weight - (gcd - 1) (`mark->mw`); 0 when every weight is 0.
-    mw: u32,
+    /// gcd of the weights (`mark->di`) in the high 32 bits, max weight -
+    /// (gcd - 1) (`mark->mw`; 0 when every weight is 0) in the low 32.
+    /// Atomic so that a weight override can change them in place.
+    params: AtomicU64,
 }
 
 impl WeightedRoundRobin {
     /// Build for `backends` as ip_vs_wrr_init_svc does.
     pub fn new(backends: &[Backend]) -> Self {
-        let di = gcd_weight(backends);
-        let max = backends.iter().map(Backend::weight).max().unwrap_or(0);
-        let mw = if max == 0 { 0 } else { max - (di - 1) };
+        let (di, mw) = Self::params(backends);
         Self {
             state: AtomicU64::new(pack(mw, 0)),
-            di,
-            mw,
+            params: AtomicU64::new(pack(di, mw as usize)),
         }
+    }
+
+    /// `(di, mw)` for the weights in force.
+    fn params(backends: &[Backend]) -> (u32, u32) {
+        let di = gcd_weight(backends);
+        let max = backends.iter().map(Backend::weight).max().unwrap_or(0);
+        (di, if max == 0 { 0 } else { max - (di - 1) })
     }
 
     /// The pick that follows `state`, and the state after it.
     fn step(&self, backends: &[Backend], state: u64) -> Option<(usize, u64)> {
         let n = backends.len();
-        if self.mw == 0 || n == 0 {
+        let params = self.params.load(Ordering::Relaxed);
+        let (di, mw) = (i64::from((params >> 32) as u32), i64::from(params as u32));
+        if mw == 0 || n == 0 {
             return None;
         }
-        let (di, mw) = (i64::from(self.di), i64::from(self.mw));
         let mut cw = i64::from((state >> 32) as u32);
         let mut i = ((state & 0xffff_ffff) as usize).min(n);
         let mut scanned = 0usize;
@@ -135,6 +140,14 @@ impl Scheduler for WeightedRoundRobin {
                 Err(now) => cur = now,
             }
         }
+    }
+
+    /// New `di` and `mw`, and the sequence restarts, as ip_vs_wrr_dest_changed
+    /// does when a destination's weight is edited.
+    fn reweigh(&self, backends: &[Backend]) {
+        let (di, mw) = Self::params(backends);
+        self.params.store(pack(di, mw as usize), Ordering::Relaxed);
+        self.state.store(pack(mw, 0), Ordering::Relaxed);
     }
 }
 
