@@ -42,20 +42,31 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
-/// Whether `name` (lower case, as `HeaderName`s are) is one of the headers
-/// that describe one connection (RFC 9110 7.6.1) and are never forwarded.
-/// `Upgrade` is left to the caller because a WebSocket handshake keeps it.
+/// The headers that describe one connection (RFC 9110 7.6.1) and are never
+/// forwarded. `Upgrade` is left to the caller because a WebSocket handshake
+/// keeps it.
+const FIXED_HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Whether `name` (lower case, as `HeaderName`s are) is in [`FIXED_HOP_BY_HOP`].
 fn is_fixed_hop_by_hop(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "trailer"
-            | "transfer-encoding"
-    )
+    FIXED_HOP_BY_HOP.contains(&name)
+}
+
+/// Whether a `Connection` token names a header that [`strip_hop_by_hop`]
+/// handles without the token: a fixed hop-by-hop header, or `Upgrade`.
+fn handled_without_token(token: &[u8]) -> bool {
+    token.eq_ignore_ascii_case(b"upgrade")
+        || FIXED_HOP_BY_HOP
+            .iter()
+            .any(|f| token.eq_ignore_ascii_case(f.as_bytes()))
 }
 
 /// Remove hop-by-hop headers: the fixed set, `TE` unless it is exactly
@@ -67,7 +78,10 @@ fn is_fixed_hop_by_hop(name: &str) -> bool {
 /// header names and looks nothing up unless a name calls for it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let listed = headers.get_all(header::CONNECTION);
-    let has_connection = listed.iter().next().is_some();
+    // Whether `Connection` names a header that the checks below would not
+    // drop anyway. Most name only `keep-alive` or `upgrade`, and then no
+    // header name needs comparing with the tokens.
+    let names_others = tokens(listed.iter()).any(|t| !handled_without_token(t));
     let mut doomed: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
         let n = name.as_str();
@@ -80,7 +94,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
                         .get_all(header::TE)
                         .iter()
                         .any(|te| te.as_bytes() != b"trailers"))
-                || (has_connection
+                || (names_others
                     && tokens(listed.iter()).any(|t| t.eq_ignore_ascii_case(n.as_bytes())))
         };
         if drop {
