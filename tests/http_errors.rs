@@ -36,6 +36,14 @@ max_body_size = 10
     )
 }
 
+/// [`config`] with two backends in the pool, `first` then `second`.
+fn config_two(first: SocketAddr, second: SocketAddr, extra_pool: &str) -> String {
+    config(second, "", extra_pool).replace(
+        &format!("backends = [{{ address = \"{second}\" }}]"),
+        &format!("backends = [{{ address = \"{first}\" }}, {{ address = \"{second}\" }}]"),
+    )
+}
+
 async fn proxy_for(backend: SocketAddr, extra_listener: &str, extra_pool: &str) -> SocketAddr {
     let running = start_proxy(&config(backend, extra_listener, extra_pool)).await;
     let addr = running.local_addr("web").await.unwrap();
@@ -238,13 +246,7 @@ async fn a_websocket_upgrade_is_tunnelled_both_ways() {
 async fn requests_without_a_body_are_sent_to_another_backend_when_connecting_fails() {
     let live = Backend::start("live").await;
     let dead = closed_port().await;
-    let text = config(live.addr, "", "").replace(
-        &format!("backends = [{{ address = \"{}\" }}]", live.addr),
-        &format!(
-            "backends = [{{ address = \"{dead}\" }}, {{ address = \"{}\" }}]",
-            live.addr
-        ),
-    );
+    let text = config_two(dead, live.addr, "");
     let running = start_proxy(&text).await;
     let proxy = running.local_addr("web").await.unwrap();
     let c = h1_client();
@@ -306,13 +308,7 @@ async fn hang_up_backend() -> (SocketAddr, std::sync::Arc<std::sync::atomic::Ato
 async fn a_backend_that_hangs_up_before_answering_is_taken_out_by_passive_checks() {
     let live = Backend::start("live").await;
     let (bad, bad_requests) = hang_up_backend().await;
-    let text = config(live.addr, "", "passive_fall = 2").replace(
-        &format!("backends = [{{ address = \"{}\" }}]", live.addr),
-        &format!(
-            "scheduler = \"rr\"\nbackends = [{{ address = \"{bad}\" }}, {{ address = \"{}\" }}]",
-            live.addr
-        ),
-    );
+    let text = config_two(bad, live.addr, "passive_fall = 2\nscheduler = \"rr\"");
     let running = start_proxy(&text).await;
     let proxy = running.local_addr("web").await.unwrap();
     let c = h1_client();
