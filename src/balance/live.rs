@@ -127,16 +127,12 @@ impl BackendState {
         self.passive_failure(pool)
     }
 
-    /// Passive check: an HTTP exchange failed after connecting (the backend
-    /// reset or closed the connection before a response head, or sent no
-    /// head within `response_timeout`), which counts like a failed connect,
-    /// as nginx's `max_fails` counts `error` and `timeout`.
-    pub fn exchange_failed(&self, pool: &config::Pool) -> bool {
-        self.passive_failure(pool)
-    }
-
-    /// One more consecutive passive failure; true if it took the backend down.
-    fn passive_failure(&self, pool: &config::Pool) -> bool {
+    /// Passive check: one more consecutive failure on live traffic (a
+    /// failed connect, through [`Self::connect_failed`], or an HTTP exchange
+    /// the backend broke after connecting: reset or closed before a response
+    /// head, or no head within `response_timeout`, as nginx's `max_fails`
+    /// counts `error` and `timeout`). True if it took the backend down.
+    pub fn passive_failure(&self, pool: &config::Pool) -> bool {
         if pool.passive_fall == 0 {
             return false;
         }

@@ -330,7 +330,7 @@ async fn forward(
             let down = if e.is_connect() {
                 state.connect_failed(cfg)
             } else {
-                state.exchange_failed(cfg)
+                state.passive_failure(cfg)
             };
             if down {
                 let cause = format!(
