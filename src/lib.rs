@@ -5,6 +5,8 @@
 //!
 //! # Layout
 //! - [`config`]: parse and validate the TOML file into a typed model.
+//! - [`authority`]: the one validator and normal form of host names
+//!   (Host, `:authority`, SNI), a leaf used by [`tls`] and [`proxy`].
 //! - [`balance`]: schedulers and pools (pure selection, no I/O).
 //! - [`proxy`]: listeners, accept loops, L4 forwarding.
 //! - [`tls`]: certificates, SNI resolution, rustls acceptors, reload, gen-cert.
@@ -23,6 +25,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod authority;
 pub mod balance;
 pub mod config;
 pub mod demo;

@@ -66,6 +66,7 @@ pub(super) struct RawListener {
     pub(super) idle_timeout: Option<String>,
     pub(super) forwarded: Option<bool>,
     pub(super) via: Option<bool>,
+    pub(super) x_real_ip: Option<bool>,
     pub(super) max_header_bytes: Option<usize>,
     pub(super) max_headers: Option<usize>,
 }

@@ -170,6 +170,8 @@ pub struct Listener {
     pub forwarded: bool,
     /// Add a `Via` header to requests and responses (`http`/`https`).
     pub via: bool,
+    /// Set `X-Real-IP` to the client's address (`http`/`https`).
+    pub x_real_ip: bool,
     /// Largest request head (request line and headers; HTTP/2: header list
     /// size) accepted, in bytes; larger ones get 431 (`http`/`https`).
     pub max_header_bytes: usize,

@@ -1118,7 +1118,20 @@ fn listener(
             ),
         }
     }
-    for (field, set) in [("forwarded", raw.forwarded), ("via", raw.via)] {
+    if raw.proxy_protocol == Some(true) && raw.trusted_proxies.is_empty() {
+        c.report(
+            &span,
+            &p,
+            Some("proxy_protocol"),
+            "`proxy_protocol = true` with no `trusted_proxies` would let any client claim any address",
+            "list the proxies that send PROXY headers, e.g. `trusted_proxies = [\"10.0.0.5\"]`; to accept them from anyone, write `trusted_proxies = [\"0.0.0.0/0\", \"::/0\"]`",
+        );
+    }
+    for (field, set) in [
+        ("forwarded", raw.forwarded),
+        ("via", raw.via),
+        ("x_real_ip", raw.x_real_ip),
+    ] {
         if set.is_some() && !protocol.is_http() {
             c.report(
                 &span,
@@ -1180,6 +1193,7 @@ fn listener(
         ),
         forwarded: raw.forwarded.unwrap_or(false),
         via: raw.via.unwrap_or(false),
+        x_real_ip: raw.x_real_ip.unwrap_or(false),
         max_header_bytes,
         max_headers,
         name,

@@ -216,6 +216,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Context) {
             config::Protocol::Http | config::Protocol::Https => {
                 let accepted = super::http::Accepted {
                     peer: origin.client,
+                    proxied_by: cfg.proxy_protocol.then_some(peer.ip()),
                     listener: cfg,
                     snapshot: ctx.snapshot.clone(),
                     shutdown: ctx.shutdown.clone(),
@@ -236,14 +237,14 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Context) {
 /// Read the PROXY header a `proxy_protocol` listener requires, within the
 /// listener's `header_timeout`. `None` (connection to be closed, nothing
 /// forwarded) when the peer is not a trusted proxy or the header is missing,
-/// late or malformed.
+/// late or malformed. An empty `trusted_proxies` trusts no one (`vipd
+/// check` refuses that combination, so it cannot be configured).
 async fn read_proxy_header(
     stream: &mut TcpStream,
     peer: SocketAddr,
     cfg: &config::Listener,
 ) -> Option<proxy_protocol::ProxyHeader> {
-    let trusted = cfg.trusted_proxies.is_empty()
-        || cfg.trusted_proxies.iter().any(|n| n.contains(&peer.ip()));
+    let trusted = cfg.trusted_proxies.iter().any(|n| n.contains(&peer.ip()));
     if !trusted {
         warn!(peer = %peer, "closing connection: PROXY protocol peer is not in trusted_proxies");
         return None;

@@ -62,14 +62,11 @@ impl SniResolver {
         let Some(name) = name else {
             return self.default.as_ref();
         };
-        let name = name.strip_suffix('.').unwrap_or(name);
-        let lowered;
-        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            lowered = name.to_ascii_lowercase();
-            lowered.as_str()
-        } else {
-            name
+        // The same normal form as the Host a request is routed by.
+        let Some(name) = crate::authority::server_name(name) else {
+            return self.default.as_ref();
         };
+        let name = &*name;
         if let Some(c) = self.exact.get(name) {
             return Some(c);
         }

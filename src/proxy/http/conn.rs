@@ -9,7 +9,7 @@
 //! the connection task closes the connection when a clock runs out.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -34,13 +34,19 @@ use crate::shutdown::Shutdown;
 
 /// What every request of one connection shares.
 pub struct Conn {
+    /// The client: the TCP peer, or the address its PROXY header names.
     pub peer: Peer,
+    /// The TCP peer when it sent a PROXY header (then `peer` is the client
+    /// it named). Whether forwarding headers are believed is decided from
+    /// this address too, never from the PROXY header's claim alone.
+    pub proxied_by: Option<IpAddr>,
     /// The listener's name, which keys its routes in the snapshot.
     pub listener: Arc<str>,
     pub snapshot: SharedSnapshot,
     /// Whether the client came over TLS.
     pub https: bool,
-    /// The TLS server name the client asked for, lower case.
+    /// The TLS server name the client asked for, in the normal form of
+    /// [`crate::authority`].
     pub sni: Option<Box<str>>,
     pub shutdown: Shutdown,
     /// Idle timeout of WebSocket tunnels started on this connection.
@@ -214,7 +220,10 @@ pub fn server_builder(l: &config::Listener) -> auto::Builder<TokioExecutor> {
 
 /// What [`serve`] needs besides the stream.
 pub struct Accepted<'a> {
+    /// The client (from the PROXY header, if any).
     pub peer: SocketAddr,
+    /// The TCP peer, when it sent a PROXY header naming `peer`.
+    pub proxied_by: Option<IpAddr>,
     pub listener: &'a config::Listener,
     pub snapshot: SharedSnapshot,
     pub shutdown: Shutdown,
@@ -278,10 +287,14 @@ where
     let server = server.unwrap_or_else(|| Arc::new(server_builder(cfg)));
     let conn = Arc::new(Conn {
         peer: Peer::new(a.peer.ip(), https),
+        proxied_by: a.proxied_by,
         listener: cfg.name.as_str().into(),
         snapshot: a.snapshot,
         https,
-        sni: a.sni.map(|s| s.to_ascii_lowercase().into_boxed_str()),
+        sni: a
+            .sni
+            .and_then(crate::authority::server_name)
+            .map(|s| s.into_owned().into_boxed_str()),
         shutdown: a.shutdown.clone(),
         idle_timeout: cfg.idle_timeout,
         state: ConnState::new(),

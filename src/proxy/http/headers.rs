@@ -17,6 +17,17 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`.
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Real-IP` (nginx's name for the client address).
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Client-address headers other proxies and CDNs set. vipd does not write
+/// them (except `X-Real-IP` when asked), but a backend may believe them, so
+/// an untrusted client's are removed.
+static CLIENT_CLAIMS: [HeaderName; 3] = [
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-forwarded-port"),
+];
 
 /// Whether a request asks for a protocol upgrade (HTTP/1.1 `Connection:
 /// upgrade` with an `Upgrade` header).
@@ -157,10 +168,13 @@ pub struct Options {
     pub forwarded: bool,
     /// Add `Via`.
     pub via: bool,
+    /// Set `X-Real-IP` to the client's address (a trusted proxy's own
+    /// `X-Real-IP` is kept).
+    pub real_ip: bool,
 }
 
 /// Add forwarding headers to a request from `peer` for `host` (the
-/// client's Host, with any port).
+/// validated authority the request was routed by, with any port).
 pub fn add_forwarding(
     headers: &mut HeaderMap,
     peer: &Peer,
@@ -168,6 +182,14 @@ pub fn add_forwarding(
     version: Version,
     opts: Options,
 ) {
+    if !opts.trusted {
+        for name in &CLIENT_CLAIMS {
+            headers.remove(name);
+        }
+    }
+    if opts.real_ip && !(opts.trusted && headers.contains_key(&X_REAL_IP)) {
+        headers.insert(X_REAL_IP.clone(), peer.xff.clone());
+    }
     let xff = match opts
         .trusted
         .then(|| joined(headers, &X_FORWARDED_FOR))
@@ -201,9 +223,9 @@ pub fn add_forwarding(
         }
         value.extend_from_slice(b"for=");
         value.extend_from_slice(peer.node.as_bytes());
-        value.extend_from_slice(b";host=\"");
-        value.extend_from_slice(host.as_bytes());
-        value.extend_from_slice(b"\";proto=");
+        value.extend_from_slice(b";host=");
+        push_quoted(&mut value, host.as_bytes());
+        value.extend_from_slice(b";proto=");
         value.extend_from_slice(peer.proto.as_bytes());
         if let Ok(v) = HeaderValue::from_bytes(&value) {
             headers.insert(header::FORWARDED, v);
@@ -214,6 +236,22 @@ pub fn add_forwarding(
     if opts.via {
         add_via(headers, version);
     }
+}
+
+/// Append `value` to a `Forwarded` element as an RFC 7239 (section 4)
+/// quoted-string, `"` and `\` escaped. Hosts reach here validated (no
+/// quote can occur), but this keeps any byte from ending the string and
+/// starting an element of its own. (`for` and `proto` are written by vipd
+/// itself: a token, or a quoted bracketed IPv6 literal.)
+fn push_quoted(out: &mut Vec<u8>, value: &[u8]) {
+    out.push(b'"');
+    for &b in value {
+        if matches!(b, b'"' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
 }
 
 /// Append this proxy to `Via`, naming the protocol version it received.
@@ -330,6 +368,7 @@ mod tests {
             trusted: false,
             forwarded: false,
             via: false,
+            real_ip: false,
         };
         add_forwarding(&mut h, &peer, &host, Version::HTTP_11, opts);
         assert_eq!(get(&h, "x-forwarded-for"), Some("192.0.2.1"));
@@ -353,6 +392,7 @@ mod tests {
             trusted: true,
             forwarded: true,
             via: true,
+            real_ip: false,
         };
         add_forwarding(&mut h, &peer, &host, Version::HTTP_2, opts);
         assert_eq!(
@@ -366,6 +406,54 @@ mod tests {
             Some("for=203.0.113.9, for=\"[2001:db8::1]\";host=\"www.example.com\";proto=https")
         );
         assert_eq!(get(&h, "via"), Some("1.1 edge, 2 vipd"));
+    }
+
+    #[test]
+    fn untrusted_client_address_claims_are_dropped_and_x_real_ip_set_on_request() {
+        let mut h = headers(&[
+            ("x-real-ip", "6.6.6.6"),
+            ("true-client-ip", "6.6.6.6"),
+            ("x-forwarded-port", "1"),
+        ]);
+        let peer = Peer::new("192.0.2.1".parse().unwrap(), false);
+        let host = HeaderValue::from_static("a.test");
+        let mut opts = Options {
+            trusted: false,
+            forwarded: false,
+            via: false,
+            real_ip: false,
+        };
+        add_forwarding(&mut h, &peer, &host, Version::HTTP_11, opts);
+        assert_eq!(get(&h, "x-real-ip"), None);
+        assert_eq!(get(&h, "true-client-ip"), None);
+        assert_eq!(get(&h, "x-forwarded-port"), None);
+        opts.real_ip = true;
+        let mut h = headers(&[("x-real-ip", "6.6.6.6")]);
+        add_forwarding(&mut h, &peer, &host, Version::HTTP_11, opts);
+        assert_eq!(get(&h, "x-real-ip"), Some("192.0.2.1"));
+        opts.trusted = true;
+        let mut h = headers(&[("x-real-ip", "203.0.113.9"), ("true-client-ip", "x")]);
+        add_forwarding(&mut h, &peer, &host, Version::HTTP_11, opts);
+        assert_eq!(get(&h, "x-real-ip"), Some("203.0.113.9"));
+        assert_eq!(get(&h, "true-client-ip"), Some("x"));
+    }
+
+    #[test]
+    fn a_quote_in_the_host_cannot_end_the_forwarded_string() {
+        let mut h = HeaderMap::new();
+        let peer = Peer::new("192.0.2.1".parse().unwrap(), false);
+        let host = HeaderValue::from_static("a\", for=6.6.6.6\\");
+        let opts = Options {
+            trusted: false,
+            forwarded: true,
+            via: false,
+            real_ip: false,
+        };
+        add_forwarding(&mut h, &peer, &host, Version::HTTP_11, opts);
+        assert_eq!(
+            get(&h, "forwarded"),
+            Some("for=192.0.2.1;host=\"a\\\", for=6.6.6.6\\\\\";proto=http")
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! looked up without allocating.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use fnv::FnvBuildHasher;
@@ -28,6 +29,9 @@ pub struct VhostRoute {
     pub hsts: Option<HeaderValue>,
     /// Largest request body accepted, in bytes.
     pub max_body_size: Option<u64>,
+    /// The first exact name in `hosts`: the Host sent to the backend for
+    /// an HTTP/1.0 request that named no host.
+    pub first_host: Option<HeaderValue>,
 }
 
 impl VhostRoute {
@@ -50,6 +54,11 @@ impl VhostRoute {
             redirect_https: v.redirect_https,
             hsts,
             max_body_size: v.max_body_size,
+            first_host: v
+                .hosts
+                .iter()
+                .find(|h| !h.starts_with("*."))
+                .and_then(|h| HeaderValue::try_from(h.as_str()).ok()),
         }
     }
 
@@ -80,6 +89,11 @@ impl VhostTable {
         self.lookup_named(host).or(self.default.as_ref())
     }
 
+    /// The listener's default vhost.
+    pub fn default_vhost(&self) -> Option<&Arc<VhostRoute>> {
+        self.default.as_ref()
+    }
+
     /// Like [`lookup`](Self::lookup) without the default vhost.
     pub fn lookup_named(&self, host: &str) -> Option<&Arc<VhostRoute>> {
         self.exact.get(host).or_else(|| {
@@ -99,6 +113,8 @@ pub struct ListenerRoutes {
     pub forwarded: bool,
     /// Add `Via`.
     pub via: bool,
+    /// Set `X-Real-IP`.
+    pub real_ip: bool,
     /// Client-IP persistence group the listener schedules through.
     pub persistence: Option<String>,
     /// Most header fields a request may carry (hyper enforces it for
@@ -138,15 +154,27 @@ impl ListenerRoutes {
             trusted_proxies: l.trusted_proxies.clone(),
             forwarded: l.forwarded,
             via: l.via,
+            real_ip: l.x_real_ip,
             persistence: l.persistence.clone(),
             max_headers: l.max_headers,
             server: Arc::new(super::conn::server_builder(l)),
         }
     }
 
-    /// Whether forwarding headers from `peer` are believed.
-    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
-        self.trusted_proxies.iter().any(|n| n.contains(&peer))
+    /// Whether forwarding headers from `client` are believed. Behind a
+    /// PROXY header (`proxied_by` is the TCP peer that sent it), both the
+    /// sender and the client it names must be trusted: the claim can never
+    /// earn trust by itself, and the clients of a trusted layer-4 balancer
+    /// (which passes their bytes untouched) cannot forge headers through it.
+    pub fn trusts(&self, client: IpAddr, proxied_by: Option<IpAddr>) -> bool {
+        let trusted = |ip: IpAddr| {
+            let ip = match ip {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+                v4 => v4,
+            };
+            self.trusted_proxies.iter().any(|n| n.contains(&ip))
+        };
+        proxied_by.is_none_or(trusted) && trusted(client)
     }
 }
 

@@ -2,7 +2,6 @@
 //! must (redirect, 4xx, 503), otherwise forward to a backend of the chosen
 //! pool and stream its response back. WebSocket upgrades become a tunnel.
 
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use super::conn::Conn;
 use super::headers::{self, Options};
 use super::route::VhostRoute;
 use super::upstream::Upstream;
+use crate::authority::Authority;
 use crate::balance::{Lease, PersistenceTable, Pool};
 use crate::proxy::Snapshot;
 
@@ -102,7 +102,8 @@ struct Plan {
     pool: Arc<Pool>,
     persistence: Option<Arc<PersistenceTable>>,
     lease: Lease,
-    /// The client's Host (authority for HTTP/2), with any port.
+    /// The authority the request was routed by, as the client wrote it
+    /// (validated), with any port: the backend's one Host.
     host: HeaderValue,
     max_body_size: Option<u64>,
     opts: Options,
@@ -136,21 +137,22 @@ fn plan(
             "405 Method Not Allowed: CONNECT is not proxied\n",
         ));
     }
-    let host = match req.uri().authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => req.headers().get(header::HOST).cloned(),
-    };
-    let bad_host = || {
-        local(
-            StatusCode::BAD_REQUEST,
-            "400 Bad Request: missing or invalid Host header\n",
-        )
-    };
-    let Some(host) = host else {
-        return Err(bad_host());
-    };
-    let Some(name) = host_name(&host) else {
-        return Err(bad_host());
+    let (name, host) = match request_host(req, conn.https) {
+        Ok(Some((authority, value))) => (authority.into_host(), value),
+        // HTTP/1.0 without Host: the site the TLS SNI names, else the
+        // default vhost under its first name.
+        Ok(None) => {
+            let named = match conn.sni.as_deref() {
+                Some(sni) => HeaderValue::from_str(sni).ok().map(|v| (sni.into(), v)),
+                None => routes
+                    .vhosts
+                    .default_vhost()
+                    .and_then(|v| v.first_host.clone())
+                    .and_then(|v| Some((v.to_str().ok()?.to_owned().into(), v))),
+            };
+            named.ok_or_else(|| bad_request("400 Bad Request: missing Host header\n"))?
+        }
+        Err(why) => return Err(bad_request(why)),
     };
     let vhost = routes.vhosts.lookup(&name);
     if let Some(sni) = conn.sni.as_deref() {
@@ -221,9 +223,10 @@ fn plan(
         host: host.clone(),
         max_body_size: vhost.max_body_size,
         opts: Options {
-            trusted: routes.trusts(conn.peer.ip),
+            trusted: routes.trusts(conn.peer.ip, conn.proxied_by),
             forwarded: routes.forwarded,
             via: routes.via,
+            real_ip: routes.real_ip,
         },
     })
 }
@@ -236,27 +239,62 @@ fn select(pool: &Pool, table: Option<&Arc<PersistenceTable>>, client: IpAddr) ->
     }
 }
 
-/// The host name of a Host value: port removed (IPv6 brackets kept), final
-/// dot removed, lower case. None if it is not text or is empty.
-fn host_name(host: &HeaderValue) -> Option<Cow<'_, str>> {
-    let text = host.to_str().ok()?;
-    let name = if text.starts_with('[') {
-        &text[..=text.find(']')?]
-    } else {
-        match text.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-            _ => text,
-        }
-    };
-    let name = name.strip_suffix('.').unwrap_or(name);
-    if name.is_empty() {
-        return None;
+/// The one host a request names, in normal form, and the Host value its
+/// backend receives (RFC 9112 3.2, RFC 9113 8.3.1): the request target's
+/// authority (absolute-form, or HTTP/2 `:authority`), else the Host header.
+/// Both present must agree (case, a final dot and the scheme's default port
+/// aside). `Ok(None)`: an HTTP/1.0 request without Host. `Err`: the 400
+/// text.
+fn request_host<B>(
+    req: &Request<B>,
+    https: bool,
+) -> Result<Option<(Authority<'_>, HeaderValue)>, &'static str> {
+    let uri = req.uri();
+    if req.version() < Version::HTTP_2 && uri.scheme().is_none() && uri.authority().is_some() {
+        return Err("400 Bad Request: authority-form request target outside CONNECT\n");
     }
-    Some(if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(name.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(name)
-    })
+    let mut values = req.headers().get_all(header::HOST).iter();
+    let (value, extra) = (values.next(), values.next());
+    if extra.is_some() {
+        return Err("400 Bad Request: more than one Host header\n");
+    }
+    let host = match value {
+        Some(v) => Some(
+            Authority::parse(v.as_bytes()).map_err(|_| "400 Bad Request: invalid Host header\n")?,
+        ),
+        None => None,
+    };
+    let Some(target) = uri.authority() else {
+        return match (host, value) {
+            (Some(h), Some(v)) => Ok(Some((h, v.clone()))),
+            _ if req.version() < Version::HTTP_11 => Ok(None),
+            _ => Err("400 Bad Request: missing Host header\n"),
+        };
+    };
+    let routed = Authority::parse(target.as_str().as_bytes())
+        .map_err(|_| "400 Bad Request: invalid authority in the request target\n")?;
+    let default_port = match uri.scheme_str() {
+        Some("https") => 443,
+        Some("http") => 80,
+        _ if https => 443,
+        _ => 80,
+    };
+    if host.is_some_and(|h| !routed.same_as(&h, default_port)) {
+        return Err("400 Bad Request: the Host header does not match the request target\n");
+    }
+    let value = HeaderValue::from_str(target.as_str())
+        .map_err(|_| "400 Bad Request: invalid authority in the request target\n")?;
+    Ok(Some((routed, value)))
+}
+
+/// A 400 for a request whose host is missing, ambiguous or malformed.
+fn bad_request(why: &'static str) -> Response<Source> {
+    debug!(
+        side = "client",
+        reason = why.trim_end(),
+        "bad request host; answering 400"
+    );
+    local(StatusCode::BAD_REQUEST, why)
 }
 
 /// Send the request to the planned backend and return its response.
@@ -275,9 +313,9 @@ async fn forward(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    if !parts.headers.contains_key(header::HOST) {
-        parts.headers.insert(header::HOST, plan.host.clone());
-    }
+    // Exactly one Host, the authority the request was routed (and checked
+    // against SNI) by.
+    parts.headers.insert(header::HOST, plan.host.clone());
     headers::add_forwarding(
         &mut parts.headers,
         &conn.peer,
@@ -411,51 +449,85 @@ async fn tunnel(client: OnUpgrade, backend: OnUpgrade, lease: Option<Lease>, idl
 mod tests {
     use super::*;
 
-    fn name(h: &'static str) -> Option<String> {
-        host_name(&HeaderValue::from_static(h)).map(|c| c.into_owned())
+    /// `request_host` of a request with `target`, `version` and Host lines.
+    fn host_of(
+        target: &str,
+        version: Version,
+        hosts: &[&str],
+    ) -> Result<Option<(String, String)>, &'static str> {
+        let mut b = Request::builder().uri(target).version(version);
+        for h in hosts {
+            b = b.header(header::HOST, *h);
+        }
+        let req = b.body(()).unwrap();
+        request_host(&req, false)
+            .map(|found| found.map(|(a, v)| (a.to_string(), v.to_str().unwrap().to_owned())))
+    }
+
+    fn ok(name: &str, value: &str) -> Result<Option<(String, String)>, &'static str> {
+        Ok(Some((name.to_owned(), value.to_owned())))
+    }
+
+    const V11: Version = Version::HTTP_11;
+
+    #[test]
+    fn the_target_authority_wins_and_must_agree_with_host() {
+        assert_eq!(host_of("/x", V11, &["A.test"]), ok("a.test", "A.test"));
+        assert_eq!(
+            host_of("http://A.test/x", V11, &["a.test.:80"]),
+            ok("a.test", "A.test")
+        );
+        assert_eq!(
+            host_of("https://a.test/x", V11, &["a.test:443"]),
+            ok("a.test", "a.test")
+        );
+        assert_eq!(
+            host_of("http://a.test/x", V11, &["b.test"]),
+            Err("400 Bad Request: the Host header does not match the request target\n")
+        );
+        assert_eq!(
+            host_of("https://a.test/x", V11, &["a.test:80"]),
+            Err("400 Bad Request: the Host header does not match the request target\n")
+        );
+        assert_eq!(
+            host_of("http://u@a.test/x", V11, &[]),
+            Err("400 Bad Request: invalid authority in the request target\n")
+        );
     }
 
     #[test]
-    fn host_names_lose_port_and_final_dot_and_case() {
+    fn duplicate_missing_and_malformed_hosts_are_refused() {
         assert_eq!(
-            name("WWW.Example.com:8080").as_deref(),
-            Some("www.example.com")
+            host_of("/", V11, &["a.test", "a.test"]),
+            Err("400 Bad Request: more than one Host header\n")
         );
-        assert_eq!(name("www.example.com.").as_deref(), Some("www.example.com"));
-        assert_eq!(name("[::1]:80").as_deref(), Some("[::1]"));
-        assert_eq!(name(":80"), None);
+        assert_eq!(
+            host_of("/", V11, &[]),
+            Err("400 Bad Request: missing Host header\n")
+        );
+        assert_eq!(
+            host_of("/", V11, &[""]),
+            Err("400 Bad Request: invalid Host header\n")
+        );
+        assert_eq!(
+            host_of("/", V11, &["a.test, b.test"]),
+            Err("400 Bad Request: invalid Host header\n")
+        );
+        assert_eq!(host_of("/", Version::HTTP_10, &[]), Ok(None));
+        assert_eq!(
+            host_of("a.test:80", V11, &["a.test"]),
+            Err("400 Bad Request: authority-form request target outside CONNECT\n")
+        );
     }
 
-    proptest::proptest! {
-        #[test]
-        fn host_name_never_panics_on_any_header_value(
-            bytes in proptest::collection::vec(
-                proptest::prop_oneof![0x20u8..0x7f, proptest::strategy::Just(b'\t'), 0x80u8..=0xff],
-                0..40,
-            ),
-        ) {
-            let _ = host_name(&HeaderValue::from_bytes(&bytes).unwrap());
-        }
-
-        #[test]
-        fn any_host_name_loses_port_final_dot_and_case(
-            labels in proptest::collection::vec("[a-zA-Z0-9-]{1,10}", 1..5),
-            dot: bool,
-            port: Option<u16>,
-        ) {
-            let name = labels.join(".");
-            let port = port.map(|p| format!(":{p}")).unwrap_or_default();
-            let text = format!("{name}{}{port}", if dot { "." } else { "" });
-            let got = host_name(&HeaderValue::from_str(&text).unwrap()).map(Cow::into_owned);
-            proptest::prop_assert_eq!(got, Some(name.to_ascii_lowercase()));
-        }
-
-        #[test]
-        fn ipv6_literals_keep_their_brackets_and_lose_the_port(ip: [u8; 16], port: Option<u16>) {
-            let literal = format!("[{}]", std::net::Ipv6Addr::from(ip));
-            let text = format!("{literal}{}", port.map(|p| format!(":{p}")).unwrap_or_default());
-            let got = host_name(&HeaderValue::from_str(&text).unwrap()).map(Cow::into_owned);
-            proptest::prop_assert_eq!(got, Some(literal));
-        }
+    #[test]
+    fn http2_authority_and_host_must_agree() {
+        let h2 = Version::HTTP_2;
+        assert_eq!(host_of("https://a.test/", h2, &[]), ok("a.test", "a.test"));
+        assert_eq!(
+            host_of("https://a.test/", h2, &["b.test"]),
+            Err("400 Bad Request: the Host header does not match the request target\n")
+        );
+        assert_eq!(host_of("/", h2, &["a.test"]), ok("a.test", "a.test"));
     }
 }
