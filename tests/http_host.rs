@@ -1,0 +1,266 @@
+//! One host per request, over real sockets: the authority a request is
+//! routed by is the one its backend receives as its only Host; requests
+//! naming two hosts, a malformed host or an authority-form target are 400;
+//! forwarding headers cannot be forged or injected through the Host.
+
+mod http_support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+
+use http_support::*;
+
+const WAIT: Duration = Duration::from_secs(3);
+
+/// Pools `a` and `b` behind vhosts `a.test` and `b.test`, and a default
+/// vhost (pool a), so an unknown or odd host would still find a backend.
+fn config(a: SocketAddr, b: SocketAddr, listener_extra: &str) -> String {
+    format!(
+        r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "http"
+default_vhost = "fallback"
+header_timeout = "2s"
+{listener_extra}
+
+[[pool]]
+name = "a"
+backends = [{{ address = "{a}" }}]
+
+[[pool]]
+name = "b"
+backends = [{{ address = "{b}" }}]
+
+[[vhost]]
+name = "site-a"
+hosts = ["a.test"]
+pool = "a"
+
+[[vhost]]
+name = "site-b"
+hosts = ["b.test"]
+pool = "b"
+
+[[vhost]]
+name = "fallback"
+hosts = ["fallback.test"]
+pool = "a"
+"#
+    )
+}
+
+async fn setup(listener_extra: &str) -> (Backend, Backend, SocketAddr) {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let running = start_proxy(&config(a.addr, b.addr, listener_extra)).await;
+    let proxy = running.local_addr("web").await.unwrap();
+    // The proxy keeps running for the test's lifetime.
+    std::mem::forget(running);
+    (a, b, proxy)
+}
+
+/// The body of a raw HTTP/1.1 answer (after the blank line).
+fn body_of(answer: &str) -> &str {
+    answer.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// Send one raw request head and return the whole answer.
+async fn ask(proxy: SocketAddr, head: &str) -> String {
+    raw(proxy, head.as_bytes(), WAIT).await
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_and_a_host_naming_another_site_are_a_400() {
+    let (a, b, proxy) = setup("").await;
+    let answer = ask(
+        proxy,
+        "GET http://a.test/x HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+    assert_eq!(
+        body_of(&answer),
+        "400 Bad Request: the Host header does not match the request target\n"
+    );
+    assert_eq!((a.requests(), b.requests()), (0, 0));
+}
+
+#[tokio::test]
+async fn an_agreeing_absolute_form_request_reaches_its_site_with_one_host() {
+    let (a, b, proxy) = setup("").await;
+    // Case, a final dot and the default port do not make hosts differ.
+    let answer = ask(
+        proxy,
+        "GET http://A.test/x HTTP/1.1\r\nHost: a.test.:80\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let body = body_of(&answer);
+    assert!(body.starts_with("GET /x HTTP/1.1\n"), "{body}");
+    assert_eq!(echoed_values(body, "host"), ["A.test"]);
+    assert_eq!(echoed_values(body, "x-forwarded-host"), ["A.test"]);
+    assert_eq!((a.requests(), b.requests()), (1, 0));
+}
+
+#[tokio::test]
+async fn two_host_headers_are_a_400_even_when_they_agree() {
+    let (a, b, proxy) = setup("").await;
+    for second in ["b.test", "a.test"] {
+        let head =
+            format!("GET / HTTP/1.1\r\nHost: a.test\r\nHost: {second}\r\nConnection: close\r\n\r\n");
+        let answer = ask(proxy, &head).await;
+        assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+        assert_eq!(
+            body_of(&answer),
+            "400 Bad Request: more than one Host header\n"
+        );
+    }
+    assert_eq!((a.requests(), b.requests()), (0, 0));
+}
+
+#[tokio::test]
+async fn a_malformed_host_is_a_400_even_with_a_default_vhost() {
+    let (a, b, proxy) = setup("").await;
+    for host in [
+        "a.test/x",
+        "a.test, b.test",
+        "a.test\"",
+        "user@a.test",
+        "a test",
+        "a.test:http",
+        "",
+    ] {
+        let head = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let answer = ask(proxy, &head).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{host:?}: {answer}"
+        );
+        assert_eq!(
+            body_of(&answer),
+            "400 Bad Request: invalid Host header\n",
+            "{host:?}"
+        );
+    }
+    assert_eq!((a.requests(), b.requests()), (0, 0));
+}
+
+#[tokio::test]
+async fn a_missing_host_is_a_400_on_http_1_1_and_the_default_vhost_on_http_1_0() {
+    let (a, b, proxy) = setup("").await;
+    let answer = ask(proxy, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+    assert_eq!(body_of(&answer), "400 Bad Request: missing Host header\n");
+    assert_eq!(a.requests(), 0);
+    // HTTP/1.0 predates Host: the default vhost serves it, and its backend
+    // gets the vhost's first name as Host.
+    let answer = ask(proxy, "GET /old HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
+    assert_eq!(echoed_values(body_of(&answer), "host"), ["fallback.test"]);
+    assert_eq!((a.requests(), b.requests()), (1, 0));
+}
+
+#[tokio::test]
+async fn an_authority_form_target_outside_connect_is_a_400() {
+    let (a, b, proxy) = setup("").await;
+    let answer = ask(
+        proxy,
+        "GET a.test:80 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+    assert_eq!(
+        body_of(&answer),
+        "400 Bad Request: authority-form request target outside CONNECT\n"
+    );
+    assert_eq!((a.requests(), b.requests()), (0, 0));
+}
+
+/// Send an HTTP/2 GET with `:authority` from `uri` and the given `host`
+/// header; return the status and body.
+async fn h2_with_host(proxy: SocketAddr, uri: &str, host: Option<&str>) -> (u16, String) {
+    let mut tx = h2_connect(proxy).await;
+    let mut req = Request::builder().uri(uri).version(hyper::Version::HTTP_2);
+    if let Some(h) = host {
+        req = req.header("host", h);
+    }
+    let resp = tx
+        .send_request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn an_http2_authority_and_a_host_header_naming_another_site_are_a_400() {
+    let (a, b, proxy) = setup("").await;
+    let (status, body) = h2_with_host(proxy, "http://a.test/", Some("b.test")).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        "400 Bad Request: the Host header does not match the request target\n"
+    );
+    assert_eq!((a.requests(), b.requests()), (0, 0));
+    // Agreeing, the backend gets exactly the one Host.
+    let (status, body) = h2_with_host(proxy, "http://a.test/", Some("A.TEST")).await;
+    assert_eq!(status, 200);
+    assert_eq!(echoed_values(&body, "host"), ["a.test"]);
+    assert_eq!((a.requests(), b.requests()), (1, 0));
+}
+
+#[tokio::test]
+async fn a_host_carrying_a_quote_cannot_add_a_forwarded_element() {
+    let (a, _b, proxy) = setup("forwarded = true").await;
+    let answer = ask(
+        proxy,
+        "GET / HTTP/1.1\r\nHost: a.test\", for=6.6.6.6\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+    assert_eq!(a.requests(), 0);
+    // What a backend does receive: one element, vipd's own.
+    let answer = ask(
+        proxy,
+        "GET / HTTP/1.1\r\nHost: a.test:8080\r\nForwarded: for=6.6.6.6\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        echoed_values(body_of(&answer), "forwarded"),
+        ["for=127.0.0.1;host=\"a.test:8080\";proto=http"]
+    );
+}
+
+#[tokio::test]
+async fn untrusted_clients_lose_their_x_real_ip_true_client_ip_and_x_forwarded_port() {
+    let (_a, _b, proxy) = setup("").await;
+    let head = "GET / HTTP/1.1\r\nHost: a.test\r\nX-Real-IP: 6.6.6.6\r\nTrue-Client-IP: 6.6.6.6\r\nX-Forwarded-Port: 8443\r\nConnection: close\r\n\r\n";
+    let answer = ask(proxy, head).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let body = body_of(&answer);
+    for name in ["x-real-ip", "true-client-ip", "x-forwarded-port"] {
+        assert_eq!(echoed_values(body, name), Vec::<String>::new(), "{name}");
+    }
+    assert_eq!(echoed_values(body, "x-forwarded-for"), ["127.0.0.1"]);
+}
+
+#[tokio::test]
+async fn x_real_ip_is_set_to_the_client_when_asked_and_kept_from_trusted_proxies() {
+    let (_a, _b, proxy) = setup("x_real_ip = true").await;
+    let head = "GET / HTTP/1.1\r\nHost: a.test\r\nX-Real-IP: 6.6.6.6\r\nConnection: close\r\n\r\n";
+    let answer = ask(proxy, head).await;
+    assert_eq!(echoed_values(body_of(&answer), "x-real-ip"), ["127.0.0.1"]);
+
+    let (_a, _b, proxy) = setup("x_real_ip = true\ntrusted_proxies = [\"127.0.0.0/8\"]").await;
+    let head = "GET / HTTP/1.1\r\nHost: a.test\r\nX-Real-IP: 203.0.113.9\r\nTrue-Client-IP: 203.0.113.9\r\nConnection: close\r\n\r\n";
+    let body = ask(proxy, head).await;
+    let body = body_of(&body);
+    assert_eq!(echoed_values(body, "x-real-ip"), ["203.0.113.9"]);
+    assert_eq!(echoed_values(body, "true-client-ip"), ["203.0.113.9"]);
+}
