@@ -3,6 +3,7 @@
 //! nothing forwarded; `send_proxy` pools receive a v2 header.
 
 mod balance_support;
+mod http_support;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -150,4 +151,103 @@ async fn a_send_proxy_pool_receives_the_client_in_a_v2_header() {
     assert_eq!(header.destination, Some(edge));
     assert_eq!(&got[len..], b"data");
     running.stop().await;
+}
+
+/// An `http` listener behind PROXY senders in `trusted`, with one backend
+/// that echoes the request head it received.
+async fn http_behind_proxies(trusted: &str) -> (http_support::Backend, SocketAddr) {
+    let backend = http_support::Backend::start("app").await;
+    let text = format!(
+        r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "http"
+proxy_protocol = true
+trusted_proxies = {trusted}
+header_timeout = "2s"
+
+[[pool]]
+name = "app"
+backends = [{{ address = "{}" }}]
+
+[[vhost]]
+name = "site"
+hosts = ["a.test"]
+pool = "app"
+"#,
+        backend.addr
+    );
+    let running = start(&text).await;
+    let web = running.local_addr("web").await.unwrap();
+    std::mem::forget(running);
+    (backend, web)
+}
+
+/// From `from`, send a PROXY v1 header naming `client`, then a GET with
+/// `X-Forwarded-For: 6.6.6.6`; the answer ("" when the proxy closed).
+async fn proxied_get(from: &str, to: SocketAddr, client: &str) -> String {
+    let head = format!(
+        "PROXY TCP4 {client} 127.0.0.1 4000 80\r\nGET / HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-For: 6.6.6.6\r\nConnection: close\r\n\r\n"
+    );
+    let mut s = connect_from(from, to).await;
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn forwarded_for(answer: &str) -> Vec<String> {
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    http_support::echoed_values(body, "x-forwarded-for")
+}
+
+#[tokio::test]
+async fn a_peer_outside_trusted_proxies_cannot_send_proxy_even_claiming_a_trusted_address() {
+    let (backend, web) = http_behind_proxies("[\"127.0.0.5\"]").await;
+    assert_eq!(proxied_get("127.0.0.1", web, "127.0.0.5").await, "");
+    assert_eq!(backend.requests(), 0);
+}
+
+#[tokio::test]
+async fn the_clients_of_a_trusted_proxy_sender_cannot_forge_x_forwarded_for() {
+    let (_backend, web) = http_behind_proxies("[\"127.0.0.5\"]").await;
+    // The sender is trusted; the client it names is not, so its own
+    // X-Forwarded-For is replaced by the address the PROXY header carries.
+    let answer = proxied_get("127.0.0.5", web, "192.0.2.7").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert_eq!(forwarded_for(&answer), ["192.0.2.7"]);
+    // A client that is itself a trusted proxy keeps its chain.
+    let (_backend, web) = http_behind_proxies("[\"127.0.0.0/8\"]").await;
+    let answer = proxied_get("127.0.0.5", web, "127.0.0.9").await;
+    assert_eq!(forwarded_for(&answer), ["6.6.6.6, 127.0.0.9"]);
+}
+
+#[test]
+fn check_refuses_proxy_protocol_without_trusted_proxies_and_names_the_fix() {
+    let dir = std::env::temp_dir().join(format!("vipd-pp-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("edge.toml");
+    let text = proxied(8080, false).replace("trusted_proxies = [\"127.0.0.0/8\"]\n", "");
+    std::fs::write(&path, &text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vipd"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    let expected = format!(
+        "{}: 1 configuration error\n{}:8:1: listener \"edge\".proxy_protocol: `proxy_protocol = true` with no `trusted_proxies` would let any client claim any address\n    fix: list the proxies that send PROXY headers, e.g. `trusted_proxies = [\"10.0.0.5\"]`; to accept them from anyone, write `trusted_proxies = [\"0.0.0.0/0\", \"::/0\"]`",
+        path.display(),
+        path.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    // The explicit "anyone" list passes.
+    let open = text.replace(
+        "proxy_protocol = true\n",
+        "proxy_protocol = true\ntrusted_proxies = [\"0.0.0.0/0\", \"::/0\"]\n",
+    );
+    vipd::config::parse(&open, std::path::Path::new("edge.toml")).unwrap();
 }

@@ -234,3 +234,48 @@ async fn names_under_one_wildcard_site_may_share_a_connection() {
     assert_eq!(h.get("x-backend").unwrap(), "b");
     assert_eq!(b.requests(), 1);
 }
+
+/// Write `head` over `stream` and read the answer until the proxy closes.
+async fn raw_tls(mut stream: Tls, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let limit = std::time::Duration::from_secs(3);
+    let _ = tokio::time::timeout(limit, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_cannot_smuggle_another_host_past_the_sni_check() {
+    let (pki, a, b, proxy) = setup().await;
+    // The target agrees with SNI, the Host names the other site: before,
+    // this passed the 421 check and a's backend got `Host: api.b.test`.
+    let stream = tls(&pki, proxy, "www.a.test", &["http/1.1"]).await;
+    let answer = raw_tls(
+        stream,
+        "GET https://www.a.test/ HTTP/1.1\r\nHost: api.b.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+    assert!(
+        answer.ends_with("400 Bad Request: the Host header does not match the request target\n"),
+        "{answer}"
+    );
+    // Target and Host agree on the other site: still a 421.
+    let stream = tls(&pki, proxy, "www.a.test", &["http/1.1"]).await;
+    let answer = raw_tls(
+        stream,
+        "GET https://api.b.test/ HTTP/1.1\r\nHost: api.b.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 421 Misdirected Request\r\n"), "{answer}");
+    // SNI in another case with a final dot names the same site as Host.
+    let stream = tls(&pki, proxy, "WWW.A.TEST", &["http/1.1"]).await;
+    let answer = raw_tls(
+        stream,
+        "GET / HTTP/1.1\r\nHost: www.a.test.\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert_eq!((a.requests(), b.requests()), (1, 0));
+}
