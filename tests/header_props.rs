@@ -194,7 +194,7 @@ proptest! {
         let peer = Peer::new(ip, https);
         let host = HeaderValue::from_str(&host).unwrap();
         let mut out = h.clone();
-        let opts = Options { trusted: false, forwarded, via: false };
+        let opts = Options { trusted: false, forwarded, via: false, real_ip: false };
         headers::add_forwarding(&mut out, &peer, &host, Version::HTTP_11, opts);
         let shown = peer.ip.to_string();
         prop_assert_eq!(values(&out, "x-forwarded-for"), vec![shown.clone().into_bytes()]);
@@ -212,13 +212,40 @@ proptest! {
     }
 
     #[test]
+    fn any_host_bytes_stay_inside_one_quoted_forwarded_string(
+        host in proptest::collection::vec(
+            proptest::prop_oneof![proptest::sample::select(b"\"\\,;= ".to_vec()), 0x21u8..0x7f],
+            1..30,
+        ),
+    ) {
+        let peer = Peer::new("192.0.2.1".parse().unwrap(), false);
+        let host = HeaderValue::from_bytes(&host).unwrap();
+        let mut out = hyper::HeaderMap::new();
+        let opts = Options { trusted: false, forwarded: true, via: false, real_ip: false };
+        headers::add_forwarding(&mut out, &peer, &host, Version::HTTP_11, opts);
+        let fwd = values(&out, "forwarded").remove(0);
+        let rest = fwd.strip_prefix(b"for=192.0.2.1;host=\"".as_slice()).unwrap();
+        // Unescape the quoted-string: it must end exactly before `;proto=http`.
+        let (mut unquoted, mut i) = (Vec::new(), 0);
+        while rest[i] != b'"' {
+            if rest[i] == b'\\' {
+                i += 1;
+            }
+            unquoted.push(rest[i]);
+            i += 1;
+        }
+        prop_assert_eq!(&unquoted[..], host.as_bytes());
+        prop_assert_eq!(&rest[i..], b"\";proto=http".as_slice());
+    }
+
+    #[test]
     fn forwarding_headers_from_a_trusted_proxy_are_appended_to(
         h in request_headers(), ip in peer_ip(), https in any::<bool>(),
     ) {
         let peer = Peer::new(ip, https);
         let host = HeaderValue::from_static("www.example.com");
         let mut out = h.clone();
-        let opts = Options { trusted: true, forwarded: true, via: true };
+        let opts = Options { trusted: true, forwarded: true, via: true, real_ip: false };
         headers::add_forwarding(&mut out, &peer, &host, Version::HTTP_2, opts);
         let shown = peer.ip.to_string();
         // Empty list elements carry nothing and are dropped.

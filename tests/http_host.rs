@@ -82,7 +82,10 @@ async fn an_absolute_form_target_and_a_host_naming_another_site_are_a_400() {
         "GET http://a.test/x HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
     assert_eq!(
         body_of(&answer),
         "400 Bad Request: the Host header does not match the request target\n"
@@ -111,10 +114,14 @@ async fn an_agreeing_absolute_form_request_reaches_its_site_with_one_host() {
 async fn two_host_headers_are_a_400_even_when_they_agree() {
     let (a, b, proxy) = setup("").await;
     for second in ["b.test", "a.test"] {
-        let head =
-            format!("GET / HTTP/1.1\r\nHost: a.test\r\nHost: {second}\r\nConnection: close\r\n\r\n");
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: a.test\r\nHost: {second}\r\nConnection: close\r\n\r\n"
+        );
         let answer = ask(proxy, &head).await;
-        assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{answer}"
+        );
         assert_eq!(
             body_of(&answer),
             "400 Bad Request: more than one Host header\n"
@@ -154,7 +161,10 @@ async fn a_malformed_host_is_a_400_even_with_a_default_vhost() {
 async fn a_missing_host_is_a_400_on_http_1_1_and_the_default_vhost_on_http_1_0() {
     let (a, b, proxy) = setup("").await;
     let answer = ask(proxy, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
-    assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
     assert_eq!(body_of(&answer), "400 Bad Request: missing Host header\n");
     assert_eq!(a.requests(), 0);
     // HTTP/1.0 predates Host: the default vhost serves it, and its backend
@@ -173,7 +183,10 @@ async fn an_authority_form_target_outside_connect_is_a_400() {
         "GET a.test:80 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
     assert_eq!(
         body_of(&answer),
         "400 Bad Request: authority-form request target outside CONNECT\n"
@@ -223,7 +236,10 @@ async fn a_host_carrying_a_quote_cannot_add_a_forwarded_element() {
         "GET / HTTP/1.1\r\nHost: a.test\", for=6.6.6.6\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
     assert_eq!(a.requests(), 0);
     // What a backend does receive: one element, vipd's own.
     let answer = ask(

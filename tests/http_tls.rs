@@ -256,7 +256,10 @@ async fn an_absolute_form_target_cannot_smuggle_another_host_past_the_sni_check(
         "GET https://www.a.test/ HTTP/1.1\r\nHost: api.b.test\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
     assert!(
         answer.ends_with("400 Bad Request: the Host header does not match the request target\n"),
         "{answer}"
@@ -268,7 +271,10 @@ async fn an_absolute_form_target_cannot_smuggle_another_host_past_the_sni_check(
         "GET https://api.b.test/ HTTP/1.1\r\nHost: api.b.test\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert!(answer.starts_with("HTTP/1.1 421 Misdirected Request\r\n"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 421 Misdirected Request\r\n"),
+        "{answer}"
+    );
     // SNI in another case with a final dot names the same site as Host.
     let stream = tls(&pki, proxy, "WWW.A.TEST", &["http/1.1"]).await;
     let answer = raw_tls(
