@@ -291,10 +291,13 @@ where
         listener: cfg.name.as_str().into(),
         snapshot: a.snapshot,
         https,
-        sni: a
-            .sni
-            .and_then(crate::authority::server_name)
-            .map(|s| s.into_owned().into_boxed_str()),
+        // A name the normaliser refuses still takes part in the 421 check
+        // (lower-cased), so it cannot switch the check off.
+        sni: a.sni.map(|s| {
+            crate::authority::server_name(s)
+                .map_or_else(|| s.to_ascii_lowercase(), |n| n.into_owned())
+                .into_boxed_str()
+        }),
         shutdown: a.shutdown.clone(),
         idle_timeout: cfg.idle_timeout,
         state: ConnState::new(),
