@@ -166,6 +166,13 @@ async fn a_missing_host_is_a_400_on_http_1_1_and_the_default_vhost_on_http_1_0()
         "{answer}"
     );
     assert_eq!(body_of(&answer), "400 Bad Request: missing Host header\n");
+    // RFC 9112 wants Host on HTTP/1.1 even beside an absolute-form target.
+    let answer = ask(
+        proxy,
+        "GET http://a.test/ HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(body_of(&answer), "400 Bad Request: missing Host header\n");
     assert_eq!(a.requests(), 0);
     // HTTP/1.0 predates Host: the default vhost serves it, and its backend
     // gets the vhost's first name as Host.

@@ -258,6 +258,11 @@ fn request_host<B>(
     if extra.is_some() {
         return Err("400 Bad Request: more than one Host header\n");
     }
+    // RFC 9112 3.2: every HTTP/1.1 request carries Host, even one with an
+    // absolute-form target.
+    if value.is_none() && req.version() == Version::HTTP_11 {
+        return Err("400 Bad Request: missing Host header\n");
+    }
     let host = match value {
         Some(v) => Some(
             Authority::parse(v.as_bytes()).map_err(|_| "400 Bad Request: invalid Host header\n")?,
@@ -490,7 +495,7 @@ mod tests {
             Err("400 Bad Request: the Host header does not match the request target\n")
         );
         assert_eq!(
-            host_of("http://u@a.test/x", V11, &[]),
+            host_of("http://u@a.test/x", V11, &["a.test"]),
             Err("400 Bad Request: invalid authority in the request target\n")
         );
     }
@@ -514,6 +519,14 @@ mod tests {
             Err("400 Bad Request: invalid Host header\n")
         );
         assert_eq!(host_of("/", Version::HTTP_10, &[]), Ok(None));
+        assert_eq!(
+            host_of("http://a.test/", V11, &[]),
+            Err("400 Bad Request: missing Host header\n")
+        );
+        assert_eq!(
+            host_of("http://a.test/", Version::HTTP_10, &[]),
+            ok("a.test", "a.test")
+        );
         assert_eq!(
             host_of("a.test:80", V11, &["a.test"]),
             Err("400 Bad Request: authority-form request target outside CONNECT\n")
