@@ -2,6 +2,7 @@
 //! must (redirect, 4xx, 503), otherwise forward to a backend of the chosen
 //! pool and stream its response back. WebSocket upgrades become a tunnel.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use super::access::{Exchange, Record};
 use super::body::{BackendBody, RequestBody, ResponseBody, Source};
 use super::conn::Conn;
 use super::headers::{self, Options};
-use super::route::VhostRoute;
+use super::route::{ListenerRoutes, VhostRoute};
 use super::upstream::Upstream;
 use crate::authority::Authority;
 use crate::balance::{Lease, PersistenceTable, Pool};
@@ -139,19 +140,8 @@ fn plan(
     }
     let (name, host) = match request_host(req, conn.https) {
         Ok(Some((authority, value))) => (authority.into_host(), value),
-        // HTTP/1.0 without Host: the site the TLS SNI names, else the
-        // default vhost under its first name.
-        Ok(None) => {
-            let named = match conn.sni.as_deref() {
-                Some(sni) => HeaderValue::from_str(sni).ok().map(|v| (sni.into(), v)),
-                None => routes
-                    .vhosts
-                    .default_vhost()
-                    .and_then(|v| v.first_host.clone())
-                    .and_then(|v| Some((v.to_str().ok()?.to_owned().into(), v))),
-            };
-            named.ok_or_else(|| bad_request("400 Bad Request: missing Host header\n"))?
-        }
+        Ok(None) => unnamed_site(conn, routes)
+            .ok_or_else(|| bad_request("400 Bad Request: missing Host header\n"))?,
         Err(why) => return Err(bad_request(why)),
     };
     let vhost = routes.vhosts.lookup(&name);
@@ -290,6 +280,19 @@ fn request_host<B>(
     let value = HeaderValue::from_str(target.as_str())
         .map_err(|_| "400 Bad Request: invalid authority in the request target\n")?;
     Ok(Some((routed, value)))
+}
+
+/// The host of an HTTP/1.0 request without Host, and the Host its backend
+/// gets: the TLS SNI, else the default vhost's first exact name.
+fn unnamed_site<'a>(
+    conn: &'a Conn,
+    routes: &ListenerRoutes,
+) -> Option<(Cow<'a, str>, HeaderValue)> {
+    if let Some(sni) = conn.sni.as_deref() {
+        return Some((sni.into(), HeaderValue::from_str(sni).ok()?));
+    }
+    let value = routes.vhosts.default_vhost()?.first_host.clone()?;
+    Some((value.to_str().ok()?.to_owned().into(), value))
 }
 
 /// A 400 for a request whose host is missing, ambiguous or malformed.
