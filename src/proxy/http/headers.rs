@@ -3,8 +3,10 @@
 //! `Forwarded`, `Via`) are added to requests.
 //!
 //! Forwarding headers a client sends are kept (and appended to) only when
-//! the client is a trusted proxy; from anyone else they are replaced, so a
-//! client cannot forge the address a backend sees.
+//! the client is a trusted proxy; from anyone else they are replaced, and
+//! other client-address claims (`X-Real-IP`, `True-Client-IP`,
+//! `X-Forwarded-Port`) removed, so a client cannot forge the address a
+//! backend sees.
 
 use std::net::IpAddr;
 
