@@ -68,6 +68,7 @@ pub(super) struct RawListener {
     pub(super) via: Option<bool>,
     pub(super) max_header_bytes: Option<usize>,
     pub(super) max_headers: Option<usize>,
+    pub(super) upgrades: Option<Vec<String>>,
 }
 
 /// One backend inside a pool.

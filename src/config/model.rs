@@ -175,6 +175,10 @@ pub struct Listener {
     pub max_header_bytes: usize,
     /// Most header fields a request may carry; more get 431 (`http`/`https`).
     pub max_headers: usize,
+    /// `Upgrade` protocols (lower case, without version) that are tunnelled
+    /// after a `101`; others are stripped and the request is forwarded as a
+    /// plain one (`http`/`https`). Never `h2c`.
+    pub upgrades: Vec<String>,
 }
 
 /// Scheduling algorithm, named as in ipvsadm.

@@ -1130,6 +1130,7 @@ fn listener(
         }
     }
     let (max_header_bytes, max_headers) = header_limits(c, &span, &p, &raw, protocol);
+    let upgrades = upgrades(c, &span, &p, &raw, protocol);
     let max_connections = raw.max_connections.unwrap_or(10_000);
     if max_connections == 0 {
         c.report(
@@ -1182,8 +1183,60 @@ fn listener(
         via: raw.via.unwrap_or(false),
         max_header_bytes,
         max_headers,
+        upgrades,
         name,
     }
+}
+
+/// `upgrades` of a listener: protocol names, lower-cased, `websocket` by
+/// default. `h2c` is refused: vipd speaks HTTP/2 itself, and a tunnelled
+/// h2c connection would escape its HTTP/2 limits.
+fn upgrades(
+    c: &mut Checker<'_>,
+    span: &Range<usize>,
+    p: &str,
+    raw: &RawListener,
+    protocol: Protocol,
+) -> Vec<String> {
+    let Some(list) = &raw.upgrades else {
+        return vec!["websocket".to_string()];
+    };
+    if !protocol.is_http() {
+        c.report(
+            span,
+            p,
+            Some("upgrades"),
+            "`upgrades` tunnels HTTP upgrades, and this listener does not speak HTTP",
+            "remove it, or use protocol \"http\" or \"https\"",
+        );
+    }
+    let mut out = Vec::new();
+    for name in list {
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if name.eq_ignore_ascii_case("h2c") {
+            c.report(
+                span,
+                p,
+                Some("upgrades"),
+                "\"h2c\" is never tunnelled: vipd serves HTTP/2 itself",
+                "remove it; HTTP/2 clients use ALPN (https) or prior knowledge (http)",
+            );
+        } else if !token {
+            c.report(
+                span,
+                p,
+                Some("upgrades"),
+                format!("{name:?} is not a protocol name"),
+                "write protocol names as they appear in the Upgrade header, e.g. \"websocket\"",
+            );
+        } else {
+            out.push(name.to_ascii_lowercase());
+        }
+    }
+    out
 }
 
 /// Bounds of the request-head limits. hyper's HTTP/1 read buffer, which a

@@ -104,6 +104,8 @@ pub struct ListenerRoutes {
     /// Most header fields a request may carry (hyper enforces it for
     /// HTTP/1; the request path checks HTTP/2 requests).
     pub max_headers: usize,
+    /// `Upgrade` protocols tunnelled after a `101`, lower case.
+    pub upgrades: Vec<String>,
     /// hyper's server settings for the listener's connections (header
     /// limits), built once here rather than per connection.
     pub server: Arc<auto::Builder<TokioExecutor>>,
@@ -140,6 +142,7 @@ impl ListenerRoutes {
             via: l.via,
             persistence: l.persistence.clone(),
             max_headers: l.max_headers,
+            upgrades: l.upgrades.clone(),
             server: Arc::new(super::conn::server_builder(l)),
         }
     }
