@@ -11,6 +11,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod admin;
+
+use self::admin::admin;
 use super::error::{ConfigError, Problem};
 use super::file::*;
 use super::model::*;
@@ -484,19 +487,6 @@ fn global(c: &mut Checker<'_>, t: Option<&Spanned<toml::Table>>) -> Global {
         ),
         user: raw.user,
         group: raw.group,
-    }
-}
-
-fn admin(c: &mut Checker<'_>, t: &Spanned<toml::Table>) -> Admin {
-    let span = t.span();
-    let raw: RawAdmin = c.entry(t, "admin");
-    let listen_text = raw.listen.unwrap_or_else(|| "127.0.0.1:9100".into());
-    let listen = c
-        .socket_addr(&span, "admin", "listen", &listen_text)
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9100)));
-    Admin {
-        listen,
-        token_file: raw.token_file.map(Into::into),
     }
 }
 
