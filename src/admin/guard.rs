@@ -24,7 +24,11 @@ pub(super) enum Refused {
 /// Check the Host, Origin and Sec-Fetch-Site of a request that arrived on
 /// `local`, with the extra `hosts` names (normalised as
 /// [`authority`] returns names).
-pub(super) fn check(headers: &HeaderMap, local: SocketAddr, hosts: &[String]) -> Result<(), Refused> {
+pub(super) fn check(
+    headers: &HeaderMap,
+    local: SocketAddr,
+    hosts: &[String],
+) -> Result<(), Refused> {
     let mut all = headers.get_all(HOST).iter();
     let host = match (all.next(), all.next()) {
         (Some(h), None) => h.to_str().ok(),
@@ -121,15 +125,30 @@ mod tests {
     const LOCAL: &str = "127.0.0.1:9100";
 
     fn checked(pairs: &[(&str, &str)]) -> Result<(), Refused> {
-        check(&headers(pairs), LOCAL.parse().unwrap(), &["lb1.mgmt".to_string()])
+        check(
+            &headers(pairs),
+            LOCAL.parse().unwrap(),
+            &["lb1.mgmt".to_string()],
+        )
     }
 
     #[test]
     fn hosts_naming_the_endpoint_pass_and_others_are_refused() {
-        for ok in ["127.0.0.1:9100", "127.0.0.1", "LOCALHOST:9100", "lb1.mgmt.:19100"] {
+        for ok in [
+            "127.0.0.1:9100",
+            "127.0.0.1",
+            "LOCALHOST:9100",
+            "lb1.mgmt.:19100",
+        ] {
             assert_eq!(checked(&[("host", ok)]), Ok(()), "{ok}");
         }
-        for bad in ["evil.example", "127.0.0.1.evil.example", "", "127.0.0.1:x", "a/b"] {
+        for bad in [
+            "evil.example",
+            "127.0.0.1.evil.example",
+            "",
+            "127.0.0.1:x",
+            "a/b",
+        ] {
             assert_eq!(
                 checked(&[("host", bad)]),
                 Err(Refused::Host(bad.to_string())),
@@ -144,7 +163,10 @@ mod tests {
     #[test]
     fn an_origin_must_be_the_hosts_own_http_origin() {
         let host = ("host", "127.0.0.1:9100");
-        assert_eq!(checked(&[host, ("origin", "http://127.0.0.1:9100")]), Ok(()));
+        assert_eq!(
+            checked(&[host, ("origin", "http://127.0.0.1:9100")]),
+            Ok(())
+        );
         for bad in [
             "http://evil.example",
             "http://127.0.0.1:3000",
