@@ -1,6 +1,7 @@
 //! The request path: route by Host and path, answer locally when the proxy
 //! must (redirect, 4xx, 503), otherwise forward to a backend of the chosen
-//! pool and stream its response back. WebSocket upgrades become a tunnel.
+//! pool and stream its response back. Upgrades the listener allows
+//! (WebSocket by default) become a tunnel that keeps the connection's slot.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
