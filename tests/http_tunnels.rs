@@ -109,15 +109,15 @@ async fn read_head(s: &mut TcpStream) -> Option<String> {
     Some(lowered)
 }
 
-fn config(backend: SocketAddr, listener_extra: &str, admin: bool) -> String {
-    let admin = if admin {
-        "[admin]\nlisten = \"127.0.0.1:0\"\n"
-    } else {
-        ""
-    };
+/// An admin endpoint, for the gauge.
+const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+
+/// One http listener `web` in front of `backend`; `top` goes before it
+/// (`[admin]`, `[global]`), `listener_extra` inside it.
+fn config(backend: SocketAddr, listener_extra: &str, top: &str) -> String {
     format!(
         r#"
-{admin}
+{top}
 [[listener]]
 name = "web"
 bind = "127.0.0.1:0"
@@ -214,7 +214,7 @@ async fn active_gauge(admin: SocketAddr) -> String {
 async fn a_client_holding_two_tunnels_cannot_open_a_third_connection_with_a_per_client_cap_of_two()
 {
     let b = RawBackend::start(Switch::AsAsked).await;
-    let running = start(&config(b.addr, "max_connections_per_client = 2", false)).await;
+    let running = start(&config(b.addr, "max_connections_per_client = 2", "")).await;
     let proxy = running.local_addr("web").await.unwrap();
     let mut first = tunnel(proxy).await;
     let second = tunnel(proxy).await;
@@ -241,7 +241,7 @@ async fn a_client_holding_two_tunnels_cannot_open_a_third_connection_with_a_per_
 #[tokio::test]
 async fn open_tunnels_count_in_the_active_connections_gauge_until_they_close() {
     let b = RawBackend::start(Switch::AsAsked).await;
-    let running = start(&config(b.addr, "", true)).await;
+    let running = start(&config(b.addr, "", ADMIN)).await;
     let proxy = running.local_addr("web").await.unwrap();
     let admin = running.admin_addr().await.unwrap();
     let first = tunnel(proxy).await;
@@ -266,10 +266,11 @@ async fn open_tunnels_count_in_the_active_connections_gauge_until_they_close() {
     running.stop().await;
 }
 
-#[tokio::test]
-async fn the_listener_max_connections_holds_while_tunnels_are_open_and_frees_when_one_closes() {
+/// Two tunnels fill a cap of two connections: a third connection waits in
+/// the backlog until one closes.
+async fn tunnels_fill_a_cap_of_two(listener_extra: &str, top: &str) {
     let b = RawBackend::start(Switch::AsAsked).await;
-    let running = start(&config(b.addr, "max_connections = 2", false)).await;
+    let running = start(&config(b.addr, listener_extra, top)).await;
     let proxy = running.local_addr("web").await.unwrap();
     let first = tunnel(proxy).await;
     let mut second = tunnel(proxy).await;
@@ -292,9 +293,19 @@ async fn the_listener_max_connections_holds_while_tunnels_are_open_and_frees_whe
 }
 
 #[tokio::test]
+async fn the_listener_max_connections_holds_while_tunnels_are_open_and_frees_when_one_closes() {
+    tunnels_fill_a_cap_of_two("max_connections = 2", "").await;
+}
+
+#[tokio::test]
+async fn the_global_max_connections_holds_while_tunnels_are_open_and_frees_when_one_closes() {
+    tunnels_fill_a_cap_of_two("", "[global]\nmax_connections = 2\n").await;
+}
+
+#[tokio::test]
 async fn a_tunnel_idle_past_idle_timeout_is_closed() {
     let b = RawBackend::start(Switch::AsAsked).await;
-    let running = start(&config(b.addr, "idle_timeout = \"500ms\"", false)).await;
+    let running = start(&config(b.addr, "idle_timeout = \"500ms\"", "")).await;
     let proxy = running.local_addr("web").await.unwrap();
     let mut s = tunnel(proxy).await;
     let idle_from = Instant::now();
@@ -313,7 +324,7 @@ async fn a_tunnel_idle_past_idle_timeout_is_closed() {
 #[tokio::test]
 async fn an_h2c_upgrade_and_its_http2_settings_are_not_forwarded_to_the_backend() {
     let b = RawBackend::start(Switch::AsAsked).await;
-    let running = start(&config(b.addr, "", false)).await;
+    let running = start(&config(b.addr, "", "")).await;
     let proxy = running.local_addr("web").await.unwrap();
     // Connection does not list HTTP2-Settings, as a hostile client would send it.
     let (mut s, head) = upgrade(proxy, "h2c", "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n").await;
@@ -335,7 +346,7 @@ async fn an_h2c_upgrade_and_its_http2_settings_are_not_forwarded_to_the_backend(
 #[tokio::test]
 async fn a_backend_switching_to_a_protocol_the_client_did_not_get_to_ask_for_is_a_502() {
     let b = RawBackend::start(Switch::Always("h2c")).await;
-    let running = start(&config(b.addr, "", false)).await;
+    let running = start(&config(b.addr, "", "")).await;
     let proxy = running.local_addr("web").await.unwrap();
     for asked in ["h2c", "websocket"] {
         let (mut s, head) = upgrade(proxy, asked, "").await;
@@ -354,7 +365,7 @@ async fn a_backend_switching_to_a_protocol_the_client_did_not_get_to_ask_for_is_
 #[tokio::test]
 async fn an_upgrade_the_listener_does_not_allow_is_forwarded_as_a_plain_request() {
     let b = RawBackend::start(Switch::AsAsked).await;
-    let running = start(&config(b.addr, "", false)).await;
+    let running = start(&config(b.addr, "", "")).await;
     let proxy = running.local_addr("web").await.unwrap();
     let (_, head) = upgrade(proxy, "x-raw-tcp", "").await;
     assert!(head.starts_with("HTTP/1.1 200 OK\n"), "{head}");
@@ -367,7 +378,7 @@ async fn an_upgrade_the_listener_does_not_allow_is_forwarded_as_a_plain_request(
 #[tokio::test]
 async fn the_upgrades_setting_names_the_protocols_tunnelled_case_insensitively() {
     let b = RawBackend::start(Switch::AsAsked).await;
-    let running = start(&config(b.addr, "upgrades = [\"X-Raw-TCP\"]", false)).await;
+    let running = start(&config(b.addr, "upgrades = [\"X-Raw-TCP\"]", "")).await;
     let proxy = running.local_addr("web").await.unwrap();
 
     let (mut s, head) = upgrade(proxy, "x-raw-tcp/2, h2c", "").await;
@@ -396,7 +407,7 @@ fn configuration_refuses_h2c_and_non_tokens_in_upgrades() {
     let text = config(
         "127.0.0.1:1".parse().unwrap(),
         "upgrades = [\"websocket\", \"h2c\", \"web socket\"]",
-        false,
+        "",
     );
     let err = vipd::config::parse(&text, std::path::Path::new("up.toml")).unwrap_err();
     assert_eq!(
