@@ -256,6 +256,20 @@ async fn connections_beyond_admin_max_connections_wait_until_a_slot_frees() {
 }
 
 #[tokio::test]
+async fn an_admin_connection_serves_one_request_and_closes() {
+    let a = TestBackend::start("a").await;
+    let (running, admin) = start(&a, "").await;
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    let req = format!("GET /api/status HTTP/1.1\r\nHost: {admin}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let got = closed_within(&mut s, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(got.as_deref().expect("closed after the answer"));
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+    running.stop().await;
+}
+
+#[tokio::test]
 async fn an_admin_request_whose_body_never_arrives_is_closed_at_request_timeout() {
     let a = TestBackend::start("a").await;
     let (running, admin) = start(&a, "request_timeout = \"700ms\"").await;
