@@ -17,11 +17,9 @@ pub(super) enum Refused {
     Host(String),
     #[error("cross-origin requests are refused (Origin {0:?})")]
     Origin(String),
-    #[error("cross-site requests are refused (Sec-Fetch-Site {0:?})")]
-    FetchSite(String),
 }
 
-/// Check the Host, Origin and Sec-Fetch-Site of a request that arrived on
+/// Check the Host and Origin of a request that arrived on
 /// `local`, with the extra `hosts` names (normalised as
 /// [`authority`] returns names).
 pub(super) fn check(
@@ -50,13 +48,6 @@ pub(super) fn check(
             .is_some_and(|o| o == target);
         if !same {
             return Err(Refused::Origin(text));
-        }
-    }
-    if let Some(site) = headers.get("sec-fetch-site") {
-        if !matches!(site.as_bytes(), b"same-origin" | b"none") {
-            return Err(Refused::FetchSite(
-                String::from_utf8_lossy(site.as_bytes()).into_owned(),
-            ));
         }
     }
     Ok(())
@@ -180,11 +171,6 @@ mod tests {
                 "{bad}"
             );
         }
-        assert_eq!(
-            checked(&[host, ("sec-fetch-site", "cross-site")]),
-            Err(Refused::FetchSite("cross-site".to_string()))
-        );
-        assert_eq!(checked(&[host, ("sec-fetch-site", "same-origin")]), Ok(()));
     }
 
     #[test]
