@@ -351,6 +351,7 @@ fn configuration_refuses_an_admin_endpoint_on_a_vip_address() {
     let text = r#"
 [admin]
 listen = "192.0.2.10:9100"
+token_file = "/etc/vipd/admin.token"
 
 [[listener]]
 name = "web"

@@ -14,7 +14,7 @@ use vipd::proxy::http::headers::{self, Options, Peer};
 
 /// Headers that describe one connection and must never be forwarded
 /// (except `te: trailers`, checked separately).
-const HOP_BY_HOP: [&str; 8] = [
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -23,6 +23,7 @@ const HOP_BY_HOP: [&str; 8] = [
     "trailer",
     "transfer-encoding",
     "upgrade",
+    "http2-settings",
 ];
 
 const FORWARDING: [&str; 4] = [

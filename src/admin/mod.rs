@@ -1,7 +1,12 @@
 //! The admin endpoint: a separate HTTP/1.1 listener (127.0.0.1 by default,
 //! never a VIP) serving Prometheus metrics, JSON views of the running state,
 //! a read-only status page, and a few writes: backend weight/drain and
-//! reload. An optional bearer token guards every path.
+//! reload. An optional bearer token guards every path; it is required
+//! (validation refuses the file without it) unless the endpoint listens on
+//! loopback. Every request must be addressed to the endpoint itself and
+//! come from no other web origin ([`guard`]). Each connection serves one
+//! request under `header_timeout` and `request_timeout`, and at most
+//! `max_connections` are served at once.
 //!
 //! | method | path | what |
 //! |---|---|---|
@@ -18,6 +23,7 @@
 //! | POST | `/api/pools/{pool}/backends/{addr}/undrain` | back to the configured weight |
 //! | POST | `/api/reload` | same as SIGHUP |
 
+mod guard;
 mod page;
 mod prom;
 mod views;
@@ -28,6 +34,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -37,8 +44,9 @@ use hyper::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -114,32 +122,68 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
 }
 
 /// Serve the admin API on `listener` until `stop` is cancelled.
+///
+/// At most `max_connections` are served at once (read at start, like a
+/// listener's caps); the loop waits for a free slot before accepting, so
+/// excess connections wait in the kernel backlog as HAProxy's `maxconn`
+/// makes them. A connection serves one request (no keep-alive): its head
+/// must arrive within `header_timeout`, and the whole exchange must be done
+/// within `request_timeout` of the accept, or the connection is closed.
 pub async fn run(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
     let addr = listener.local_addr().ok();
-    info!(addr = ?addr, "admin endpoint listening");
+    let settings = || {
+        state.snapshot.load().config.admin.as_ref().map_or(
+            (64, Duration::from_secs(10), Duration::from_secs(30)),
+            |a| (a.max_connections, a.header_timeout, a.request_timeout),
+        )
+    };
+    let slots = Arc::new(Semaphore::new(settings().0));
+    info!(addr = ?addr, max_connections = settings().0, "admin endpoint listening");
     loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => break,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
                     debug!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
+        let (_, header_timeout, request_timeout) = settings();
         let state = state.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let svc = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(req, &state, peer).await) }
+                async move { Ok::<_, Infallible>(handle(req, &state, peer, local).await) }
             });
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), svc);
             tokio::select! {
                 _ = stop.cancelled() => {}
-                r = conn => if let Err(e) = r { debug!(%peer, error = %e, "admin connection ended") },
+                r = tokio::time::timeout(request_timeout, conn) => match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => debug!(%peer, side = "client", error = %e, "admin connection ended"),
+                    Err(_) => warn!(%peer, side = "client",
+                        timeout_ms = request_timeout.as_millis() as u64,
+                        "admin request not done within request_timeout; closing"),
+                },
             }
         });
     }
@@ -204,7 +248,40 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn handle(req: Request<Incoming>, state: &AdminState, peer: SocketAddr) -> Reply {
+/// Whether a request changes state (and so, off loopback, needs a token).
+fn mutating(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: &AdminState,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Reply {
+    let hosts = state
+        .snapshot
+        .load()
+        .config
+        .admin
+        .as_ref()
+        .map(|a| a.hosts.clone())
+        .unwrap_or_default();
+    if let Err(why) = guard::check(req.headers(), local, &hosts) {
+        warn!(%peer, side = "client", method = %req.method(), path = req.uri().path(),
+            reason = %why, "admin request refused");
+        return error(StatusCode::FORBIDDEN, why.to_string());
+    }
+    // Validation requires a token off loopback; this keeps the rule even if
+    // a configuration got here without one.
+    let loopback = local.ip().to_canonical().is_loopback();
+    if mutating(req.method()) && !loopback && state.token.load().is_none() {
+        warn!(%peer, side = "client", "admin write refused: no token off loopback");
+        return error(
+            StatusCode::FORBIDDEN,
+            "writes off loopback need admin.token_file to be set",
+        );
+    }
     if !authorized(&req, state) {
         warn!(%peer, path = req.uri().path(), "admin request without a valid bearer token");
         let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
@@ -267,7 +344,10 @@ async fn reload(state: &AdminState, peer: SocketAddr) -> Reply {
         return error(StatusCode::SERVICE_UNAVAILABLE, "vipd is shutting down");
     };
     info!(%peer, "reload requested through the admin API");
-    match control.reload().await {
+    // Its own task: the request's deadline may drop this future, and a
+    // reload must never stop half-way.
+    let done = tokio::spawn(async move { control.reload().await });
+    match done.await.unwrap_or_else(|e| Err(e.to_string())) {
         Ok(()) => json(StatusCode::OK, &serde_json::json!({ "reloaded": true })),
         Err(e) => error(
             StatusCode::UNPROCESSABLE_ENTITY,

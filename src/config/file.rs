@@ -26,6 +26,10 @@ pub(super) struct RawGlobal {
 pub(super) struct RawAdmin {
     pub(super) listen: Option<String>,
     pub(super) token_file: Option<String>,
+    pub(super) hosts: Option<Vec<String>>,
+    pub(super) header_timeout: Option<String>,
+    pub(super) request_timeout: Option<String>,
+    pub(super) max_connections: Option<usize>,
 }
 
 /// `[tls]`: settings shared by every TLS listener.
@@ -69,6 +73,7 @@ pub(super) struct RawListener {
     pub(super) x_real_ip: Option<bool>,
     pub(super) max_header_bytes: Option<usize>,
     pub(super) max_headers: Option<usize>,
+    pub(super) upgrades: Option<Vec<String>>,
 }
 
 /// One backend inside a pool.

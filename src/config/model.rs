@@ -78,7 +78,19 @@ pub enum AccessLog {
 #[derive(Debug, Clone)]
 pub struct Admin {
     pub listen: SocketAddr,
+    /// Bearer token file; required unless `listen` is a loopback address.
     pub token_file: Option<PathBuf>,
+    /// Names besides the address a connection arrived on (and `localhost`
+    /// on loopback) that a request's Host may carry: lower case, no port,
+    /// IPv6 literals in brackets. Anything else is refused (DNS rebinding).
+    pub hosts: Vec<String>,
+    /// Time a connection has to send a complete request head.
+    pub header_timeout: Duration,
+    /// Time one admin connection (one request: head, body, handling and
+    /// response) may take from accept.
+    pub request_timeout: Duration,
+    /// Connections served at once; more wait in the kernel backlog.
+    pub max_connections: usize,
 }
 
 /// TLS settings shared by all TLS listeners.
@@ -177,6 +189,10 @@ pub struct Listener {
     pub max_header_bytes: usize,
     /// Most header fields a request may carry; more get 431 (`http`/`https`).
     pub max_headers: usize,
+    /// `Upgrade` protocols (lower case, without version) that are tunnelled
+    /// after a `101`; others are stripped and the request is forwarded as a
+    /// plain one (`http`/`https`). Never `h2c`.
+    pub upgrades: Vec<String>,
 }
 
 /// Scheduling algorithm, named as in ipvsadm.

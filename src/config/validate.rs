@@ -11,6 +11,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod admin;
+
+use self::admin::admin;
 use super::error::{ConfigError, Problem};
 use super::file::*;
 use super::model::*;
@@ -484,19 +487,6 @@ fn global(c: &mut Checker<'_>, t: Option<&Spanned<toml::Table>>) -> Global {
         ),
         user: raw.user,
         group: raw.group,
-    }
-}
-
-fn admin(c: &mut Checker<'_>, t: &Spanned<toml::Table>) -> Admin {
-    let span = t.span();
-    let raw: RawAdmin = c.entry(t, "admin");
-    let listen_text = raw.listen.unwrap_or_else(|| "127.0.0.1:9100".into());
-    let listen = c
-        .socket_addr(&span, "admin", "listen", &listen_text)
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9100)));
-    Admin {
-        listen,
-        token_file: raw.token_file.map(Into::into),
     }
 }
 
@@ -1143,6 +1133,7 @@ fn listener(
         }
     }
     let (max_header_bytes, max_headers) = header_limits(c, &span, &p, &raw, protocol);
+    let upgrades = upgrades(c, &span, &p, &raw, protocol);
     let max_connections = raw.max_connections.unwrap_or(10_000);
     if max_connections == 0 {
         c.report(
@@ -1196,8 +1187,60 @@ fn listener(
         x_real_ip: raw.x_real_ip.unwrap_or(false),
         max_header_bytes,
         max_headers,
+        upgrades,
         name,
     }
+}
+
+/// `upgrades` of a listener: protocol names, lower-cased, `websocket` by
+/// default. `h2c` is refused: vipd speaks HTTP/2 itself, and a tunnelled
+/// h2c connection would escape its HTTP/2 limits.
+fn upgrades(
+    c: &mut Checker<'_>,
+    span: &Range<usize>,
+    p: &str,
+    raw: &RawListener,
+    protocol: Protocol,
+) -> Vec<String> {
+    let Some(list) = &raw.upgrades else {
+        return vec!["websocket".to_string()];
+    };
+    if !protocol.is_http() {
+        c.report(
+            span,
+            p,
+            Some("upgrades"),
+            "`upgrades` tunnels HTTP upgrades, and this listener does not speak HTTP",
+            "remove it, or use protocol \"http\" or \"https\"",
+        );
+    }
+    let mut out = Vec::new();
+    for name in list {
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if name.eq_ignore_ascii_case("h2c") {
+            c.report(
+                span,
+                p,
+                Some("upgrades"),
+                "\"h2c\" is never tunnelled: vipd serves HTTP/2 itself",
+                "remove it; HTTP/2 clients use ALPN (https) or prior knowledge (http)",
+            );
+        } else if !token {
+            c.report(
+                span,
+                p,
+                Some("upgrades"),
+                format!("{name:?} is not a protocol name"),
+                "write protocol names as they appear in the Upgrade header, e.g. \"websocket\"",
+            );
+        } else {
+            out.push(name.to_ascii_lowercase());
+        }
+    }
+    out
 }
 
 /// Bounds of the request-head limits. hyper's HTTP/1 read buffer, which a

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::limits::ClientLimiter;
+use super::limits::{ClientLimiter, ClientPermit};
 use super::{SharedSnapshot, proxy_protocol};
 use crate::config;
-use crate::metrics::ListenerStats;
+use crate::metrics::{ActiveGuard, ListenerStats};
 use crate::shutdown::Shutdown;
 
 /// Why a listener could not be bound.
@@ -102,6 +102,18 @@ pub struct Context {
     pub stats: Arc<ListenerStats>,
 }
 
+/// The slot one accepted connection takes: its global, listener and
+/// per-client permits and its place in the active gauge. Whatever serves
+/// the connection holds it, including a tunnel that outlives the HTTP
+/// exchange that upgraded it, so the slot frees only when the client's
+/// connection really closes.
+pub struct Admission {
+    _global: OwnedSemaphorePermit,
+    _listener: OwnedSemaphorePermit,
+    _client: Option<ClientPermit>,
+    _active: ActiveGuard,
+}
+
 /// Accept connections until shutdown, handing each to its own task.
 ///
 /// The loop waits for a connection slot (global and per-listener caps) before
@@ -165,11 +177,15 @@ pub async fn run(listener: TcpListener, ctx: Context) {
         let _ = stream.set_nodelay(true);
         let ctx2 = ctx.clone();
         let span = info_span!("conn", listener = %ctx.name, client = %peer);
+        let admission = Arc::new(Admission {
+            _global: global,
+            _listener: local,
+            _client: client_permit,
+            _active: ctx.stats.open(),
+        });
         ctx.shutdown.spawn(
             async move {
-                let _permits = (global, local, client_permit);
-                let _active = ctx2.stats.open();
-                handle(stream, peer, ctx2).await;
+                handle(stream, peer, ctx2, admission).await;
             }
             .instrument(span),
         );
@@ -184,7 +200,7 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
     )
 }
 
-async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Context) {
+async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Context, admission: Arc<Admission>) {
     let snap = ctx.snapshot.load_full();
     let Some(cfg) = snap.config.listeners.iter().find(|l| *l.name == *ctx.name) else {
         warn!("listener removed from the configuration; closing connection");
@@ -222,6 +238,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Context) {
                     shutdown: ctx.shutdown.clone(),
                     sni: None,
                     stats: ctx.stats.clone(),
+                    admission,
                 };
                 super::http::accept(stream, accepted, &snap).await
             }

@@ -29,6 +29,7 @@ use super::headers::Peer;
 use super::service;
 use crate::config;
 use crate::metrics::{Handshake, ListenerStats};
+use crate::proxy::listener::Admission;
 use crate::proxy::{SharedSnapshot, Snapshot};
 use crate::shutdown::Shutdown;
 
@@ -54,6 +55,9 @@ pub struct Conn {
     pub state: ConnState,
     /// The listener's counters (requests by status class, latency).
     pub stats: Arc<ListenerStats>,
+    /// The connection's slot under the listener's caps; a tunnel started
+    /// on the connection keeps it until the tunnel closes.
+    pub admission: Arc<Admission>,
 }
 
 /// Activity clocks of one connection, in milliseconds since `epoch`.
@@ -231,6 +235,8 @@ pub struct Accepted<'a> {
     pub sni: Option<&'a str>,
     /// The listener's counters.
     pub stats: Arc<ListenerStats>,
+    /// The connection's slot under the listener's caps.
+    pub admission: Arc<Admission>,
 }
 
 /// Serve an accepted connection: for `https` listeners, run the TLS
@@ -302,6 +308,7 @@ where
         idle_timeout: cfg.idle_timeout,
         state: ConnState::new(),
         stats: a.stats,
+        admission: a.admission,
     });
     let (header_timeout, idle_timeout) = (cfg.header_timeout, cfg.idle_timeout);
     let io = TokioIo::new(Watched {

@@ -31,10 +31,59 @@ static CLIENT_CLAIMS: [HeaderName; 3] = [
     HeaderName::from_static("x-forwarded-port"),
 ];
 
-/// Whether a request asks for a protocol upgrade (HTTP/1.1 `Connection:
-/// upgrade` with an `Upgrade` header).
-pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+/// The `Upgrade` value to forward for an HTTP/1.1 upgrade request
+/// (`Connection: upgrade` with an `Upgrade` header): the offered protocols
+/// whose name (the part before any `/version`) is in `allowed`, which is
+/// lower case. `None` when the request offers none of them, and then the
+/// request is forwarded as a plain one. `h2c` is never in `allowed`
+/// (validation refuses it), so an h2c upgrade is never tunnelled.
+pub fn allowed_upgrade(headers: &HeaderMap, allowed: &[String]) -> Option<HeaderValue> {
+    if !connection_has(headers, "upgrade") {
+        return None;
+    }
+    let mut kept: Vec<u8> = Vec::new();
+    for offered in tokens(headers.get_all(header::UPGRADE).iter()) {
+        if upgrade_allowed(offered, allowed) {
+            if !kept.is_empty() {
+                kept.extend_from_slice(b", ");
+            }
+            kept.extend_from_slice(offered);
+        }
+    }
+    (!kept.is_empty())
+        .then(|| HeaderValue::from_bytes(&kept).ok())
+        .flatten()
+}
+
+/// Whether a backend's `101` switches to protocols the client offered
+/// (`asked`, as [`allowed_upgrade`] returned it): every protocol of its
+/// `Upgrade` header, compared by name, and at least one.
+pub fn upgrade_agreed(response: &HeaderMap, asked: &HeaderValue) -> bool {
+    let names: Vec<&[u8]> = tokens(std::iter::once(asked)).map(protocol_name).collect();
+    let mut chosen = tokens(response.get_all(header::UPGRADE).iter()).peekable();
+    chosen.peek().is_some()
+        && chosen.all(|p| {
+            let p = protocol_name(p);
+            names.iter().any(|n| n.eq_ignore_ascii_case(p))
+        })
+}
+
+/// Whether an offered `Upgrade` protocol is in the lower-case list `allowed`.
+fn upgrade_allowed(offered: &[u8], allowed: &[String]) -> bool {
+    let name = protocol_name(offered);
+    !name.is_empty()
+        && allowed
+            .iter()
+            .any(|a| name.eq_ignore_ascii_case(a.as_bytes()))
+}
+
+/// `websocket` of `websocket/13`: an `Upgrade` protocol without its version.
+fn protocol_name(protocol: &[u8]) -> &[u8] {
+    protocol
+        .split(|b| *b == b'/')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii()
 }
 
 /// The tokens of every `Connection` header, blanks trimmed. Split as bytes:
@@ -57,8 +106,9 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 
 /// The headers that describe one connection (RFC 9110 7.6.1) and are never
 /// forwarded. `Upgrade` is left to the caller because a WebSocket handshake
-/// keeps it.
-const FIXED_HOP_BY_HOP: [&str; 7] = [
+/// keeps it. `HTTP2-Settings` belongs to the h2c upgrade (RFC 7540 3.2.1),
+/// which is never forwarded, so it goes even when `Connection` omits it.
+const FIXED_HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -66,6 +116,7 @@ const FIXED_HOP_BY_HOP: [&str; 7] = [
     "proxy-authorization",
     "trailer",
     "transfer-encoding",
+    "http2-settings",
 ];
 
 /// Whether `name` (lower case, as `HeaderName`s are) is in [`FIXED_HOP_BY_HOP`].
@@ -349,11 +400,43 @@ mod tests {
             ("upgrade", "websocket"),
             ("te", "trailers"),
         ]);
-        assert!(wants_upgrade(&h));
+        let upgrade = allowed_upgrade(&h, &["websocket".to_string()]);
+        assert_eq!(upgrade, Some(HeaderValue::from_static("websocket")));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(get(&h, "upgrade"), Some("websocket"));
         assert_eq!(get(&h, "connection"), Some("upgrade"));
         assert_eq!(get(&h, "te"), Some("trailers"));
+    }
+
+    #[test]
+    fn only_allowed_upgrade_protocols_are_kept_and_h2c_never_is() {
+        let allowed = ["websocket".to_string()];
+        let offer = |upgrade: &str| {
+            let h = headers(&[("connection", "upgrade"), ("upgrade", upgrade)]);
+            allowed_upgrade(&h, &allowed)
+        };
+        assert_eq!(offer("h2c"), None);
+        assert_eq!(
+            offer("WebSocket/13"),
+            Some(HeaderValue::from_static("WebSocket/13"))
+        );
+        assert_eq!(
+            offer("h2c, websocket"),
+            Some(HeaderValue::from_static("websocket"))
+        );
+        assert_eq!(offer("/websocket"), None);
+        let no_connection = headers(&[("upgrade", "websocket")]);
+        assert_eq!(allowed_upgrade(&no_connection, &allowed), None);
+    }
+
+    #[test]
+    fn a_101_must_switch_to_a_protocol_the_client_offered() {
+        let asked = HeaderValue::from_static("websocket/13");
+        let agreed = |upgrade: &[(&str, &str)]| upgrade_agreed(&headers(upgrade), &asked);
+        assert!(agreed(&[("upgrade", "WebSocket")]));
+        assert!(!agreed(&[("upgrade", "h2c")]));
+        assert!(!agreed(&[("upgrade", "websocket, h2c")]));
+        assert!(!agreed(&[]));
     }
 
     #[test]

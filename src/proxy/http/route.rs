@@ -120,6 +120,8 @@ pub struct ListenerRoutes {
     /// Most header fields a request may carry (hyper enforces it for
     /// HTTP/1; the request path checks HTTP/2 requests).
     pub max_headers: usize,
+    /// `Upgrade` protocols tunnelled after a `101`, lower case.
+    pub upgrades: Vec<String>,
     /// hyper's server settings for the listener's connections (header
     /// limits), built once here rather than per connection.
     pub server: Arc<auto::Builder<TokioExecutor>>,
@@ -157,6 +159,7 @@ impl ListenerRoutes {
             real_ip: l.x_real_ip,
             persistence: l.persistence.clone(),
             max_headers: l.max_headers,
+            upgrades: l.upgrades.clone(),
             server: Arc::new(super::conn::server_builder(l)),
         }
     }

@@ -1,6 +1,7 @@
 //! The request path: route by Host and path, answer locally when the proxy
 //! must (redirect, 4xx, 503), otherwise forward to a backend of the chosen
-//! pool and stream its response back. WebSocket upgrades become a tunnel.
+//! pool and stream its response back. Upgrades the listener allows
+//! (WebSocket by default) become a tunnel that keeps the connection's slot.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -26,6 +27,7 @@ use super::upstream::Upstream;
 use crate::authority::Authority;
 use crate::balance::{Lease, PersistenceTable, Pool};
 use crate::proxy::Snapshot;
+use crate::proxy::listener::Admission;
 
 /// Serve one request. Never fails: every problem becomes a response.
 pub async fn handle(
@@ -317,10 +319,19 @@ async fn forward(
     plan: Plan,
     ex: &mut Exchange,
 ) -> Response<Source> {
-    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // Only the upgrades the listener allows are tunnelled; any other
+    // `Upgrade` is stripped and the request goes on as a plain one.
+    let upgrade = (req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE))
+    .then(|| snap.http.listener(&conn.listener))
+    .flatten()
+    .and_then(|routes| headers::allowed_upgrade(req.headers(), &routes.upgrades));
+    if let Some(offered) = &upgrade {
+        req.headers_mut().insert(header::UPGRADE, offered.clone());
+    }
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
     // Exactly one Host, the authority the request was routed (and checked
     // against SNI) by.
     parts.headers.insert(header::HOST, plan.host.clone());
@@ -411,18 +422,29 @@ async fn forward(
         lease.state().stats.responses.record(resp.status().as_u16());
     }
     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switched {
+        // A backend may only switch to a protocol the client offered and the
+        // listener allows: anything else (h2c above all) is never tunnelled.
+        let agreed = upgrade
+            .as_ref()
+            .is_some_and(|asked| headers::upgrade_agreed(resp.headers(), asked));
+        let (Some(client), true) = (client_upgrade, agreed) else {
+            warn!(side = "backend", upgrade = ?resp.headers().get(header::UPGRADE),
+                "backend switched protocols to an upgrade the client did not offer; answering 502");
+            return error_response(StatusCode::BAD_GATEWAY);
+        };
+        let backend = hyper::upgrade::on(&mut resp);
+        let lease = ex.lease.take();
+        // The tunnel keeps the connection's slot under the listener's caps
+        // (and in its active gauge) until it closes.
+        let admission = conn.admission.clone();
+        let idle = conn.idle_timeout;
+        conn.shutdown
+            .spawn(tunnel(client, backend, lease, idle, admission));
+    }
     // An upgraded connection belongs to the tunnel, never to the pool.
     let reusable = reusable.filter(|_| !switched);
-    match client_upgrade {
-        Some(client) if switched => {
-            let backend = hyper::upgrade::on(&mut resp);
-            let lease = ex.lease.take();
-            let idle = conn.idle_timeout;
-            conn.shutdown.spawn(tunnel(client, backend, lease, idle));
-        }
-        _ => {}
-    }
-    headers::strip_hop_by_hop(resp.headers_mut(), upgrade && switched);
+    headers::strip_hop_by_hop(resp.headers_mut(), switched);
     if plan.opts.via {
         let version = resp.version();
         headers::add_via(resp.headers_mut(), version);
@@ -431,8 +453,16 @@ async fn forward(
 }
 
 /// Splice an upgraded client connection (e.g. a WebSocket) to the upgraded
-/// backend connection until either side closes or both stay idle.
-async fn tunnel(client: OnUpgrade, backend: OnUpgrade, lease: Option<Lease>, idle: Duration) {
+/// backend connection until either side closes or both stay idle for
+/// `idle` (the listener's `idle_timeout`). `_admission` is the client
+/// connection's slot, held until the tunnel ends.
+async fn tunnel(
+    client: OnUpgrade,
+    backend: OnUpgrade,
+    lease: Option<Lease>,
+    idle: Duration,
+    _admission: Arc<Admission>,
+) {
     let (client, backend) = match tokio::try_join!(client, backend) {
         Ok(pair) => pair,
         Err(e) => {

@@ -1,0 +1,138 @@
+//! `[admin]`: the admin endpoint is closed by default. A listen address
+//! other than loopback needs a bearer token, the names a request's Host may
+//! carry are listed, and every connection has a deadline and a slot.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::Checker;
+use crate::config::file::RawAdmin;
+use crate::config::model::Admin;
+
+/// Bounds of `header_timeout` and `request_timeout`.
+const TIMEOUTS: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(600));
+/// Bounds of `max_connections`.
+const CONNECTIONS: (usize, usize) = (1, 4096);
+
+pub(super) fn admin(c: &mut Checker<'_>, t: &Spanned<toml::Table>) -> Admin {
+    let span = t.span();
+    let raw: RawAdmin = c.entry(t, "admin");
+    let listen_text = raw.listen.unwrap_or_else(|| "127.0.0.1:9100".into());
+    let listen = c
+        .socket_addr(&span, "admin", "listen", &listen_text)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9100)));
+    let ip = listen.ip().to_canonical();
+    if !ip.is_loopback() && raw.token_file.is_none() {
+        let what = if ip.is_unspecified() {
+            "a wildcard address"
+        } else {
+            "not a loopback address"
+        };
+        c.report(
+            &span,
+            "admin",
+            Some("listen"),
+            format!(
+                "{ip} is {what} and no token_file is set: anyone who reaches it could drain backends and reload"
+            ),
+            "set `token_file` to a file holding a bearer token, or listen on 127.0.0.1 or [::1]",
+        );
+    }
+    let mut hosts = Vec::new();
+    for h in raw.hosts.iter().flatten() {
+        match host_name(h) {
+            Some(name) => hosts.push(name),
+            None => c.report(
+                &span,
+                "admin",
+                Some("hosts"),
+                format!("{h:?} is not a host name or IP address"),
+                "write names without scheme or port, as clients put them in Host: \"lb1.mgmt.example\", \"10.0.0.5\"",
+            ),
+        }
+    }
+    let header_timeout = timeout(
+        c,
+        &span,
+        "header_timeout",
+        &raw.header_timeout,
+        Duration::from_secs(10),
+    );
+    let request_timeout = timeout(
+        c,
+        &span,
+        "request_timeout",
+        &raw.request_timeout,
+        Duration::from_secs(30),
+    );
+    let max_connections = raw.max_connections.unwrap_or(64);
+    let (min, max) = CONNECTIONS;
+    if !(min..=max).contains(&max_connections) {
+        c.report(
+            &span,
+            "admin",
+            Some("max_connections"),
+            format!("{max_connections} is outside {min}..={max} connections"),
+            format!("set `max_connections` between {min} and {max} (default 64)"),
+        );
+    }
+    Admin {
+        listen,
+        token_file: raw.token_file.map(Into::into),
+        hosts,
+        header_timeout,
+        request_timeout,
+        max_connections,
+    }
+}
+
+fn timeout(
+    c: &mut Checker<'_>,
+    span: &Range<usize>,
+    field: &str,
+    value: &Option<String>,
+    default: Duration,
+) -> Duration {
+    let d = c.duration(span, "admin", field, value, default);
+    let (min, max) = TIMEOUTS;
+    if !(min..=max).contains(&d) {
+        c.report(
+            span,
+            "admin",
+            Some(field),
+            format!("{d:?} is outside 100ms..=10m"),
+            format!(
+                "set `{field}` between \"100ms\" and \"10m\" (default \"{}s\")",
+                default.as_secs()
+            ),
+        );
+        return default;
+    }
+    d
+}
+
+/// An `admin.hosts` entry as Host names are compared: lower case, final dot
+/// removed, IPv6 literals in brackets. None if it is not a name or an IP.
+fn host_name(text: &str) -> Option<String> {
+    let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']'));
+    if let Ok(v6) = bare.unwrap_or(text).parse::<Ipv6Addr>() {
+        return Some(format!("[{v6}]"));
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(ip.to_string());
+    }
+    let name = text.strip_suffix('.').unwrap_or(text);
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    valid.then(|| name.to_ascii_lowercase())
+}
