@@ -1,12 +1,11 @@
 //! The IPVS tier of `vipd run`: reconciles the kernel table at start, on
-//! reload (SIGHUP), every `reconcile_interval` and whenever a health check
+//! reload (SIGHUP, with the configuration the proxy committed), every `reconcile_interval` and whenever a health check
 //! flips (a real server that is down gets weight 0), and on shutdown keeps
 //! or removes vipd's services according to `on_shutdown`.
 //!
 //! Netlink calls are blocking, so each pass runs in `spawn_blocking`; the
 //! [`Reconciler`] (with its drain timestamps) travels with it.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use super::{IpvsSocket, Reconciler, Service, desired, reconcile};
-use crate::config::{self, Config, OnShutdown};
+use crate::config::{Config, OnShutdown};
 use crate::health::IpvsHealth;
 
 /// What the tier is asked to converge to.
@@ -48,7 +47,6 @@ pub struct IpvsTier {
     desired: watch::Sender<Arc<Desired>>,
     stop: Arc<Notify>,
     task: JoinHandle<Reconciler>,
-    source: Option<PathBuf>,
 }
 
 /// The services to converge to: the config's, with real servers that fail
@@ -149,25 +147,12 @@ impl IpvsTier {
             desired: tx,
             stop,
             task,
-            source: cfg.source.clone(),
         }))
     }
 
     /// Converges to a new config now (SIGHUP).
     pub fn reload(&self, cfg: &Config) {
         self.desired.send_replace(Arc::new(Desired::of(cfg)));
-    }
-
-    /// Re-reads the config file this tier was started from and converges to
-    /// it; on a bad file the previous state stays in force.
-    pub fn reload_from_source(&self) {
-        let Some(path) = &self.source else { return };
-        match config::load(path) {
-            Ok(cfg) => self.reload(&cfg),
-            Err(e) => {
-                error!(error = %e, "ipvs: reload failed; the previous IPVS configuration stays")
-            }
-        }
     }
 
     /// Stops the task; with `on_shutdown = "remove"` deletes vipd's services.
