@@ -1,7 +1,8 @@
 //! The IPVS tier of `vipd run`: reconciles the kernel table at start, on
-//! reload (SIGHUP, with the configuration the proxy committed), every `reconcile_interval` and whenever a health check
-//! flips (a real server that is down gets weight 0), and on shutdown keeps
-//! or removes vipd's services according to `on_shutdown`.
+//! reload (SIGHUP, with the configuration the proxy committed), every
+//! `reconcile_interval` and whenever a health check flips (a real server
+//! that is down gets weight 0), and on shutdown keeps or removes vipd's
+//! services according to `on_shutdown`.
 //!
 //! Netlink calls are blocking, so each pass runs in `spawn_blocking`; the
 //! [`Reconciler`] (with its drain timestamps) travels with it.
