@@ -1,0 +1,538 @@
+//! No configuration value crashes or stalls vipd: every numeric and duration
+//! field is fed its extremes (0, 1, the edges of its range, the largest value
+//! of its type, and for durations "0s", "1ms" and absurdly long ones), first
+//! to `vipd check`, then by SIGHUP to one running vipd. Out-of-range values
+//! get an error naming the field; nothing panics or aborts; a reload never
+//! takes the process down, and the configuration in service keeps serving.
+//!
+//! The values go to "spare" sections (a listener, pool, vhost... that no
+//! request of the test uses), so that an accepted extreme cannot disturb the
+//! "web" listener the test sends traffic through.
+//!
+//! To cover a new field, add one line to [`FIELDS`].
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::Vipd;
+
+/// Where a field lives; the spare section of that kind carries it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Section {
+    Global,
+    Admin,
+    Tls,
+    Listener,
+    Pool,
+    Health,
+    Backend,
+    Persistence,
+    Vhost,
+    Ipvs,
+    Service,
+    RealServer,
+}
+
+use Section::*;
+
+impl Section {
+    /// The field path prefix vipd prints in its errors.
+    fn path(self) -> &'static str {
+        match self {
+            Global => "global",
+            Admin => "admin",
+            Tls => "tls",
+            Listener => "listener \"spare\"",
+            Pool => "pool \"spare\"",
+            Health => "pool \"spare\".health",
+            Backend => "pool \"spare\".backends[0]",
+            Persistence => "persistence \"spare\"",
+            Vhost => "vhost \"spare\"",
+            Ipvs => "ipvs",
+            Service => "ipvs.service \"spare\"",
+            RealServer => "ipvs.service \"spare\".real_servers[0]",
+        }
+    }
+}
+
+/// The range a field accepts.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// An integer in `min..=max`, of a Rust type whose largest value TOML
+    /// can write is `ty`.
+    Int { min: u64, max: u64, ty: u64 },
+    /// A prime in `7..=max`.
+    Prime { max: u64 },
+    /// A duration in `min..=max` (vipd's notation).
+    Dur { min: &'static str, max: &'static str },
+}
+
+/// Largest value TOML can write for each Rust type (TOML integers are i64).
+const U8: u64 = u8::MAX as u64;
+const U32: u64 = u32::MAX as u64;
+const USIZE: u64 = i64::MAX as u64;
+const U64: u64 = i64::MAX as u64;
+
+struct Field {
+    section: Section,
+    name: &'static str,
+    kind: Kind,
+}
+
+const fn int(section: Section, name: &'static str, min: u64, max: u64, ty: u64) -> Field {
+    Field {
+        section,
+        name,
+        kind: Kind::Int { min, max, ty },
+    }
+}
+
+const fn dur(section: Section, name: &'static str, min: &'static str, max: &'static str) -> Field {
+    Field {
+        section,
+        name,
+        kind: Kind::Dur { min, max },
+    }
+}
+
+/// Every numeric and duration field of the configuration, with the range
+/// README.md documents for it.
+const FIELDS: &[Field] = &[
+    int(Global, "workers", 0, 1024, USIZE),
+    int(Global, "max_connections", 1, 10_000_000, USIZE),
+    dur(Global, "grace_period", "0s", "1d"),
+    int(Tls, "session_cache_size", 0, 100_000, USIZE),
+    int(Listener, "backlog", 1, 65_535, U32),
+    int(Listener, "max_connections", 1, 10_000_000, USIZE),
+    int(Listener, "max_connections_per_client", 0, 10_000_000, USIZE),
+    int(Listener, "connection_rate_per_client", 0, 1_000_000, U32),
+    dur(Listener, "handshake_timeout", "100ms", "1d"),
+    dur(Listener, "header_timeout", "100ms", "1d"),
+    dur(Listener, "idle_timeout", "100ms", "7d"),
+    int(Listener, "max_header_bytes", 8192, 1_048_576, USIZE),
+    int(Listener, "max_headers", 1, 1000, USIZE),
+    Field {
+        section: Pool,
+        name: "mh_table_size",
+        kind: Kind::Prime { max: 131_071 },
+    },
+    dur(Pool, "connect_timeout", "100ms", "1d"),
+    dur(Pool, "response_timeout", "100ms", "1d"),
+    dur(Pool, "slow_start", "0s", "1d"),
+    int(Pool, "passive_fall", 0, 1000, U32),
+    dur(Pool, "passive_cooldown", "100ms", "1d"),
+    dur(Pool, "idle_timeout", "100ms", "1d"),
+    int(Pool, "max_idle", 0, 10_000, USIZE),
+    dur(Health, "interval", "100ms", "1h"),
+    dur(Health, "timeout", "100ms", "1h"),
+    int(Health, "rise", 1, 1000, U32),
+    int(Health, "fall", 1, 1000, U32),
+    int(Backend, "weight", 0, 65_535, U32),
+    dur(Persistence, "timeout", "1s", "30d"),
+    int(Persistence, "netmask_v6", 0, 128, U8),
+    int(Persistence, "max_entries", 1, 10_000_000, USIZE),
+    dur(Vhost, "hsts_max_age", "0s", "730d"),
+    int(Vhost, "max_body_size", 0, 1 << 40, U64),
+    dur(Ipvs, "reconcile_interval", "1s", "1d"),
+    dur(Ipvs, "drain_period", "0s", "1d"),
+    int(Service, "fwmark", 1, U32, U32),
+    int(RealServer, "weight", 0, 65_535, U32),
+    int(RealServer, "upper_threshold", 0, 65_535, U32),
+    int(RealServer, "lower_threshold", 0, 65_535, U32),
+];
+
+/// Milliseconds of a duration in vipd's notation.
+fn millis(text: &str) -> u128 {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap();
+    let n: u128 = text[..split].parse().unwrap();
+    n * match &text[split..] {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        u => panic!("unit {u}"),
+    }
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+/// One value to try: as written in TOML, and whether vipd must accept it.
+#[derive(Clone, Debug)]
+struct Try {
+    text: String,
+    valid: bool,
+}
+
+impl Field {
+    fn path(&self) -> String {
+        format!("{}.{}", self.section.path(), self.name)
+    }
+
+    /// The extremes of this field, each once.
+    fn extremes(&self) -> Vec<Try> {
+        let mut out: Vec<Try> = Vec::new();
+        let mut add = |text: String, valid: bool| {
+            if !out.iter().any(|t| t.text == text) {
+                out.push(Try { text, valid });
+            }
+        };
+        match self.kind {
+            Kind::Int { min, max, ty } => {
+                let mut values = vec![0, 1, min, max, ty];
+                values.extend(min.checked_sub(1));
+                values.extend((max < ty).then_some(max + 1));
+                for v in values {
+                    add(v.to_string(), (min..=max).contains(&v));
+                }
+            }
+            Kind::Prime { max } => {
+                for v in [0, 1, 2, 7, max, max + 1, 2_147_483_647, U32] {
+                    add(v.to_string(), is_prime(v) && (7..=max).contains(&v));
+                }
+            }
+            Kind::Dur { min, max } => {
+                let (lo, hi) = (millis(min), millis(max));
+                let mut values = vec![
+                    "0s".to_string(),
+                    "1ms".to_string(),
+                    min.to_string(),
+                    max.to_string(),
+                    format!("{}ms", hi + 1),
+                    "99999999999d".to_string(),
+                    format!("{}s", u64::MAX),
+                ];
+                values.extend((lo > 0).then(|| format!("{}ms", lo - 1)));
+                for v in values {
+                    let ms = millis(&v);
+                    add(v, (lo..=hi).contains(&ms));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The configuration: a "web" TCP listener to `web` (the traffic of the
+/// test) and spare sections carrying `values`. `ipvs` adds the IPVS
+/// sections (never in the file vipd starts with: IPVS needs the kernel).
+fn render(web: SocketAddr, values: &[(&Field, &str)], ipvs: bool) -> String {
+    let base: &[(Section, &[(&str, &str)])] = &[
+        (Global, &[("grace_period", "\"1s\"")]),
+        (Admin, &[("listen", "\"127.0.0.1:0\"")]),
+        (Tls, &[]),
+        (
+            Listener,
+            &[
+                ("name", "\"spare\""),
+                ("bind", "\"127.0.0.1:0\""),
+                ("protocol", "\"http\""),
+                ("vhosts", "[\"spare\"]"),
+                ("persistence", "\"spare\""),
+            ],
+        ),
+        (
+            Pool,
+            &[
+                ("name", "\"spare\""),
+                ("scheduler", "\"mh\""),
+                ("passive_cooldown", "\"1s\""),
+            ],
+        ),
+        (Health, &[("kind", "\"tcp\"")]),
+        (Backend, &[("address", "\"127.0.0.1:9\"")]),
+        (Persistence, &[("name", "\"spare\"")]),
+        (
+            Vhost,
+            &[
+                ("name", "\"spare\""),
+                ("hosts", "[\"spare.test\"]"),
+                ("pool", "\"spare\""),
+            ],
+        ),
+        (Ipvs, &[]),
+        (
+            Service,
+            &[
+                ("name", "\"spare\""),
+                ("fwmark", "1"),
+                ("persistence", "\"spare\""),
+            ],
+        ),
+        (RealServer, &[("address", "\"192.0.2.21:0\"")]),
+    ];
+    let fields = |section: Section| -> Vec<String> {
+        let mut kv: Vec<(String, String)> = base
+            .iter()
+            .find(|(s, _)| *s == section)
+            .map(|(_, kv)| {
+                kv.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (f, v) in values.iter().filter(|(f, _)| f.section == section) {
+            let v = match f.kind {
+                Kind::Dur { .. } => format!("{v:?}"),
+                _ => v.to_string(),
+            };
+            match kv.iter_mut().find(|(k, _)| k == f.name) {
+                Some(slot) => slot.1 = v,
+                None => kv.push((f.name.to_string(), v)),
+            }
+        }
+        kv.into_iter().map(|(k, v)| format!("{k} = {v}")).collect()
+    };
+    let lines = |section| fields(section).join("\n");
+    let inline = |section| format!("{{ {} }}", fields(section).join(", "));
+    let mut text = format!(
+        r#"[global]
+{}
+
+[admin]
+{}
+
+[tls]
+{}
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "tcp"
+pool = "web"
+
+[[pool]]
+name = "web"
+backends = [{{ address = "{web}" }}]
+
+[[listener]]
+{}
+
+[[pool]]
+{}
+backends = [{}]
+health = {}
+
+[[persistence]]
+{}
+
+[[vhost]]
+{}
+"#,
+        lines(Global),
+        lines(Admin),
+        lines(Tls),
+        lines(Listener),
+        lines(Pool),
+        inline(Backend),
+        inline(Health),
+        lines(Persistence),
+        lines(Vhost),
+    );
+    if ipvs {
+        text.push_str(&format!(
+            "\n[ipvs]\n{}\n\n[[ipvs.service]]\n{}\nreal_servers = [{}]\n",
+            lines(Ipvs),
+            lines(Service),
+            inline(RealServer),
+        ));
+    }
+    text
+}
+
+/// Round `k` takes the `k`-th extreme of every field (fields with fewer
+/// extremes sit the round out), so that a few files try every extreme.
+fn rounds() -> Vec<Vec<(&'static Field, Try)>> {
+    let all: Vec<(&Field, Vec<Try>)> = FIELDS.iter().map(|f| (f, f.extremes())).collect();
+    let n = all.iter().map(|(_, e)| e.len()).max().unwrap();
+    (0..n)
+        .map(|k| {
+            all.iter()
+                .filter_map(|(f, e)| e.get(k).map(|t| (*f, t.clone())))
+                .collect()
+        })
+        .collect()
+}
+
+/// A TCP echo server on 127.0.0.1, one thread per connection.
+fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0; 1024];
+                while let Ok(n @ 1..) = s.read(&mut buf) {
+                    if s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// One exchange through the "web" listener.
+fn echo_through(addr: SocketAddr) -> Vec<u8> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"ping").unwrap();
+    let mut got = [0; 4];
+    s.read_exact(&mut got).unwrap();
+    got.to_vec()
+}
+
+fn vipd_check(path: &Path) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vipd"))
+        .args(["check", "-c"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+/// Peak and current resident memory of `pid`, in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Whether `log` reports `field` as a problem: vipd prints
+/// `file:line:col: <field>: <problem>`.
+fn names(log: &str, field: &Field) -> bool {
+    log.contains(&format!(": {}: ", field.path()))
+}
+
+#[test]
+fn vipd_check_accepts_every_value_in_range_and_names_the_field_of_every_other_without_crashing() {
+    let dir = support::tempdir();
+    let path = dir.join("bounds.toml");
+    let web: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let base = render(web, &[], true);
+    std::fs::write(&path, &base).unwrap();
+    let (code, text) = vipd_check(&path);
+    assert_eq!(code, Some(0), "the base file must pass:\n{base}\n{text}");
+    for round in rounds() {
+        let values: Vec<(&Field, &str)> = round.iter().map(|(f, t)| (*f, t.text.as_str())).collect();
+        let config = render(web, &values, true);
+        std::fs::write(&path, &config).unwrap();
+        let (code, text) = vipd_check(&path);
+        let context = format!("file:\n{config}\nvipd check said:\n{text}");
+        assert!(!text.contains("panicked"), "{context}");
+        let bad: Vec<&Field> = round
+            .iter()
+            .filter(|(_, t)| !t.valid)
+            .map(|(f, _)| *f)
+            .collect();
+        assert_eq!(
+            code,
+            Some(if bad.is_empty() { 0 } else { 64 }),
+            "{context}"
+        );
+        for (f, t) in &round {
+            assert_eq!(
+                names(&text, f),
+                !t.valid,
+                "{} = {} must be {}; {context}",
+                f.path(),
+                t.text,
+                if t.valid { "accepted" } else { "refused, naming the field" }
+            );
+        }
+        if !bad.is_empty() {
+            let n = bad.len();
+            assert!(
+                text.contains(&format!(": {n} configuration error")),
+                "one error per bad field ({n}); {context}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn no_reload_takes_vipd_down_whatever_number_the_new_file_carries() {
+    let started = Instant::now();
+    let echo = echo_server();
+    let mut vipd = Vipd::run(&render(echo, &[], false));
+    let addr = vipd.listening(&["web", "spare"])["web"];
+    assert_eq!(echo_through(addr), b"ping");
+    let path = vipd.dir.join("vipd.toml");
+    let pid = vipd.child.id();
+    let mut reloads = 0;
+    let mut peak = 0;
+    // Sends `config` by SIGHUP, waits until the log says `outcome` and every
+    // `needle`, then checks that vipd is up, serves "web" and stays small.
+    let mut reload = |vipd: &mut Vipd, config: &str, outcome: &str, needles: &[String]| {
+        let from = vipd.log().len();
+        std::fs::write(&path, config).unwrap();
+        vipd.signal("HUP");
+        reloads += 1;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = vipd.log();
+            let new = &log[from..];
+            if new.contains(outcome) && needles.iter().all(|n| new.contains(n.as_str())) {
+                break;
+            }
+            assert!(vipd.alive(), "vipd exited on reload of:\n{config}\nlog:\n{new}");
+            assert!(
+                Instant::now() < deadline,
+                "no {outcome:?} naming {needles:?} after reloading:\n{config}\nlog:\n{new}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(vipd.alive(), "vipd exited after reloading:\n{config}");
+        assert_eq!(echo_through(addr), b"ping", "after reloading:\n{config}");
+        let (hwm, rss) = memory_kib(pid);
+        assert!(
+            hwm < 300 * 1024,
+            "peak RSS {hwm} KiB (now {rss} KiB) after reloading:\n{config}"
+        );
+        peak = peak.max(hwm);
+    };
+    // every out-of-range value on its own: the error must name it, and the
+    // configuration in service must keep serving
+    for f in FIELDS {
+        for t in f.extremes().into_iter().filter(|t| !t.valid) {
+            let config = render(echo, &[(f, &t.text)], true);
+            let needle = format!(": {}: ", f.path());
+            reload(&mut vipd, &config, "reload failed", &[needle]);
+        }
+    }
+    // in-range extremes are accepted, a few files for all of them
+    for round in rounds() {
+        let values: Vec<(&Field, &str)> = round
+            .iter()
+            .filter(|(_, t)| t.valid)
+            .map(|(f, t)| (*f, t.text.as_str()))
+            .collect();
+        if !values.is_empty() {
+            reload(&mut vipd, &render(echo, &values, true), "reload complete", &[]);
+        }
+    }
+    let log = vipd.log();
+    assert!(!log.contains("panicked"), "log:\n{log}");
+    assert!(vipd.alive());
+    eprintln!(
+        "{reloads} reloads in {:?}, peak RSS {peak} KiB",
+        started.elapsed()
+    );
+}
