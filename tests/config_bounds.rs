@@ -66,7 +66,8 @@ enum Kind {
     /// An integer in `min..=max`, of a Rust type whose largest value TOML
     /// can write is `ty`.
     Int { min: u64, max: u64, ty: u64 },
-    /// A prime in `7..=max`.
+    /// A prime in `7..=max`. The extremes include the largest primes of
+    /// i32 and u32, which once aborted a reload and overflowed the check.
     Prime { max: u64 },
     /// A duration in `min..=max` (vipd's notation).
     Dur { min: &'static str, max: &'static str },
@@ -194,7 +195,7 @@ impl Field {
                 }
             }
             Kind::Prime { max } => {
-                for v in [0, 1, 2, 7, max, max + 1, 2_147_483_647, U32] {
+                for v in [0, 1, 2, 7, max, max + 1, 2_147_483_647, 4_294_967_291, U32] {
                     add(v.to_string(), is_prime(v) && (7..=max).contains(&v));
                 }
             }

@@ -745,7 +745,8 @@ fn pool(
         );
     }
     let mh_table_size = raw.mh_table_size.unwrap_or(65_537);
-    if !is_prime(mh_table_size) || !(7..=MAX_MH_TABLE).contains(&mh_table_size) {
+    // the range first: trial division of a large prime would take seconds
+    if !(7..=MAX_MH_TABLE).contains(&mh_table_size) || !is_prime(mh_table_size) {
         c.report(
             &span,
             &p,
@@ -883,6 +884,7 @@ fn nonzero_port(c: &mut Checker<'_>, span: &Range<usize>, path: &str, field: &st
 }
 
 fn is_prime(n: u32) -> bool {
+    let n = u64::from(n);
     n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
 }
 
