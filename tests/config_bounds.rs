@@ -70,7 +70,10 @@ enum Kind {
     /// i32 and u32, which once aborted a reload and overflowed the check.
     Prime { max: u64 },
     /// A duration in `min..=max` (vipd's notation).
-    Dur { min: &'static str, max: &'static str },
+    Dur {
+        min: &'static str,
+        max: &'static str,
+    },
 }
 
 /// Largest value TOML can write for each Rust type (TOML integers are i64).
@@ -348,6 +351,33 @@ health = {}
     text
 }
 
+/// `render` plus an https listener whose vhost's certificate and key are
+/// the files `cert` and `key`.
+fn with_certificate(web: SocketAddr, cert: &Path, key: &Path) -> String {
+    render(web, &[], false)
+        + &format!(
+            r#"
+[[listener]]
+name = "tls"
+bind = "127.0.0.1:0"
+protocol = "https"
+vhosts = ["tls"]
+
+[[vhost]]
+name = "tls"
+hosts = ["tls.test"]
+pool = "spare"
+certificates = [{{ cert = {cert:?}, key = {key:?} }}]
+"#
+        )
+}
+
+/// A FIFO at `path` (nothing ever writes to it).
+fn fifo(path: &Path) {
+    let ok = Command::new("mkfifo").arg(path).status().unwrap().success();
+    assert!(ok, "mkfifo {}", path.display());
+}
+
 /// Round `k` takes the `k`-th extreme of every field (fields with fewer
 /// extremes sit the round out), so that a few files try every extreme.
 fn rounds() -> Vec<Vec<(&'static Field, Try)>> {
@@ -391,13 +421,22 @@ fn echo_through(addr: SocketAddr) -> Vec<u8> {
     got.to_vec()
 }
 
+/// Address space allowed to `vipd check`: any allocation near it aborts
+/// the check, which the tests see.
+const CHECK_MEMORY_KIB: u64 = 1024 * 1024;
+
+/// `vipd check -c path` under a [`CHECK_MEMORY_KIB`] address-space limit:
+/// exit code and everything it printed.
 fn vipd_check(path: &Path) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vipd"))
-        .args(["check", "-c"])
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -v {CHECK_MEMORY_KIB} && exec \"$0\" check -c \"$1\""))
+        .arg(env!("CARGO_BIN_EXE_vipd"))
         .arg(path)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code(), text)
 }
 
@@ -431,7 +470,8 @@ fn vipd_check_accepts_every_value_in_range_and_names_the_field_of_every_other_wi
     let (code, text) = vipd_check(&path);
     assert_eq!(code, Some(0), "the base file must pass:\n{base}\n{text}");
     for round in rounds() {
-        let values: Vec<(&Field, &str)> = round.iter().map(|(f, t)| (*f, t.text.as_str())).collect();
+        let values: Vec<(&Field, &str)> =
+            round.iter().map(|(f, t)| (*f, t.text.as_str())).collect();
         let config = render(web, &values, true);
         std::fs::write(&path, &config).unwrap();
         let (code, text) = vipd_check(&path);
@@ -442,11 +482,7 @@ fn vipd_check_accepts_every_value_in_range_and_names_the_field_of_every_other_wi
             .filter(|(_, t)| !t.valid)
             .map(|(f, _)| *f)
             .collect();
-        assert_eq!(
-            code,
-            Some(if bad.is_empty() { 0 } else { 64 }),
-            "{context}"
-        );
+        assert_eq!(code, Some(if bad.is_empty() { 0 } else { 64 }), "{context}");
         for (f, t) in &round {
             assert_eq!(
                 names(&text, f),
@@ -454,7 +490,11 @@ fn vipd_check_accepts_every_value_in_range_and_names_the_field_of_every_other_wi
                 "{} = {} must be {}; {context}",
                 f.path(),
                 t.text,
-                if t.valid { "accepted" } else { "refused, naming the field" }
+                if t.valid {
+                    "accepted"
+                } else {
+                    "refused, naming the field"
+                }
             );
         }
         if !bad.is_empty() {
@@ -493,7 +533,10 @@ fn no_reload_takes_vipd_down_whatever_number_the_new_file_carries() {
             if new.contains(outcome) && needles.iter().all(|n| new.contains(n.as_str())) {
                 break;
             }
-            assert!(vipd.alive(), "vipd exited on reload of:\n{config}\nlog:\n{new}");
+            assert!(
+                vipd.alive(),
+                "vipd exited on reload of:\n{config}\nlog:\n{new}"
+            );
             assert!(
                 Instant::now() < deadline,
                 "no {outcome:?} naming {needles:?} after reloading:\n{config}\nlog:\n{new}"
@@ -526,9 +569,19 @@ fn no_reload_takes_vipd_down_whatever_number_the_new_file_carries() {
             .map(|(f, t)| (*f, t.text.as_str()))
             .collect();
         if !values.is_empty() {
-            reload(&mut vipd, &render(echo, &values, true), "reload complete", &[]);
+            reload(
+                &mut vipd,
+                &render(echo, &values, true),
+                "reload complete",
+                &[],
+            );
         }
     }
+    // a certificate that is a FIFO nobody writes to: refused, not waited for
+    let pipe = vipd.dir.join("cert.fifo");
+    fifo(&pipe);
+    let needle = "the certificate file is not a regular file".to_string();
+    reload(&mut vipd, &with_certificate(echo, &pipe, &pipe), "reload failed", &[needle]);
     let log = vipd.log();
     assert!(!log.contains("panicked"), "log:\n{log}");
     assert!(vipd.alive());
@@ -536,4 +589,35 @@ fn no_reload_takes_vipd_down_whatever_number_the_new_file_carries() {
         "{reloads} reloads in {:?}, peak RSS {peak} KiB",
         started.elapsed()
     );
+}
+
+#[test]
+fn a_certificate_path_naming_a_device_a_fifo_or_a_huge_file_is_refused_at_once() {
+    let dir = support::tempdir();
+    let web: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let (pipe, big) = (dir.join("cert.fifo"), dir.join("big.pem"));
+    fifo(&pipe);
+    std::fs::write(&big, vec![b'A'; 2 * 1024 * 1024]).unwrap();
+    let zero = Path::new("/dev/zero");
+    let path = dir.join("vipd.toml");
+    for (file, problem) in [
+        (zero, "the certificate file is not a regular file"),
+        (&pipe, "the certificate file is not a regular file"),
+        (&big, "the certificate file is larger than 1048576 bytes"),
+    ] {
+        std::fs::write(&path, with_certificate(web, file, &big)).unwrap();
+        let started = Instant::now();
+        let (code, text) = vipd_check(&path);
+        assert_eq!(code, Some(64), "{text}");
+        assert!(
+            text.contains(&format!("vhost \"tls\".certificates[0].cert: {}: {problem}", file.display())),
+            "{text}"
+        );
+        assert!(
+            text.contains("the key file is larger than 1048576 bytes"),
+            "{text}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "{text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
