@@ -430,7 +430,9 @@ const CHECK_MEMORY_KIB: u64 = 1024 * 1024;
 fn vipd_check(path: &Path) -> (Option<i32>, String) {
     let out = Command::new("sh")
         .arg("-c")
-        .arg(format!("ulimit -v {CHECK_MEMORY_KIB} && exec \"$0\" check -c \"$1\""))
+        .arg(format!(
+            "ulimit -v {CHECK_MEMORY_KIB} && exec \"$0\" check -c \"$1\""
+        ))
         .arg(env!("CARGO_BIN_EXE_vipd"))
         .arg(path)
         .output()
@@ -581,7 +583,12 @@ fn no_reload_takes_vipd_down_whatever_number_the_new_file_carries() {
     let pipe = vipd.dir.join("cert.fifo");
     fifo(&pipe);
     let needle = "the certificate file is not a regular file".to_string();
-    reload(&mut vipd, &with_certificate(echo, &pipe, &pipe), "reload failed", &[needle]);
+    reload(
+        &mut vipd,
+        &with_certificate(echo, &pipe, &pipe),
+        "reload failed",
+        &[needle],
+    );
     let log = vipd.log();
     assert!(!log.contains("panicked"), "log:\n{log}");
     assert!(vipd.alive());
@@ -610,7 +617,10 @@ fn a_certificate_path_naming_a_device_a_fifo_or_a_huge_file_is_refused_at_once()
         let (code, text) = vipd_check(&path);
         assert_eq!(code, Some(64), "{text}");
         assert!(
-            text.contains(&format!("vhost \"tls\".certificates[0].cert: {}: {problem}", file.display())),
+            text.contains(&format!(
+                "vhost \"tls\".certificates[0].cert: {}: {problem}",
+                file.display()
+            )),
             "{text}"
         );
         assert!(
@@ -620,4 +630,39 @@ fn a_certificate_path_naming_a_device_a_fifo_or_a_huge_file_is_refused_at_once()
         assert!(started.elapsed() < Duration::from_secs(10), "{text}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_out_of_range_value_is_reported_once_with_its_bounds_and_default() {
+    let text = r#"[global]
+workers = 100000
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "tcp"
+pool = "web"
+idle_timeout = "0s"
+
+[[pool]]
+name = "web"
+mh_table_size = 2147483647
+connect_timeout = "99999999999d"
+backends = [{ address = "127.0.0.1:0", weight = 65536 }]
+"#;
+    let problems: Vec<String> = match vipd::config::parse(text, Path::new("site.toml")) {
+        Ok(_) => panic!("config unexpectedly valid"),
+        Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+    };
+    assert_eq!(
+        problems,
+        vec![
+            "2:1: global.workers: 100000 is outside 0..=1024 threads\n    fix: set `workers` between 0 and 1024 (default 0)",
+            "11:1: pool \"web\".backends[0].address: 127.0.0.1:0 has port 0, which no connection can reach\n    fix: write the port the server listens on, e.g. \"192.0.2.21:80\"",
+            "11:1: pool \"web\".backends[0].weight: 65536 is outside 0..=65535\n    fix: set `weight` between 0 and 65535 (default 1)",
+            "13:1: pool \"web\".mh_table_size: 2147483647 is not a prime in 7..=131071\n    fix: use a prime well above 100 x the number of backends, at most 131071 (the kernel's largest), e.g. 65537",
+            "14:1: pool \"web\".connect_timeout: \"99999999999d\" is outside 100ms..=1d\n    fix: set `connect_timeout` between \"100ms\" and \"1d\" (default \"5s\")",
+            "9:1: listener \"web\".idle_timeout: \"0s\" is outside 100ms..=7d\n    fix: set `idle_timeout` between \"100ms\" and \"7d\" (default \"1h\")",
+        ]
+    );
 }
