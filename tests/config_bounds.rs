@@ -666,3 +666,23 @@ backends = [{ address = "127.0.0.1:0", weight = 65536 }]
         ]
     );
 }
+
+#[test]
+fn a_health_check_path_or_host_that_no_request_can_carry_is_refused() {
+    let text = r#"[[pool]]
+name = "web"
+backends = [{ address = "127.0.0.1:80" }]
+health = { kind = "http", path = "healthz now", host = "a b" }
+"#;
+    let problems: Vec<String> = match vipd::config::parse(text, Path::new("site.toml")) {
+        Ok(_) => panic!("config unexpectedly valid"),
+        Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+    };
+    assert_eq!(
+        problems,
+        vec![
+            "1:1: pool \"web\".health.path: \"healthz now\" is not a request path\n    fix: write an absolute path without spaces, e.g. \"/healthz\"",
+            "1:1: pool \"web\".health.host: \"a b\" is not a host name\n    fix: write the Host the backend expects, e.g. \"www.example.com\"",
+        ]
+    );
+}

@@ -666,6 +666,28 @@ fn health(c: &mut Checker<'_>, span: &Range<usize>, path: &str, raw: &RawHealth)
             (200, 399)
         }),
     };
+    if let Some(path) = &raw.path {
+        if !path.starts_with('/') || path.parse::<hyper::http::uri::PathAndQuery>().is_err() {
+            c.report(
+                span,
+                &p,
+                Some("path"),
+                format!("{path:?} is not a request path"),
+                "write an absolute path without spaces, e.g. \"/healthz\"",
+            );
+        }
+    }
+    if let Some(host) = &raw.host {
+        if host.is_empty() || !host.bytes().all(|b| b.is_ascii_graphic()) {
+            c.report(
+                span,
+                &p,
+                Some("host"),
+                format!("{host:?} is not a host name"),
+                "write the Host the backend expects, e.g. \"www.example.com\"",
+            );
+        }
+    }
     let rise = c.number(span, &p, "rise", raw.rise, 1..=1000, "results", 2);
     let fall = c.number(span, &p, "fall", raw.fall, 1..=1000, "results", 3);
     HealthCheck {
