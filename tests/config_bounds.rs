@@ -686,3 +686,22 @@ health = { kind = "http", path = "healthz now", host = "a b" }
         ]
     );
 }
+
+#[test]
+fn an_ipvs_real_server_listed_twice_is_refused_as_a_pool_backend_is() {
+    let text = r#"[[ipvs.service]]
+name = "web"
+address = "198.51.100.100:80"
+real_servers = [{ address = "192.0.2.21:80" }, { address = "192.0.2.21:80", weight = 2 }]
+"#;
+    let problems: Vec<String> = match vipd::config::parse(text, Path::new("site.toml")) {
+        Ok(_) => panic!("config unexpectedly valid"),
+        Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+    };
+    assert_eq!(
+        problems,
+        vec![
+            "1:2: ipvs.service \"web\".real_servers[1]: real server 192.0.2.21:80 is listed twice\n    fix: list each real server once; use `weight` to give it a larger share",
+        ]
+    );
+}

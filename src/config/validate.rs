@@ -1569,6 +1569,7 @@ fn ipvs(
             Forwarding::Dr,
         );
         let mut real_servers = Vec::new();
+        let mut seen = HashSet::new();
         for (j, r) in s.real_servers.iter().enumerate() {
             let rp = format!("{p}.real_servers[{j}]");
             let Some(text) = c.required(&span, &rp, "address", &r.address, "\"198.51.100.11:80\"")
@@ -1578,6 +1579,15 @@ fn ipvs(
             let Some(address) = c.socket_addr(&span, &rp, "address", text) else {
                 continue;
             };
+            if !seen.insert(address) {
+                c.report(
+                    &span,
+                    &rp,
+                    None,
+                    format!("real server {address} is listed twice"),
+                    "list each real server once; use `weight` to give it a larger share",
+                );
+            }
             if let Some(IpvsVirtual::Address { address: vip, .. }) = virtual_service {
                 if forwarding != Forwarding::Nat && address.port() != vip.port() {
                     c.report(

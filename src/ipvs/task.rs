@@ -61,12 +61,15 @@ fn effective(d: &Desired, health: Option<&IpvsHealth>) -> Vec<Service> {
 }
 
 /// One pass off the async runtime: open a socket (so that a module loaded
-/// after start is picked up), reconcile, log.
+/// after start is picked up), reconcile, log. A pass that panics is an
+/// error, and the next pass starts from a fresh reconciler (forgetting
+/// drain timestamps) instead of the tier stopping for good.
 async fn pass(
     mut r: Reconciler,
     d: Arc<Desired>,
     health: Option<Arc<IpvsHealth>>,
 ) -> (Reconciler, super::Result<()>) {
+    let policy = d.policy.clone();
     let res = tokio::task::spawn_blocking(move || {
         r.set_policy(d.policy.clone());
         let services = effective(&d, health.as_deref());
@@ -83,7 +86,10 @@ async fn pass(
         (r, res)
     })
     .await;
-    res.expect("ipvs reconcile pass panicked")
+    res.unwrap_or_else(|e| {
+        let e = std::io::Error::other(format!("the reconcile pass panicked: {e}"));
+        (Reconciler::new(policy), Err(super::Error::Io(e)))
+    })
 }
 
 impl IpvsTier {
@@ -151,9 +157,18 @@ impl IpvsTier {
         }))
     }
 
-    /// Converges to a new config now (SIGHUP).
+    /// Converges to a new config now (SIGHUP). Should turning the config
+    /// into kernel services panic, the error is logged and the services in
+    /// force stay (`Desired::of` only reads `cfg`, so unwinding is sound).
     pub fn reload(&self, cfg: &Config) {
-        self.desired.send_replace(Arc::new(Desired::of(cfg)));
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Desired::of(cfg))) {
+            Ok(d) => {
+                self.desired.send_replace(Arc::new(d));
+            }
+            Err(_) => error!(
+                "ipvs: building the new IPVS configuration failed unexpectedly; the previous one stays"
+            ),
+        }
     }
 
     /// Stops the task; with `on_shutdown = "remove"` deletes vipd's services.
