@@ -589,6 +589,18 @@ fn no_reload_takes_vipd_down_whatever_number_the_new_file_carries() {
         "reload failed",
         &[needle],
     );
+    // an admin token file that is a FIFO or /dev/zero: refused, not read
+    for token in [pipe.as_path(), Path::new("/dev/zero")] {
+        let config = render(echo, &[], false).replace(
+            "[admin]\n",
+            &format!("[admin]\ntoken_file = {:?}\n", token.display().to_string()),
+        );
+        let needle = format!(
+            "cannot read token_file {}: not a regular file",
+            token.display()
+        );
+        reload(&mut vipd, &config, "reload failed", &[needle]);
+    }
     let log = vipd.log();
     assert!(!log.contains("panicked"), "log:\n{log}");
     assert!(vipd.alive());
