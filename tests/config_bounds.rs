@@ -717,3 +717,80 @@ real_servers = [{ address = "192.0.2.21:80" }, { address = "192.0.2.21:80", weig
         ]
     );
 }
+
+/// The numeric and duration fields `src/config/file.rs` declares, by
+/// section: every `Option<integer>`, and every `Option<String>` whose name
+/// says it is a duration.
+fn declared_fields() -> Vec<(Section, String)> {
+    const SOURCE: &str = include_str!("../src/config/file.rs");
+    let sections = [
+        ("RawGlobal", Global),
+        ("RawAdmin", Admin),
+        ("RawTls", Tls),
+        ("RawListener", Listener),
+        ("RawBackend", Backend),
+        ("RawHealth", Health),
+        ("RawPool", Pool),
+        ("RawPersistence", Persistence),
+        ("RawVhost", Vhost),
+        ("RawIpvs", Ipvs),
+        ("RawIpvsService", Service),
+        ("RawRealServer", RealServer),
+    ];
+    let integers = [
+        "u8", "u16", "u32", "u64", "usize", "i8", "i16", "i32", "i64",
+    ];
+    let durations = [
+        "timeout",
+        "interval",
+        "period",
+        "slow_start",
+        "cooldown",
+        "max_age",
+    ];
+    let mut out = Vec::new();
+    let mut section = None;
+    for line in SOURCE.lines() {
+        if let Some(rest) = line.strip_prefix("pub(super) struct ") {
+            let name = rest.split_whitespace().next().unwrap_or("");
+            section = sections.iter().find(|(n, _)| *n == name).map(|(_, s)| *s);
+            continue;
+        }
+        let Some(s) = section else { continue };
+        let Some((name, ty)) = line
+            .trim()
+            .strip_prefix("pub(super) ")
+            .and_then(|f| f.split_once(": "))
+        else {
+            continue;
+        };
+        let ty = ty.trim_end_matches(',');
+        let numeric = integers.iter().any(|i| ty == format!("Option<{i}>"));
+        let duration = ty == "Option<String>" && durations.iter().any(|d| name.ends_with(d));
+        if numeric || duration {
+            out.push((s, name.to_string()));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_numeric_and_duration_field_of_the_file_format_is_in_the_extremes_table() {
+    let declared = declared_fields();
+    for f in FIELDS {
+        assert!(
+            declared.iter().any(|(s, n)| *s == f.section && n == f.name),
+            "{} is in FIELDS but not declared in src/config/file.rs: {declared:?}",
+            f.path()
+        );
+    }
+    let missing: Vec<String> = declared
+        .iter()
+        .filter(|(s, n)| !FIELDS.iter().any(|f| f.section == *s && f.name == n))
+        .map(|(s, n)| format!("{s:?} {n}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "add these fields to FIELDS in tests/config_bounds.rs, with the range vipd enforces: {missing:?}"
+    );
+}
