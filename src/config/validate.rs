@@ -767,7 +767,7 @@ fn pool(
         );
     }
     let mh_table_size = raw.mh_table_size.unwrap_or(65_537);
-    // the range first: trial division of a large prime would take seconds
+    // the range first, so that trial division stays short
     if !(7..=MAX_MH_TABLE).contains(&mh_table_size) || !is_prime(mh_table_size) {
         c.report(
             &span,
