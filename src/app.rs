@@ -44,6 +44,10 @@ pub enum AppError {
     NoSource,
     #[error(transparent)]
     Privileges(#[from] crate::privileges::PrivilegeError),
+    /// Building the new snapshot panicked; the configuration in service is
+    /// kept. Validation is meant to refuse every value that could do this.
+    #[error("building the new configuration failed unexpectedly: {0}")]
+    BuildPanicked(String),
 }
 
 /// Identity of a bound socket: a listener keeps its socket across reloads
@@ -106,7 +110,7 @@ impl Running {
     /// checkers, and start serving.
     pub async fn start(config: Config) -> Result<Arc<Self>, AppError> {
         let config = Arc::new(config);
-        let first = Snapshot::build(config.clone(), None)?;
+        let first = build_snapshot(config.clone(), None)?;
         first.tls.log_summary();
         let plan = prepare_admin(&config, None).await?;
         let snapshot = Arc::new(ArcSwap::from_pointee(first));
@@ -300,7 +304,7 @@ impl Running {
         let current = self.admin.lock().await.as_ref().map(|a| a.configured);
         let plan = prepare_admin(&config, Some(current)).await?;
         let previous = self.snapshot.load_full();
-        let next = Arc::new(Snapshot::build(config.clone(), Some(&previous))?);
+        let next = Arc::new(build_snapshot(config.clone(), Some(&previous))?);
         self.snapshot.store(next.clone());
         if let Err(e) = self.sync_listeners(&config).await {
             previous.pools.claim_backends();
@@ -362,6 +366,33 @@ impl Drop for Running {
     }
 }
 
+/// [`Snapshot::build`], with a panic turned into an error, so that a reload
+/// can never take the process down (the release profile unwinds).
+///
+/// Unwinding here is sound: the build creates new objects, and the only
+/// live state it touches, the previous pools' backend states, is handed
+/// back to those pools before returning (persistence tables and mutexes
+/// recover from poisoning).
+fn build_snapshot(config: Arc<Config>, previous: Option<&Snapshot>) -> Result<Snapshot, AppError> {
+    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Snapshot::build(config, previous)
+    }));
+    match built {
+        Ok(snapshot) => Ok(snapshot?),
+        Err(panic) => {
+            if let Some(p) = previous {
+                p.pools.claim_backends();
+            }
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            Err(AppError::BuildPanicked(why))
+        }
+    }
+}
+
 /// Read the admin token and, if the admin address is new, bind it.
 /// `current` is `None` at start, else the configured address running now.
 async fn prepare_admin(
@@ -415,12 +446,16 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             _ = term.recv() => { info!(signal = "TERM", "shutting down"); break }
             _ = int.recv() => { info!(signal = "INT", "shutting down"); break }
             _ = hup.recv() => {
+                // The IPVS tier follows the configuration the proxy committed,
+                // so that a refused file changes neither tier.
                 match running.reload().await {
-                    Ok(()) => info!("reload complete"),
+                    Ok(()) => {
+                        info!("reload complete");
+                        if let Some(ipvs) = &ipvs {
+                            ipvs.reload(&running.snapshot().config);
+                        }
+                    }
                     Err(e) => error!(error = %e, "reload failed; the previous configuration stays in service"),
-                }
-                if let Some(ipvs) = &ipvs {
-                    ipvs.reload_from_source();
                 }
             }
         }

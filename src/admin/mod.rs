@@ -85,9 +85,26 @@ pub enum AdminError {
     TokenEmpty { path: std::path::PathBuf },
 }
 
-/// Read the bearer token from `path` (surrounding whitespace ignored).
+/// Read the bearer token from `path` (surrounding whitespace ignored). Only
+/// a regular file of at most 64 KiB is read: a FIFO would hold the reload,
+/// `/dev/zero` would fill memory.
 pub fn read_token(path: &Path) -> Result<String, AdminError> {
-    let text = std::fs::read_to_string(path).map_err(|source| AdminError::TokenRead {
+    use std::io::{Error, Read};
+    const MAX: u64 = 64 * 1024;
+    let read = || -> std::io::Result<String> {
+        if !std::fs::metadata(path)?.is_file() {
+            return Err(Error::other("not a regular file"));
+        }
+        let mut text = String::new();
+        std::fs::File::open(path)?
+            .take(MAX + 1)
+            .read_to_string(&mut text)?;
+        if text.len() as u64 > MAX {
+            return Err(Error::other(format!("larger than {MAX} bytes")));
+        }
+        Ok(text)
+    };
+    let text = read().map_err(|source| AdminError::TokenRead {
         path: path.to_path_buf(),
         source,
     })?;

@@ -16,9 +16,26 @@ pub use validate::parse_duration;
 /// The configuration `vipd demo` runs, embedded in the binary.
 pub const DEMO_CONFIG: &str = include_str!("../demo.toml");
 
+/// Largest configuration file read: thousands of vhosts fit in 16 MiB, and
+/// a path naming `/dev/zero` must not fill memory.
+const MAX_FILE: u64 = 16 * 1024 * 1024;
+
 /// Read and validate the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    use std::io::Read;
+    let read = |path: &Path| -> std::io::Result<String> {
+        let mut src = String::new();
+        std::fs::File::open(path)?
+            .take(MAX_FILE + 1)
+            .read_to_string(&mut src)?;
+        if src.len() as u64 > MAX_FILE {
+            return Err(std::io::Error::other(format!(
+                "the file is larger than {MAX_FILE} bytes"
+            )));
+        }
+        Ok(src)
+    };
+    let src = read(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;

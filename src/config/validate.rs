@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -154,6 +154,8 @@ impl Checker<'_> {
         }
     }
 
+    /// A duration of at most a day (or `default` when unset); see
+    /// [`Self::duration_in`] for other bounds.
     fn duration(
         &mut self,
         span: &Range<usize>,
@@ -162,22 +164,78 @@ impl Checker<'_> {
         value: &Option<String>,
         default: Duration,
     ) -> Duration {
-        match value {
-            None => default,
-            Some(text) => match parse_duration(text) {
-                Ok(d) => d,
-                Err(why) => {
-                    self.report(
-                        span,
-                        path,
-                        Some(field),
-                        format!("invalid duration {text:?}: {why}"),
-                        "write a number with a unit: \"500ms\", \"30s\", \"5m\", \"1h\" or \"1d\"",
-                    );
-                    default
-                }
-            },
+        self.duration_in(span, path, field, value, default, Duration::ZERO..=DAY)
+    }
+
+    /// A duration inside `range` (or `default` when unset). Out of range or
+    /// unreadable, it is reported once and `default` is returned, so that
+    /// nothing built from a rejected file sees the bad value.
+    fn duration_in(
+        &mut self,
+        span: &Range<usize>,
+        path: &str,
+        field: &str,
+        value: &Option<String>,
+        default: Duration,
+        range: RangeInclusive<Duration>,
+    ) -> Duration {
+        let Some(text) = value else { return default };
+        let (min, max) = (show(*range.start()), show(*range.end()));
+        match parse_duration(text) {
+            Ok(d) if range.contains(&d) => d,
+            Ok(_) => {
+                self.report(
+                    span,
+                    path,
+                    Some(field),
+                    format!("{text:?} is outside {min}..={max}"),
+                    format!(
+                        "set `{field}` between \"{min}\" and \"{max}\" (default \"{}\")",
+                        show(default)
+                    ),
+                );
+                default
+            }
+            Err(why) => {
+                self.report(
+                    span,
+                    path,
+                    Some(field),
+                    format!("invalid duration {text:?}: {why}"),
+                    "write a number with a unit: \"500ms\", \"30s\", \"5m\", \"1h\" or \"1d\"",
+                );
+                default
+            }
         }
+    }
+
+    /// A number inside `range` (or `default` when unset); `unit` says what
+    /// it counts. Out of range, it is reported once and `default` is
+    /// returned.
+    #[allow(clippy::too_many_arguments)] // where, which field, and its bounds
+    fn number<T: Copy + PartialOrd + std::fmt::Display>(
+        &mut self,
+        span: &Range<usize>,
+        path: &str,
+        field: &str,
+        value: Option<T>,
+        range: RangeInclusive<T>,
+        unit: &str,
+        default: T,
+    ) -> T {
+        let Some(v) = value else { return default };
+        if range.contains(&v) {
+            return v;
+        }
+        let (min, max) = (range.start(), range.end());
+        self.report(
+            span,
+            path,
+            Some(field),
+            format!("{v} is outside {min}..={max} {unit}").trim_end(),
+            format!("set `{field}` between {min} and {max} (default {default})"),
+        );
+        default
     }
 
     fn socket_addr(
@@ -314,6 +372,46 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     d.ok_or_else(|| "it is too large".to_string())
 }
 
+/// One day, the upper bound of most durations: far enough for every
+/// timeout, near enough that `now + duration` never overflows a clock.
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// The shortest timeout or interval: below it a connection's timers or a
+/// health checker would wake the process hundreds of times a second.
+const SHORTEST: Duration = Duration::from_millis(100);
+
+/// Largest connection cap (global, per listener, per client): far above
+/// what one host's file descriptors allow, far below tokio's semaphore limit.
+const MAX_CONNECTIONS: usize = 10_000_000;
+
+/// Largest weight, as ipvsadm allows (the kernel keeps weights in an `int`).
+const MAX_WEIGHT: u32 = 65_535;
+
+/// Largest IPVS connection threshold, as ipvsadm allows.
+const MAX_THRESHOLD: u32 = 65_535;
+
+/// Largest Maglev table: the kernel's biggest (IP_VS_MH_TAB_INDEX 17), 512 KiB.
+const MAX_MH_TABLE: u32 = 131_071;
+
+/// Largest request body limit: 1 TiB.
+const MAX_BODY_SIZE: u64 = 1 << 40;
+
+/// Write a duration back in the unit an operator would use ("100ms", "5m").
+fn show(d: Duration) -> String {
+    let ms = d.as_millis();
+    let units = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1000, "s"),
+    ];
+    match units.iter().find(|(n, _)| ms >= *n && ms % n == 0) {
+        Some((n, unit)) => format!("{}{unit}", ms / n),
+        None if ms == 0 => "0s".into(),
+        None => format!("{ms}ms"),
+    }
+}
+
 /// Parse an IPv4 netmask given as dotted quad or prefix length.
 fn parse_netmask_v4(text: &str) -> Result<u8, String> {
     if let Ok(prefix) = text.parse::<u8>() {
@@ -445,18 +543,8 @@ fn global(c: &mut Checker<'_>, t: Option<&Spanned<toml::Table>>) -> Global {
     let span = t.map_or(WHOLE, |t| t.span());
     let raw: RawGlobal = t.map(|t| c.entry(t, "global")).unwrap_or_default();
     let p = "global";
-    let max_connections = raw.max_connections.unwrap_or(100_000);
-    if max_connections == 0 {
-        c.report(
-            &span,
-            p,
-            Some("max_connections"),
-            "0 would refuse every connection",
-            "set a positive limit, e.g. 100000",
-        );
-    }
     Global {
-        workers: raw.workers.unwrap_or(0),
+        workers: c.number(&span, p, "workers", raw.workers, 0..=1024, "threads", 0),
         grace_period: c.duration(
             &span,
             p,
@@ -464,7 +552,15 @@ fn global(c: &mut Checker<'_>, t: Option<&Spanned<toml::Table>>) -> Global {
             &raw.grace_period,
             Duration::from_secs(30),
         ),
-        max_connections,
+        max_connections: c.number(
+            &span,
+            p,
+            "max_connections",
+            raw.max_connections,
+            1..=MAX_CONNECTIONS,
+            "connections",
+            100_000,
+        ),
         log_format: c.choice(
             &span,
             p,
@@ -502,7 +598,15 @@ fn tls_settings(c: &mut Checker<'_>, t: Option<&Spanned<toml::Table>>) -> TlsSet
             &[(TlsVersion::Tls12, "1.2"), (TlsVersion::Tls13, "1.3")],
             TlsVersion::Tls12,
         ),
-        session_cache_size: raw.session_cache_size.unwrap_or(20_480),
+        session_cache_size: c.number(
+            &span,
+            "tls",
+            "session_cache_size",
+            raw.session_cache_size,
+            0..=100_000,
+            "sessions",
+            20_480,
+        ),
         session_tickets: raw.session_tickets.unwrap_or(true),
         allow_invalid_dates: raw.allow_invalid_dates.unwrap_or(false),
     }
@@ -523,8 +627,22 @@ fn health(c: &mut Checker<'_>, span: &Range<usize>, path: &str, raw: &RawHealth)
         ],
         HealthKind::Tcp,
     );
-    let interval = c.duration(span, &p, "interval", &raw.interval, Duration::from_secs(2));
-    let timeout = c.duration(span, &p, "timeout", &raw.timeout, Duration::from_secs(1));
+    let interval = c.duration_in(
+        span,
+        &p,
+        "interval",
+        &raw.interval,
+        Duration::from_secs(2),
+        SHORTEST..=Duration::from_secs(3600),
+    );
+    let timeout = c.duration_in(
+        span,
+        &p,
+        "timeout",
+        &raw.timeout,
+        Duration::from_secs(1),
+        SHORTEST..=Duration::from_secs(3600),
+    );
     let expect_status = match &raw.expect_status {
         None => (200, 399),
         Some(text) => parse_status_range(text).unwrap_or_else(|| {
@@ -538,18 +656,30 @@ fn health(c: &mut Checker<'_>, span: &Range<usize>, path: &str, raw: &RawHealth)
             (200, 399)
         }),
     };
-    let (rise, fall) = (raw.rise.unwrap_or(2), raw.fall.unwrap_or(3));
-    for (field, v) in [("rise", rise), ("fall", fall)] {
-        if v == 0 {
+    if let Some(path) = &raw.path {
+        if !path.starts_with('/') || path.parse::<hyper::http::uri::PathAndQuery>().is_err() {
             c.report(
                 span,
                 &p,
-                Some(field),
-                "must be at least 1",
-                "count of consecutive results, e.g. rise = 2, fall = 3",
+                Some("path"),
+                format!("{path:?} is not a request path"),
+                "write an absolute path without spaces, e.g. \"/healthz\"",
             );
         }
     }
+    if let Some(host) = &raw.host {
+        if host.is_empty() || !host.bytes().all(|b| b.is_ascii_graphic()) {
+            c.report(
+                span,
+                &p,
+                Some("host"),
+                format!("{host:?} is not a host name"),
+                "write the Host the backend expects, e.g. \"www.example.com\"",
+            );
+        }
+    }
+    let rise = c.number(span, &p, "rise", raw.rise, 1..=1000, "results", 2);
+    let fall = c.number(span, &p, "fall", raw.fall, 1..=1000, "results", 3);
     HealthCheck {
         kind,
         interval,
@@ -611,9 +741,10 @@ fn pool(
                 "list each backend once; use `weight` to give it a larger share",
             );
         }
+        nonzero_port(c, &span, &bp, "address", address);
         backends.push(Backend {
             address,
-            weight: b.weight.unwrap_or(1),
+            weight: c.number(&span, &bp, "weight", b.weight, 0..=MAX_WEIGHT, "", 1),
         });
     }
     if backends.is_empty() && raw.backends.is_empty() {
@@ -626,41 +757,53 @@ fn pool(
         );
     }
     let mh_table_size = raw.mh_table_size.unwrap_or(65_537);
-    if !is_prime(mh_table_size) || mh_table_size < 7 {
+    // the range first, so that trial division stays short
+    if !(7..=MAX_MH_TABLE).contains(&mh_table_size) || !is_prime(mh_table_size) {
         c.report(
             &span,
             &p,
             Some("mh_table_size"),
-            format!("{mh_table_size} is not a prime of at least 7"),
-            "use a prime well above 100 x the number of backends, e.g. 65537",
+            format!("{mh_table_size} is not a prime in 7..={MAX_MH_TABLE}"),
+            format!("use a prime well above 100 x the number of backends, at most {MAX_MH_TABLE} (the kernel's largest), e.g. 65537"),
         );
     }
     let on_all_down = on_all_down(c, &span, &p, &raw);
     Pool {
         slow_start: c.duration(&span, &p, "slow_start", &raw.slow_start, Duration::ZERO),
         on_all_down,
-        passive_fall: raw.passive_fall.unwrap_or(3),
-        passive_cooldown: c.duration(
+        passive_fall: c.number(
+            &span,
+            &p,
+            "passive_fall",
+            raw.passive_fall,
+            0..=1000,
+            "failures (0 = passive checks off)",
+            3,
+        ),
+        passive_cooldown: c.duration_in(
             &span,
             &p,
             "passive_cooldown",
             &raw.passive_cooldown,
             Duration::from_secs(10),
+            SHORTEST..=DAY,
         ),
         health: raw.health.as_ref().map(|h| health(c, &span, &p, h)),
-        connect_timeout: c.duration(
+        connect_timeout: c.duration_in(
             &span,
             &p,
             "connect_timeout",
             &raw.connect_timeout,
             Duration::from_secs(5),
+            SHORTEST..=DAY,
         ),
-        response_timeout: c.duration(
+        response_timeout: c.duration_in(
             &span,
             &p,
             "response_timeout",
             &raw.response_timeout,
             Duration::from_secs(60),
+            SHORTEST..=DAY,
         ),
         name,
         scheduler,
@@ -668,14 +811,23 @@ fn pool(
         backends,
         send_proxy: raw.send_proxy.unwrap_or(false),
         http2: raw.http2.unwrap_or(false),
-        idle_timeout: c.duration(
+        idle_timeout: c.duration_in(
             &span,
             &p,
             "idle_timeout",
             &raw.idle_timeout,
             Duration::from_secs(30),
+            SHORTEST..=DAY,
         ),
-        max_idle: raw.max_idle.unwrap_or(256),
+        max_idle: c.number(
+            &span,
+            &p,
+            "max_idle",
+            raw.max_idle,
+            0..=10_000,
+            "connections per backend",
+            256,
+        ),
     }
 }
 
@@ -685,6 +837,9 @@ fn on_all_down(c: &mut Checker<'_>, span: &Range<usize>, p: &str, raw: &RawPool)
         .sorry
         .as_deref()
         .and_then(|t| c.socket_addr(span, p, "sorry", t));
+    if let Some(a) = sorry {
+        nonzero_port(c, span, p, "sorry", a);
+    }
     match raw.on_all_down.as_deref() {
         None if raw.sorry.is_some() => sorry.map_or(OnAllDown::FailOpen, OnAllDown::Sorry),
         None | Some("fail_open") => {
@@ -727,7 +882,21 @@ fn on_all_down(c: &mut Checker<'_>, span: &Range<usize>, p: &str, raw: &RawPool)
     }
 }
 
+/// A backend or sorry server on port 0 cannot be connected to.
+fn nonzero_port(c: &mut Checker<'_>, span: &Range<usize>, path: &str, field: &str, a: SocketAddr) {
+    if a.port() == 0 {
+        c.report(
+            span,
+            path,
+            Some(field),
+            format!("{a} has port 0, which no connection can reach"),
+            "write the port the server listens on, e.g. \"192.0.2.21:80\"",
+        );
+    }
+}
+
 fn is_prime(n: u32) -> bool {
+    let n = u64::from(n);
     n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
 }
 
@@ -761,28 +930,35 @@ fn persistence(
             32
         }),
     };
-    let prefix_v6 = raw.netmask_v6.unwrap_or(128);
-    if prefix_v6 > 128 {
-        c.report(
-            &span,
-            &p,
-            Some("netmask_v6"),
-            format!("{prefix_v6} is longer than an IPv6 address"),
-            "use a prefix length from 0 to 128, e.g. 64",
-        );
-    }
-    let max_entries = raw.max_entries.unwrap_or(1_000_000);
-    if max_entries == 0 {
-        c.report(
-            &span,
-            &p,
-            Some("max_entries"),
-            "0 entries would disable persistence",
-            "set a positive bound, e.g. 1000000",
-        );
-    }
+    let prefix_v6 = c.number(
+        &span,
+        &p,
+        "netmask_v6",
+        raw.netmask_v6,
+        0..=128,
+        "bits",
+        128,
+    );
+    let max_entries = c.number(
+        &span,
+        &p,
+        "max_entries",
+        raw.max_entries,
+        1..=10_000_000,
+        "clients",
+        1_000_000,
+    );
     PersistenceGroup {
-        timeout: c.duration(&span, &p, "timeout", &raw.timeout, Duration::from_secs(360)),
+        // IPVS takes whole seconds and the kernel keeps them in 32-bit
+        // jiffies, which overflow after about 49 days at HZ=1000.
+        timeout: c.duration_in(
+            &span,
+            &p,
+            "timeout",
+            &raw.timeout,
+            Duration::from_secs(360),
+            Duration::from_secs(1)..=Duration::from_secs(30 * 86_400),
+        ),
         name,
         prefix_v4,
         prefix_v6,
@@ -923,10 +1099,16 @@ fn vhost(
             "add `pool = \"...\"`",
         );
     }
-    let hsts_max_age = raw
-        .hsts_max_age
-        .as_ref()
-        .map(|_| c.duration(&span, &p, "hsts_max_age", &raw.hsts_max_age, Duration::ZERO));
+    let hsts_max_age = raw.hsts_max_age.as_ref().map(|_| {
+        c.duration_in(
+            &span,
+            &p,
+            "hsts_max_age",
+            &raw.hsts_max_age,
+            Duration::ZERO,
+            Duration::ZERO..=Duration::from_secs(730 * 86_400),
+        )
+    });
     Vhost {
         name,
         hosts,
@@ -935,7 +1117,19 @@ fn vhost(
         routes,
         redirect_https: raw.redirect_https.unwrap_or(false),
         hsts_max_age,
-        max_body_size: raw.max_body_size,
+        max_body_size: raw.max_body_size.filter(|&v| {
+            let ok = v <= MAX_BODY_SIZE;
+            if !ok {
+                c.report(
+                    &span,
+                    &p,
+                    Some("max_body_size"),
+                    format!("{v} is outside 0..={MAX_BODY_SIZE} bytes"),
+                    "set `max_body_size` between 0 and 1099511627776 (1 TiB), or remove it for no limit",
+                );
+            }
+            ok
+        }),
     }
 }
 
@@ -1134,16 +1328,15 @@ fn listener(
     }
     let (max_header_bytes, max_headers) = header_limits(c, &span, &p, &raw, protocol);
     let upgrades = upgrades(c, &span, &p, &raw, protocol);
-    let max_connections = raw.max_connections.unwrap_or(10_000);
-    if max_connections == 0 {
-        c.report(
-            &span,
-            &p,
-            Some("max_connections"),
-            "0 would refuse every connection",
-            "set a positive limit, e.g. 10000",
-        );
-    }
+    let max_connections = c.number(
+        &span,
+        &p,
+        "max_connections",
+        raw.max_connections,
+        1..=MAX_CONNECTIONS,
+        "connections",
+        10_000,
+    );
     Listener {
         bind,
         protocol,
@@ -1155,32 +1348,59 @@ fn listener(
         persistence: raw.persistence.clone(),
         freebind: raw.freebind.unwrap_or(false),
         reuseport: raw.reuseport.unwrap_or(false),
-        backlog: raw.backlog.unwrap_or(1024),
+        backlog: c.number(
+            &span,
+            &p,
+            "backlog",
+            raw.backlog,
+            1..=65_535,
+            "connections",
+            1024,
+        ),
         max_connections,
-        max_connections_per_client: raw.max_connections_per_client.unwrap_or(0),
-        connection_rate_per_client: raw.connection_rate_per_client.unwrap_or(0),
+        max_connections_per_client: c.number(
+            &span,
+            &p,
+            "max_connections_per_client",
+            raw.max_connections_per_client,
+            0..=MAX_CONNECTIONS,
+            "connections (0 = no limit)",
+            0,
+        ),
+        connection_rate_per_client: c.number(
+            &span,
+            &p,
+            "connection_rate_per_client",
+            raw.connection_rate_per_client,
+            0..=1_000_000,
+            "connections per second (0 = no limit)",
+            0,
+        ),
         proxy_protocol: raw.proxy_protocol.unwrap_or(false),
         trusted_proxies,
-        handshake_timeout: c.duration(
+        handshake_timeout: c.duration_in(
             &span,
             &p,
             "handshake_timeout",
             &raw.handshake_timeout,
             Duration::from_secs(10),
+            SHORTEST..=DAY,
         ),
-        header_timeout: c.duration(
+        header_timeout: c.duration_in(
             &span,
             &p,
             "header_timeout",
             &raw.header_timeout,
             Duration::from_secs(10),
+            SHORTEST..=DAY,
         ),
-        idle_timeout: c.duration(
+        idle_timeout: c.duration_in(
             &span,
             &p,
             "idle_timeout",
             &raw.idle_timeout,
             Duration::from_secs(if protocol.is_http() { 60 } else { 3600 }),
+            SHORTEST..=7 * DAY,
         ),
         forwarded: raw.forwarded.unwrap_or(false),
         via: raw.via.unwrap_or(false),
@@ -1406,6 +1626,7 @@ fn ipvs(
             Forwarding::Dr,
         );
         let mut real_servers = Vec::new();
+        let mut seen = HashSet::new();
         for (j, r) in s.real_servers.iter().enumerate() {
             let rp = format!("{p}.real_servers[{j}]");
             let Some(text) = c.required(&span, &rp, "address", &r.address, "\"198.51.100.11:80\"")
@@ -1415,6 +1636,15 @@ fn ipvs(
             let Some(address) = c.socket_addr(&span, &rp, "address", text) else {
                 continue;
             };
+            if !seen.insert(address) {
+                c.report(
+                    &span,
+                    &rp,
+                    None,
+                    format!("real server {address} is listed twice"),
+                    "list each real server once; use `weight` to give it a larger share",
+                );
+            }
             if let Some(IpvsVirtual::Address { address: vip, .. }) = virtual_service {
                 if forwarding != Forwarding::Nat && address.port() != vip.port() {
                     c.report(
@@ -1440,10 +1670,19 @@ fn ipvs(
                     );
                 }
             }
-            let (upper, lower) = (
-                r.upper_threshold.unwrap_or(0),
-                r.lower_threshold.unwrap_or(0),
-            );
+            let threshold = |c: &mut Checker<'_>, field, v| {
+                c.number(
+                    &span,
+                    &rp,
+                    field,
+                    v,
+                    0..=MAX_THRESHOLD,
+                    "connections (0 = no limit)",
+                    0,
+                )
+            };
+            let upper = threshold(c, "upper_threshold", r.upper_threshold);
+            let lower = threshold(c, "lower_threshold", r.lower_threshold);
             if upper != 0 && lower > upper {
                 c.report(
                     &span,
@@ -1455,7 +1694,7 @@ fn ipvs(
             }
             real_servers.push(RealServer {
                 address,
-                weight: r.weight.unwrap_or(1),
+                weight: c.number(&span, &rp, "weight", r.weight, 0..=MAX_WEIGHT, "", 1),
                 upper_threshold: upper,
                 lower_threshold: lower,
             });
@@ -1492,12 +1731,13 @@ fn ipvs(
             &[(OnShutdown::Keep, "keep"), (OnShutdown::Remove, "remove")],
             OnShutdown::Keep,
         ),
-        reconcile_interval: c.duration(
+        reconcile_interval: c.duration_in(
             &span,
             "ipvs",
             "reconcile_interval",
             &raw.reconcile_interval,
             Duration::from_secs(30),
+            Duration::from_secs(1)..=DAY,
         ),
         drain_period: c.duration(
             &span,

@@ -1,12 +1,12 @@
 //! The IPVS tier of `vipd run`: reconciles the kernel table at start, on
-//! reload (SIGHUP), every `reconcile_interval` and whenever a health check
-//! flips (a real server that is down gets weight 0), and on shutdown keeps
-//! or removes vipd's services according to `on_shutdown`.
+//! reload (SIGHUP, with the configuration the proxy committed), every
+//! `reconcile_interval` and whenever a health check flips (a real server
+//! that is down gets weight 0), and on shutdown keeps or removes vipd's
+//! services according to `on_shutdown`.
 //!
 //! Netlink calls are blocking, so each pass runs in `spawn_blocking`; the
 //! [`Reconciler`] (with its drain timestamps) travels with it.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use super::{IpvsSocket, Reconciler, Service, desired, reconcile};
-use crate::config::{self, Config, OnShutdown};
+use crate::config::{Config, OnShutdown};
 use crate::health::IpvsHealth;
 
 /// What the tier is asked to converge to.
@@ -48,7 +48,6 @@ pub struct IpvsTier {
     desired: watch::Sender<Arc<Desired>>,
     stop: Arc<Notify>,
     task: JoinHandle<Reconciler>,
-    source: Option<PathBuf>,
 }
 
 /// The services to converge to: the config's, with real servers that fail
@@ -62,12 +61,15 @@ fn effective(d: &Desired, health: Option<&IpvsHealth>) -> Vec<Service> {
 }
 
 /// One pass off the async runtime: open a socket (so that a module loaded
-/// after start is picked up), reconcile, log.
+/// after start is picked up), reconcile, log. A pass that panics is an
+/// error, and the next pass starts from a fresh reconciler (forgetting
+/// drain timestamps) instead of the tier stopping for good.
 async fn pass(
     mut r: Reconciler,
     d: Arc<Desired>,
     health: Option<Arc<IpvsHealth>>,
 ) -> (Reconciler, super::Result<()>) {
+    let policy = d.policy.clone();
     let res = tokio::task::spawn_blocking(move || {
         r.set_policy(d.policy.clone());
         let services = effective(&d, health.as_deref());
@@ -84,7 +86,10 @@ async fn pass(
         (r, res)
     })
     .await;
-    res.expect("ipvs reconcile pass panicked")
+    res.unwrap_or_else(|e| {
+        let e = std::io::Error::other(format!("the reconcile pass panicked: {e}"));
+        (Reconciler::new(policy), Err(super::Error::Io(e)))
+    })
 }
 
 impl IpvsTier {
@@ -149,24 +154,20 @@ impl IpvsTier {
             desired: tx,
             stop,
             task,
-            source: cfg.source.clone(),
         }))
     }
 
-    /// Converges to a new config now (SIGHUP).
+    /// Converges to a new config now (SIGHUP). Should turning the config
+    /// into kernel services panic, the error is logged and the services in
+    /// force stay (`Desired::of` only reads `cfg`, so unwinding is sound).
     pub fn reload(&self, cfg: &Config) {
-        self.desired.send_replace(Arc::new(Desired::of(cfg)));
-    }
-
-    /// Re-reads the config file this tier was started from and converges to
-    /// it; on a bad file the previous state stays in force.
-    pub fn reload_from_source(&self) {
-        let Some(path) = &self.source else { return };
-        match config::load(path) {
-            Ok(cfg) => self.reload(&cfg),
-            Err(e) => {
-                error!(error = %e, "ipvs: reload failed; the previous IPVS configuration stays")
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Desired::of(cfg))) {
+            Ok(d) => {
+                self.desired.send_replace(Arc::new(d));
             }
+            Err(_) => error!(
+                "ipvs: building the new IPVS configuration failed unexpectedly; the previous one stays"
+            ),
         }
     }
 

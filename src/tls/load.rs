@@ -6,7 +6,7 @@
 //! and the fix; all problems of a pair are reported, not just the first.
 
 use std::fmt;
-use std::io::BufReader;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -257,14 +257,40 @@ pub fn san_covers(san: &str, host: &str) -> bool {
 
 type Failure = (String, &'static str);
 
+/// Largest certificate or key file read: a chain of ten 4096-bit
+/// certificates takes about 20 KiB.
+const MAX_PEM_FILE: u64 = 1024 * 1024;
+
+/// Read a PEM file of at most [`MAX_PEM_FILE`] bytes. Only regular files
+/// are opened: a FIFO would block the reload until someone writes to it,
+/// and `/dev/zero` would be read until memory runs out.
+fn read_pem(path: &Path, what: &str) -> Result<(std::fs::File, Vec<u8>), Failure> {
+    const FIX: &str = "check the path (relative paths start at the configuration file's directory) and the file's permissions";
+    let cannot = |e: std::io::Error| (format!("cannot read the {what} file: {e}"), FIX);
+    let meta = std::fs::metadata(path).map_err(cannot)?;
+    if !meta.is_file() {
+        return Err((
+            format!("the {what} file is not a regular file"),
+            "name a PEM file (not a device, FIFO or directory)",
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut bytes = Vec::new();
+    Read::take(&file, MAX_PEM_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_PEM_FILE {
+        return Err((
+            format!("the {what} file is larger than {MAX_PEM_FILE} bytes"),
+            "name the PEM file itself; a certificate chain or key takes a few KiB",
+        ));
+    }
+    Ok((file, bytes))
+}
+
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Failure> {
-    let file = std::fs::File::open(path).map_err(|e| {
-        (
-            format!("cannot read the certificate file: {e}"),
-            "check the path (relative paths start at the configuration file's directory) and the file's permissions",
-        )
-    })?;
-    let chain: Result<Vec<_>, _> = rustls_pemfile::certs(&mut BufReader::new(file)).collect();
+    let (_, bytes) = read_pem(path, "certificate")?;
+    let chain: Result<Vec<_>, _> = rustls_pemfile::certs(&mut &bytes[..]).collect();
     match chain {
         Ok(c) if !c.is_empty() => Ok(c),
         Ok(_) => Err((
@@ -280,14 +306,9 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Failure> {
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, Failure> {
     const FIX: &str = "the file must hold one private key in PEM: PRIVATE KEY (PKCS#8), RSA PRIVATE KEY or EC PRIVATE KEY";
-    let file = std::fs::File::open(path).map_err(|e| {
-        (
-            format!("cannot read the key file: {e}"),
-            "check the path (relative paths start at the configuration file's directory) and the file's permissions",
-        )
-    })?;
+    let (file, bytes) = read_pem(path, "key")?;
     warn_if_readable_by_others(path, &file);
-    match rustls_pemfile::private_key(&mut BufReader::new(file)) {
+    match rustls_pemfile::private_key(&mut &bytes[..]) {
         Ok(Some(k)) => Ok(k),
         Ok(None) => Err(("no PEM private key block found".into(), FIX)),
         Err(e) => Err((format!("the PEM data cannot be parsed: {e}"), FIX)),
