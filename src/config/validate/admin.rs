@@ -3,7 +3,6 @@
 //! carry are listed, and every connection has a deadline and a slot.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::ops::Range;
 use std::time::Duration;
 
 use toml::Spanned;
@@ -11,11 +10,6 @@ use toml::Spanned;
 use super::Checker;
 use crate::config::file::RawAdmin;
 use crate::config::model::Admin;
-
-/// Bounds of `header_timeout` and `request_timeout`.
-const TIMEOUTS: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(600));
-/// Bounds of `max_connections`.
-const CONNECTIONS: (usize, usize) = (1, 4096);
 
 pub(super) fn admin(c: &mut Checker<'_>, t: &Spanned<toml::Table>) -> Admin {
     let span = t.span();
@@ -54,31 +48,32 @@ pub(super) fn admin(c: &mut Checker<'_>, t: &Spanned<toml::Table>) -> Admin {
             ),
         }
     }
-    let header_timeout = timeout(
-        c,
+    let timeouts = Duration::from_millis(100)..=Duration::from_secs(600);
+    let header_timeout = c.duration_in(
         &span,
+        "admin",
         "header_timeout",
         &raw.header_timeout,
         Duration::from_secs(10),
+        timeouts.clone(),
     );
-    let request_timeout = timeout(
-        c,
+    let request_timeout = c.duration_in(
         &span,
+        "admin",
         "request_timeout",
         &raw.request_timeout,
         Duration::from_secs(30),
+        timeouts,
     );
-    let max_connections = raw.max_connections.unwrap_or(64);
-    let (min, max) = CONNECTIONS;
-    if !(min..=max).contains(&max_connections) {
-        c.report(
-            &span,
-            "admin",
-            Some("max_connections"),
-            format!("{max_connections} is outside {min}..={max} connections"),
-            format!("set `max_connections` between {min} and {max} (default 64)"),
-        );
-    }
+    let max_connections = c.number(
+        &span,
+        "admin",
+        "max_connections",
+        raw.max_connections,
+        1..=4096,
+        "connections",
+        64,
+    );
     Admin {
         listen,
         token_file: raw.token_file.map(Into::into),
@@ -87,31 +82,6 @@ pub(super) fn admin(c: &mut Checker<'_>, t: &Spanned<toml::Table>) -> Admin {
         request_timeout,
         max_connections,
     }
-}
-
-fn timeout(
-    c: &mut Checker<'_>,
-    span: &Range<usize>,
-    field: &str,
-    value: &Option<String>,
-    default: Duration,
-) -> Duration {
-    let d = c.duration(span, "admin", field, value, default);
-    let (min, max) = TIMEOUTS;
-    if !(min..=max).contains(&d) {
-        c.report(
-            span,
-            "admin",
-            Some(field),
-            format!("{d:?} is outside 100ms..=10m"),
-            format!(
-                "set `{field}` between \"100ms\" and \"10m\" (default \"{}s\")",
-                default.as_secs()
-            ),
-        );
-        return default;
-    }
-    d
 }
 
 /// An `admin.hosts` entry as Host names are compared: lower case, final dot
