@@ -1130,6 +1130,7 @@ fn listener(
         }
     }
     let (max_header_bytes, max_headers) = header_limits(c, &span, &p, &raw, protocol);
+    let (request_body_timeout, send_timeout) = transfer_timeouts(c, &span, &p, &raw, protocol);
     let max_connections = raw.max_connections.unwrap_or(10_000);
     if max_connections == 0 {
         c.report(
@@ -1178,6 +1179,8 @@ fn listener(
             &raw.idle_timeout,
             Duration::from_secs(if protocol.is_http() { 60 } else { 3600 }),
         ),
+        request_body_timeout,
+        send_timeout,
         forwarded: raw.forwarded.unwrap_or(false),
         via: raw.via.unwrap_or(false),
         max_header_bytes,
@@ -1240,6 +1243,58 @@ fn header_limits(
         }
     }
     (bytes, count)
+}
+
+/// Bounds of `request_body_timeout` and `send_timeout`: 0 would cut every
+/// transfer off, and more than a day keeps a stalled peer's connections for
+/// longer than any operator wants.
+const TRANSFER_TIMEOUT: (Duration, Duration) =
+    (Duration::from_millis(1), Duration::from_secs(86_400));
+
+/// `request_body_timeout` and `send_timeout` of a listener (HTTP only),
+/// both 60 s by default as in nginx.
+fn transfer_timeouts(
+    c: &mut Checker<'_>,
+    span: &Range<usize>,
+    p: &str,
+    raw: &RawListener,
+    protocol: Protocol,
+) -> (Duration, Duration) {
+    let default = Duration::from_secs(60);
+    let mut out = [default; 2];
+    let fields = [
+        ("request_body_timeout", &raw.request_body_timeout),
+        ("send_timeout", &raw.send_timeout),
+    ];
+    for (slot, (field, value)) in out.iter_mut().zip(fields) {
+        if value.is_none() {
+            continue;
+        }
+        if !protocol.is_http() {
+            c.report(
+                span,
+                p,
+                Some(field),
+                format!("`{field}` times HTTP transfers, and this listener does not speak HTTP"),
+                "remove it (`idle_timeout` covers tcp/tls), or use protocol \"http\" or \"https\"",
+            );
+            continue;
+        }
+        let d = c.duration(span, p, field, value, default);
+        let (min, max) = TRANSFER_TIMEOUT;
+        if (min..=max).contains(&d) {
+            *slot = d;
+        } else {
+            c.report(
+                span,
+                p,
+                Some(field),
+                format!("{d:?} is outside 1ms..=1d"),
+                format!("set `{field}` between \"1ms\" and \"1d\" (default \"60s\")"),
+            );
+        }
+    }
+    (out[0], out[1])
 }
 
 fn ipvs(

@@ -1,5 +1,5 @@
 //! One client connection: hyper's HTTP/1.1 + HTTP/2 server over the client
-//! stream, with vipd's own header-read (slowloris) and idle keep-alive
+//! stream, with vipd's own header-read (slowloris), send and idle keep-alive
 //! timeouts, and graceful shutdown.
 //!
 //! hyper's own `header_read_timeout` also runs while a keep-alive connection
@@ -7,6 +7,13 @@
 //! header timeout. Instead, the stream is wrapped so that the first byte read
 //! while no request is in flight starts the header clock, and a watchdog in
 //! the connection task closes the connection when a clock runs out.
+//!
+//! The send clock runs while the client holds a response up: a write to the
+//! client's socket has stalled, or a response body has handed hyper a frame
+//! and hyper has not asked for the next one (the client's HTTP/2 flow-control
+//! window is shut, or HTTP/1 hyper's write buffer is full). After
+//! `send_timeout` without progress the connection is closed, which drops
+//! every response body on it and with them their backend connections.
 
 use std::io;
 use std::net::SocketAddr;
@@ -45,6 +52,8 @@ pub struct Conn {
     pub shutdown: Shutdown,
     /// Idle timeout of WebSocket tunnels started on this connection.
     pub idle_timeout: Duration,
+    /// Longest wait for the client's next piece of a request body.
+    pub request_body_timeout: Duration,
     pub state: ConnState,
     /// The listener's counters (requests by status class, latency).
     pub stats: Arc<ListenerStats>,
@@ -62,6 +71,13 @@ pub struct ConnState {
     /// HTTP/2 streams share the connection, so no header clock applies
     /// once the connection speaks HTTP/2.
     h2: AtomicBool,
+    /// 1 + when a write to the client began to stall; 0 = not stalled.
+    write_stalled: AtomicU64,
+    /// Response bodies that handed hyper a frame and wait to be asked for
+    /// the next one (see the module doc).
+    owed: AtomicU32,
+    /// When an owed response body was last asked for more (or became owed).
+    pulled_at: AtomicU64,
 }
 
 /// Which clock ran out.
@@ -69,7 +85,17 @@ pub struct ConnState {
 enum Clock {
     Header,
     Idle,
+    /// The client has not taken response data for `send_timeout`.
+    Send,
     Busy,
+}
+
+/// The watchdog's timeouts of one connection.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    header: Duration,
+    idle: Duration,
+    send: Duration,
 }
 
 impl ConnState {
@@ -81,6 +107,9 @@ impl ConnState {
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
             h2: AtomicBool::new(false),
+            write_stalled: AtomicU64::new(0),
+            owed: AtomicU32::new(0),
+            pulled_at: AtomicU64::new(0),
         }
     }
 
@@ -109,6 +138,45 @@ impl ConnState {
         }
     }
 
+    /// A response body handed hyper a frame and is not at its end.
+    pub fn response_owed(&self) {
+        self.owed.fetch_add(1, Ordering::Relaxed);
+        self.pulled_at.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// hyper asked a response body for more (or dropped it); `was_owed`:
+    /// the body had handed out a frame since the last time.
+    pub fn response_pulled(&self, was_owed: bool) {
+        if was_owed {
+            self.owed.fetch_sub(1, Ordering::Relaxed);
+            self.pulled_at.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// A write to the client returned: `stalled` if it could not proceed.
+    fn wrote(&self, stalled: bool) {
+        let since = self.write_stalled.load(Ordering::Relaxed);
+        if stalled && since == 0 {
+            self.write_stalled
+                .store(self.now_ms() + 1, Ordering::Relaxed);
+        } else if !stalled && since != 0 {
+            self.write_stalled.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Since when the client has been holding a response up, if it is.
+    fn send_stalled_since(&self) -> Option<Instant> {
+        let ms = Duration::from_millis;
+        let write = self.write_stalled.load(Ordering::Relaxed);
+        let write = (write != 0).then(|| self.epoch + ms(write - 1));
+        let owed = (self.owed.load(Ordering::Relaxed) > 0)
+            .then(|| self.epoch + ms(self.pulled_at.load(Ordering::Relaxed)));
+        match (write, owed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     fn bytes_read(&self) {
         if self.inflight.load(Ordering::Relaxed) == 0
             && self.head_since.load(Ordering::Relaxed) == 0
@@ -117,8 +185,24 @@ impl ConnState {
         }
     }
 
-    /// When the running clock expires, and which one it is.
-    fn deadline(&self, header: Duration, idle: Duration) -> (Instant, Clock) {
+    /// When the running clock expires, and which one it is. The watchdog
+    /// looks again at least every `send` (and every `header`/`idle` while a
+    /// request is in flight), so a stall that begins while it sleeps is
+    /// seen in time: its deadline is at least `send` away.
+    fn deadline(&self, t: Timeouts) -> (Instant, Clock) {
+        let now = Instant::now();
+        let (at, clock) = self.request_deadline(t.header, t.idle);
+        let (at, clock) = match self.send_stalled_since() {
+            Some(since) if since + t.send < at => (since + t.send, Clock::Send),
+            _ => (at, clock),
+        };
+        if at > now + t.send && clock != Clock::Send {
+            return (now + t.send, Clock::Busy);
+        }
+        (at, clock)
+    }
+
+    fn request_deadline(&self, header: Duration, idle: Duration) -> (Instant, Clock) {
         if self.inflight.load(Ordering::Relaxed) > 0 {
             // Re-check later: a request in flight has its own timeouts.
             return (Instant::now() + header.min(idle), Clock::Busy);
@@ -158,21 +242,32 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     }
 }
 
+impl<T> Watched<T> {
+    /// Report whether a write stalled, and pass its result on.
+    fn wrote<R>(&self, polled: Poll<R>) -> Poll<R> {
+        self.conn.state.wrote(polled.is_pending());
+        polled
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(polled)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.wrote(polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.wrote(polled)
     }
 
     fn poll_write_vectored(
@@ -180,7 +275,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -284,10 +380,16 @@ where
         sni: a.sni.map(|s| s.to_ascii_lowercase().into_boxed_str()),
         shutdown: a.shutdown.clone(),
         idle_timeout: cfg.idle_timeout,
+        request_body_timeout: cfg.request_body_timeout,
         state: ConnState::new(),
         stats: a.stats,
     });
-    let (header_timeout, idle_timeout) = (cfg.header_timeout, cfg.idle_timeout);
+    let timeouts = Timeouts {
+        header: cfg.header_timeout,
+        idle: cfg.idle_timeout,
+        send: cfg.send_timeout,
+    };
+    let header_timeout = timeouts.header;
     let io = TokioIo::new(Watched {
         inner: io,
         conn: conn.clone(),
@@ -300,7 +402,7 @@ where
     let mut graceful = false;
     let mut hard_stop: Option<Instant> = None;
     loop {
-        let (mut deadline, clock) = conn.state.deadline(header_timeout, idle_timeout);
+        let (mut deadline, clock) = conn.state.deadline(timeouts);
         if let Some(h) = hard_stop {
             deadline = deadline.min(h);
         }
@@ -321,7 +423,7 @@ where
                     debug!("connection did not close after a graceful shutdown; closing");
                     return;
                 }
-                let (current, clock_now) = conn.state.deadline(header_timeout, idle_timeout);
+                let (current, clock_now) = conn.state.deadline(timeouts);
                 if current > now || clock_now != clock {
                     continue;
                 }
@@ -329,6 +431,11 @@ where
                     Clock::Header => {
                         warn!(side = "client", timeout_ms = header_timeout.as_millis() as u64,
                             "no complete request header within header_timeout; closing");
+                        return;
+                    }
+                    Clock::Send => {
+                        warn!(side = "client", timeout_ms = timeouts.send.as_millis() as u64,
+                            "client took no response data within send_timeout; closing");
                         return;
                     }
                     Clock::Idle if !graceful => {
