@@ -434,6 +434,54 @@ async fn an_http2_stream_whose_window_the_client_never_opens_is_closed_after_sen
 }
 
 #[tokio::test]
+async fn an_http2_stream_starved_while_a_decoy_stream_moves_still_closes_the_connection() {
+    let b = RawBackend::start(Act::Stream(64 << 20)).await;
+    let (_running, proxy) = proxy(&config(
+        &[b.addr],
+        "send_timeout = \"500ms\"",
+        "response_timeout = \"30s\"",
+    ))
+    .await;
+    let stream = TcpStream::connect(proxy).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let get = || {
+        Request::get("http://site.test/big")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let starved = tx.send_request(get()).await.unwrap();
+    let decoy = tx.send_request(get()).await.unwrap();
+    // The decoy is read steadily, the other stream never.
+    let reader = tokio::spawn(async move {
+        let mut body = decoy.into_body();
+        let mut read = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        read
+    });
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    let waited = started.elapsed();
+    assert!(ended.is_ok(), "the proxy kept the HTTP/2 connection open");
+    assert!(waited >= Duration::from_millis(400), "{waited:?}");
+    let read = reader.await.unwrap();
+    assert!(read > 0, "the decoy stream never moved");
+    assert!(
+        eventually(Duration::from_secs(3), || b.closed() == 2).await,
+        "a backend connection stays open"
+    );
+    drop(starved);
+}
+
+#[tokio::test]
 async fn a_response_head_later_than_response_timeout_after_a_fully_sent_body_is_a_504_that_counts()
 {
     let b = Backend::start("slow").await;
@@ -534,4 +582,36 @@ async fn read_until_first_answer(s: &mut TcpStream) -> String {
         }
     }
     text(&out)
+}
+
+fn problems(text: &str) -> Vec<String> {
+    match vipd::config::parse(text, std::path::Path::new("site.toml")) {
+        Ok(_) => panic!("config unexpectedly valid"),
+        Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+#[test]
+fn transfer_timeouts_outside_their_range_or_on_a_tcp_listener_are_refused_with_the_fix() {
+    let backend: SocketAddr = "192.0.2.21:80".parse().unwrap();
+    let text = config(
+        &[backend],
+        "request_body_timeout = \"0s\"\nsend_timeout = \"2d\"",
+        "",
+    ) + "
+[[listener]]
+name = \"raw\"
+bind = \"127.0.0.1:0\"
+protocol = \"tcp\"
+pool = \"p\"
+send_timeout = \"5s\"
+";
+    assert_eq!(
+        problems(&text),
+        vec![
+            "6:1: listener \"web\".request_body_timeout: \"0s\" is outside 1ms..=1d\n    fix: set `request_body_timeout` between \"1ms\" and \"1d\" (default \"60s\")",
+            "7:1: listener \"web\".send_timeout: \"2d\" is outside 1ms..=1d\n    fix: set `send_timeout` between \"1ms\" and \"1d\" (default \"60s\")",
+            "24:1: listener \"raw\".send_timeout: `send_timeout` times HTTP transfers, and this listener does not speak HTTP\n    fix: remove it (`idle_timeout` covers tcp/tls), or use protocol \"http\" or \"https\"",
+        ]
+    );
 }

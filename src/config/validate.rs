@@ -1289,7 +1289,10 @@ fn transfer_timeouts(
                 span,
                 p,
                 Some(field),
-                format!("{d:?} is outside 1ms..=1d"),
+                format!(
+                    "{:?} is outside 1ms..=1d",
+                    value.as_deref().unwrap_or_default()
+                ),
                 format!("set `{field}` between \"1ms\" and \"1d\" (default \"60s\")"),
             );
         }

@@ -363,7 +363,8 @@ impl Drop for BackendBody {
 pub struct ResponseBody {
     source: Source,
     exchange: Exchange,
-    owed: bool,
+    /// While owed: the connection's token for it.
+    owed: Option<u32>,
 }
 
 impl ResponseBody {
@@ -372,7 +373,7 @@ impl ResponseBody {
         Self {
             source,
             exchange,
-            owed: false,
+            owed: None,
         }
     }
 }
@@ -386,8 +387,9 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ResponseError>>> {
         let this = &mut *self;
-        let state = &this.exchange.conn().state;
-        state.response_pulled(std::mem::take(&mut this.owed));
+        if let Some(g) = this.owed.take() {
+            this.exchange.conn().state.response_pulled(g);
+        }
         let polled = match &mut this.source {
             Source::Backend(b) => b.poll_frame(cx),
             Source::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
@@ -397,8 +399,7 @@ impl Body for ResponseBody {
                 this.exchange.record.bytes += data.len() as u64;
             }
             if !this.is_end_stream() {
-                this.owed = true;
-                this.exchange.conn().state.response_owed();
+                this.owed = Some(this.exchange.conn().state.response_owed());
             }
         }
         polled
@@ -423,8 +424,8 @@ impl Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if self.owed {
-            self.exchange.conn().state.response_pulled(true);
+        if let Some(g) = self.owed.take() {
+            self.exchange.conn().state.response_pulled(g);
         }
     }
 }

@@ -11,9 +11,16 @@
 //! The send clock runs while the client holds a response up: a write to the
 //! client's socket has stalled, or a response body has handed hyper a frame
 //! and hyper has not asked for the next one (the client's HTTP/2 flow-control
-//! window is shut, or HTTP/1 hyper's write buffer is full). After
-//! `send_timeout` without progress the connection is closed, which drops
-//! every response body on it and with them their backend connections.
+//! window for that stream is shut, or HTTP/1 hyper's write buffer is full).
+//! When one write or one response body waits `send_timeout` for the client,
+//! the connection is closed, which drops every response body on it and with
+//! them their backend connections. A stream starved while another one moves
+//! still counts: a client cannot hold backends with a decoy stream.
+//!
+//! Owed bodies are counted in generations the watchdog advances every half
+//! `send_timeout`: a body counted two generations back has waited at least
+//! `send_timeout`, so the check costs two atomic adds per response frame and
+//! no lock.
 
 use std::io;
 use std::net::SocketAddr;
@@ -73,11 +80,11 @@ pub struct ConnState {
     h2: AtomicBool,
     /// 1 + when a write to the client began to stall; 0 = not stalled.
     write_stalled: AtomicU64,
+    /// The current generation of owed response bodies (see the module doc).
+    generation: AtomicU32,
     /// Response bodies that handed hyper a frame and wait to be asked for
-    /// the next one (see the module doc).
-    owed: AtomicU32,
-    /// When an owed response body was last asked for more (or became owed).
-    pulled_at: AtomicU64,
+    /// the next one, by the generation (mod 3) in which they began to wait.
+    owed: [AtomicU32; 3],
 }
 
 /// Which clock ran out.
@@ -85,7 +92,7 @@ pub struct ConnState {
 enum Clock {
     Header,
     Idle,
-    /// The client has not taken response data for `send_timeout`.
+    /// A write to the client has stalled for `send_timeout`.
     Send,
     Busy,
 }
@@ -108,8 +115,8 @@ impl ConnState {
             head_since: AtomicU64::new(0),
             h2: AtomicBool::new(false),
             write_stalled: AtomicU64::new(0),
-            owed: AtomicU32::new(0),
-            pulled_at: AtomicU64::new(0),
+            generation: AtomicU32::new(0),
+            owed: Default::default(),
         }
     }
 
@@ -138,19 +145,31 @@ impl ConnState {
         }
     }
 
-    /// A response body handed hyper a frame and is not at its end.
-    pub fn response_owed(&self) {
-        self.owed.fetch_add(1, Ordering::Relaxed);
-        self.pulled_at.store(self.now_ms(), Ordering::Relaxed);
+    /// A response body handed hyper a frame and is not at its end: it waits
+    /// for the client now. Returns the token to give [`Self::response_pulled`].
+    pub fn response_owed(&self) -> u32 {
+        let g = self.generation.load(Ordering::Relaxed);
+        self.owed[g as usize % 3].fetch_add(1, Ordering::Relaxed);
+        g
     }
 
-    /// hyper asked a response body for more (or dropped it); `was_owed`:
-    /// the body had handed out a frame since the last time.
-    pub fn response_pulled(&self, was_owed: bool) {
-        if was_owed {
-            self.owed.fetch_sub(1, Ordering::Relaxed);
-            self.pulled_at.store(self.now_ms(), Ordering::Relaxed);
+    /// hyper asked for more from (or dropped) a body that was owed since
+    /// generation `g`.
+    pub fn response_pulled(&self, g: u32) {
+        self.owed[g as usize % 3].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Advance the owed generation (every half `send_timeout`); true if a
+    /// body counted two generations back still waits: it has waited for
+    /// the client at least `send_timeout`.
+    fn send_tick(&self) -> bool {
+        let g = self.generation.load(Ordering::Relaxed);
+        let oldest = g.wrapping_add(1) as usize % 3;
+        if self.owed[oldest].load(Ordering::Relaxed) > 0 {
+            return true;
         }
+        self.generation.store(g.wrapping_add(1), Ordering::Relaxed);
+        false
     }
 
     /// A write to the client returned: `stalled` if it could not proceed.
@@ -164,17 +183,10 @@ impl ConnState {
         }
     }
 
-    /// Since when the client has been holding a response up, if it is.
-    fn send_stalled_since(&self) -> Option<Instant> {
-        let ms = Duration::from_millis;
-        let write = self.write_stalled.load(Ordering::Relaxed);
-        let write = (write != 0).then(|| self.epoch + ms(write - 1));
-        let owed = (self.owed.load(Ordering::Relaxed) > 0)
-            .then(|| self.epoch + ms(self.pulled_at.load(Ordering::Relaxed)));
-        match (write, owed) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+    /// Since when a write to the client has been stalled, if one is.
+    fn write_stalled_since(&self) -> Option<Instant> {
+        let since = self.write_stalled.load(Ordering::Relaxed);
+        (since != 0).then(|| self.epoch + Duration::from_millis(since - 1))
     }
 
     fn bytes_read(&self) {
@@ -185,21 +197,15 @@ impl ConnState {
         }
     }
 
-    /// When the running clock expires, and which one it is. The watchdog
-    /// looks again at least every `send` (and every `header`/`idle` while a
-    /// request is in flight), so a stall that begins while it sleeps is
-    /// seen in time: its deadline is at least `send` away.
+    /// When the running clock expires, and which one it is. (The watchdog
+    /// also wakes every half `send_timeout` for [`Self::send_tick`], so a
+    /// write stall that begins while it sleeps is seen in time.)
     fn deadline(&self, t: Timeouts) -> (Instant, Clock) {
-        let now = Instant::now();
         let (at, clock) = self.request_deadline(t.header, t.idle);
-        let (at, clock) = match self.send_stalled_since() {
+        match self.write_stalled_since() {
             Some(since) if since + t.send < at => (since + t.send, Clock::Send),
             _ => (at, clock),
-        };
-        if at > now + t.send && clock != Clock::Send {
-            return (now + t.send, Clock::Busy);
         }
-        (at, clock)
     }
 
     fn request_deadline(&self, header: Duration, idle: Duration) -> (Instant, Clock) {
@@ -401,11 +407,14 @@ where
     let mut served = pin!(server.serve_connection_with_upgrades(io, svc));
     let mut graceful = false;
     let mut hard_stop: Option<Instant> = None;
+    let tick = (timeouts.send / 2).max(Duration::from_millis(1));
+    let mut next_tick = Instant::now() + tick;
     loop {
         let (mut deadline, clock) = conn.state.deadline(timeouts);
         if let Some(h) = hard_stop {
             deadline = deadline.min(h);
         }
+        deadline = deadline.min(next_tick);
         tokio::select! {
             result = served.as_mut() => {
                 if let Err(e) = result {
@@ -423,6 +432,14 @@ where
                     debug!("connection did not close after a graceful shutdown; closing");
                     return;
                 }
+                if now >= next_tick {
+                    next_tick = now + tick;
+                    if conn.state.send_tick() {
+                        warn!(side = "client", timeout_ms = timeouts.send.as_millis() as u64,
+                            "a response waited longer than send_timeout for the client to take it; closing");
+                        return;
+                    }
+                }
                 let (current, clock_now) = conn.state.deadline(timeouts);
                 if current > now || clock_now != clock {
                     continue;
@@ -435,7 +452,7 @@ where
                     }
                     Clock::Send => {
                         warn!(side = "client", timeout_ms = timeouts.send.as_millis() as u64,
-                            "client took no response data within send_timeout; closing");
+                            "a write to the client stalled longer than send_timeout; closing");
                         return;
                     }
                     Clock::Idle if !graceful => {
