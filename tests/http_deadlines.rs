@@ -433,6 +433,55 @@ async fn an_http2_stream_whose_window_the_client_never_opens_is_closed_after_sen
     drop(resp);
 }
 
+/// An HTTP/2 connection to `proxy` whose streams have 64 KiB windows (the
+/// client sends a WINDOW_UPDATE every 32 KiB read) and whose connection
+/// window never limits them.
+async fn small_window_h2(
+    proxy: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let stream = TcpStream::connect(proxy).await.unwrap();
+    let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(64 << 20)
+        .handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+        .await
+        .unwrap();
+    (tx, tokio::spawn(conn))
+}
+
+#[tokio::test]
+async fn an_http2_client_reading_slowly_but_steadily_gets_the_whole_response() {
+    // The backend sends large chunks; what counts is how often the client
+    // opens its window, not how long a chunk takes to drain.
+    let len = 2 << 20;
+    let b = RawBackend::start(Act::Stream(len)).await;
+    let (_running, proxy) = proxy(&config(
+        &[b.addr],
+        "send_timeout = \"400ms\"",
+        "response_timeout = \"30s\"",
+    ))
+    .await;
+    let (mut tx, _conn) = small_window_h2(proxy).await;
+    let req = Request::get("http://site.test/big")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut read = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.unwrap_or_else(|e| panic!("cut off after {read} bytes: {e}"));
+        let n = frame.data_ref().map_or(0, |d| d.len());
+        read += n;
+        // About 640 KiB/s: 25 ms per 16 KiB.
+        tokio::time::sleep(Duration::from_micros(25_000 * n as u64 / 16_384)).await;
+    }
+    assert_eq!(read, len);
+}
+
 #[tokio::test]
 async fn an_http2_stream_starved_while_a_decoy_stream_moves_still_closes_the_connection() {
     let b = RawBackend::start(Act::Stream(64 << 20)).await;
@@ -442,14 +491,7 @@ async fn an_http2_stream_starved_while_a_decoy_stream_moves_still_closes_the_con
         "response_timeout = \"30s\"",
     ))
     .await;
-    let stream = TcpStream::connect(proxy).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
-        TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut tx, conn) = small_window_h2(proxy).await;
     let get = || {
         Request::get("http://site.test/big")
             .body(Full::new(Bytes::new()))
@@ -472,6 +514,7 @@ async fn an_http2_stream_starved_while_a_decoy_stream_moves_still_closes_the_con
     let waited = started.elapsed();
     assert!(ended.is_ok(), "the proxy kept the HTTP/2 connection open");
     assert!(waited >= Duration::from_millis(400), "{waited:?}");
+    assert!(waited < Duration::from_secs(4), "{waited:?}");
     let read = reader.await.unwrap();
     assert!(read > 0, "the decoy stream never moved");
     assert!(

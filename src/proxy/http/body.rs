@@ -357,23 +357,66 @@ impl Drop for BackendBody {
 
 /// The body sent to the client. It owns the request's [`Exchange`], so the
 /// exchange ends (access log, backend lease released, connection idle again)
-/// when hyper has written or dropped the body. Between handing hyper a frame
-/// and hyper asking for the next one, the body is "owed" to the client: the
-/// connection's send clock runs (HTTP/2 flow control, a full socket).
+/// when hyper has written or dropped the body.
+///
+/// On HTTP/2, between handing hyper a frame and hyper asking for the next
+/// one, the body is "owed" to the client: hyper holds the frame until the
+/// client's flow-control window lets it out, and the connection's send
+/// clock runs. Frames are handed out at most one DATA frame (16 KiB) at a
+/// time, so that the wait measures the client's window updates, not how
+/// long a large backend chunk takes to drain. (HTTP/1 stalls show on the
+/// socket itself.)
 pub struct ResponseBody {
     source: Source,
     exchange: Exchange,
+    /// Of a larger backend chunk, what is still to be handed out (HTTP/2).
+    rest: Bytes,
+    h2: bool,
     /// While owed: the connection's token for it.
     owed: Option<u32>,
 }
 
+/// The most handed to hyper at once on HTTP/2: one default-size DATA frame.
+const H2_SLICE: usize = 16 * 1024;
+
 impl ResponseBody {
     /// A body from `source` that ends `exchange` when dropped.
     pub fn new(source: Source, exchange: Exchange) -> Self {
+        let h2 = exchange.record.version == hyper::Version::HTTP_2;
         Self {
             source,
             exchange,
+            rest: Bytes::new(),
+            h2,
             owed: None,
+        }
+    }
+
+    fn poll_source(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseError>>> {
+        if !self.rest.is_empty() {
+            let n = self.rest.len().min(H2_SLICE);
+            return Poll::Ready(Some(Ok(Frame::data(self.rest.split_to(n)))));
+        }
+        let polled = match &mut self.source {
+            Source::Backend(b) => b.poll_frame(cx),
+            Source::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        };
+        if !self.h2 {
+            return polled;
+        }
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(mut data) if data.len() > H2_SLICE => {
+                    self.rest = data.split_off(H2_SLICE);
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                Err(other) => Poll::Ready(Some(Ok(other))),
+            },
+            other => other,
         }
     }
 }
@@ -390,15 +433,12 @@ impl Body for ResponseBody {
         if let Some(g) = this.owed.take() {
             this.exchange.conn().state.response_pulled(g);
         }
-        let polled = match &mut this.source {
-            Source::Backend(b) => b.poll_frame(cx),
-            Source::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-        };
+        let polled = this.poll_source(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 this.exchange.record.bytes += data.len() as u64;
             }
-            if !this.is_end_stream() {
+            if this.h2 && !this.is_end_stream() {
                 this.owed = Some(this.exchange.conn().state.response_owed());
             }
         }
@@ -406,19 +446,30 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.source {
-            Source::Backend(b) => b.body.is_end_stream(),
-            Source::Local(bytes) => bytes.is_none(),
-        }
+        self.rest.is_empty()
+            && match &self.source {
+                Source::Backend(b) => b.body.is_end_stream(),
+                Source::Local(bytes) => bytes.is_none(),
+            }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.source {
+        let hint = match &self.source {
             Source::Backend(b) => b.body.size_hint(),
             Source::Local(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
+        };
+        if self.rest.is_empty() {
+            return hint;
         }
+        let rest = self.rest.len() as u64;
+        let mut total = SizeHint::new();
+        total.set_lower(hint.lower() + rest);
+        if let Some(upper) = hint.upper() {
+            total.set_upper(upper + rest);
+        }
+        total
     }
 }
 

@@ -9,9 +9,9 @@
 //! the connection task closes the connection when a clock runs out.
 //!
 //! The send clock runs while the client holds a response up: a write to the
-//! client's socket has stalled, or a response body has handed hyper a frame
-//! and hyper has not asked for the next one (the client's HTTP/2 flow-control
-//! window for that stream is shut, or HTTP/1 hyper's write buffer is full).
+//! client's socket has stalled, or (HTTP/2) a response body has handed hyper
+//! a frame and hyper has not asked for the next one because the client's
+//! flow-control window for that stream is shut.
 //! When one write or one response body waits `send_timeout` for the client,
 //! the connection is closed, which drops every response body on it and with
 //! them their backend connections. A stream starved while another one moves
