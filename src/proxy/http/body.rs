@@ -80,10 +80,10 @@ pub struct Progress {
 }
 
 impl Progress {
-    fn new(done: bool, limit: u64, timeout: Duration) -> Self {
+    fn new(limit: u64, timeout: Duration) -> Self {
         Self {
             epoch: Instant::now(),
-            phase: AtomicU8::new(if done { DONE } else { SENDING }),
+            phase: AtomicU8::new(SENDING),
             since_ms: AtomicU64::new(0),
             limit,
             timeout,
@@ -125,7 +125,9 @@ impl Progress {
 pub struct RequestBody {
     inner: Incoming,
     seen: u64,
-    progress: Arc<Progress>,
+    /// None for a body that is empty from the start (most requests): it
+    /// has nothing to track.
+    progress: Option<Arc<Progress>>,
     /// Runs while the backend connection waits on the client.
     stall: Option<Pin<Box<Sleep>>>,
     waiting: bool,
@@ -139,29 +141,35 @@ impl RequestBody {
         Self {
             inner,
             seen: 0,
-            progress: Arc::new(Progress::new(done, limit.unwrap_or(u64::MAX), timeout)),
+            progress: (!done).then(|| Arc::new(Progress::new(limit.unwrap_or(u64::MAX), timeout))),
             stall: None,
             waiting: false,
         }
     }
 
-    /// The body's progress, for whoever waits for the response head.
-    pub fn progress(&self) -> Arc<Progress> {
+    /// The body's progress, for whoever waits for the response head; None
+    /// when the body was empty (so the request is sent with its head).
+    pub fn progress(&self) -> Option<Arc<Progress>> {
         self.progress.clone()
     }
 
-    fn fail(&self, fault: u8) {
-        self.progress.enter(fault);
+    fn enter(&self, phase: u8) {
+        if let Some(p) = &self.progress {
+            p.enter(phase);
+        }
     }
 
     /// The client is late: arm the clock on the first wait, and fail once
     /// it runs out.
     fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<BodyError> {
         use std::future::Future as _;
-        let timeout = self.progress.timeout;
+        let Some(timeout) = self.progress.as_ref().map(|p| p.timeout) else {
+            // An empty body is never waited for.
+            return Poll::Pending;
+        };
         if !self.waiting {
             self.waiting = true;
-            self.progress.enter(WAITING);
+            self.enter(WAITING);
             let deadline = Instant::now() + timeout;
             match self.stall.as_mut() {
                 Some(s) => s.as_mut().reset(deadline),
@@ -170,7 +178,7 @@ impl RequestBody {
         }
         let stall = self.stall.as_mut().expect("armed above");
         std::task::ready!(stall.as_mut().poll(cx));
-        self.fail(TIMEOUT);
+        self.enter(TIMEOUT);
         warn!(
             side = "client",
             timeout_ms = timeout.as_millis() as u64,
@@ -194,9 +202,9 @@ impl Body for RequestBody {
                 this.waiting = false;
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
-                    let limit = this.progress.limit;
+                    let limit = this.progress.as_ref().map_or(u64::MAX, |p| p.limit);
                     if this.seen > limit {
-                        this.fail(TOO_LARGE);
+                        this.enter(TOO_LARGE);
                         return Poll::Ready(Some(Err(BodyError::TooLarge { limit })));
                     }
                 }
@@ -205,15 +213,15 @@ impl Body for RequestBody {
                 } else {
                     SENDING
                 };
-                this.progress.enter(next);
+                this.enter(next);
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.fail(FAILED);
+                this.enter(FAILED);
                 Poll::Ready(Some(Err(BodyError::Client(e))))
             }
             Poll::Ready(None) => {
-                this.progress.enter(DONE);
+                this.enter(DONE);
                 Poll::Ready(None)
             }
             Poll::Pending => match this.poll_stall(cx) {
@@ -226,7 +234,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         let end = self.inner.is_end_stream();
         if end {
-            self.progress.enter(DONE);
+            self.enter(DONE);
         }
         end
     }

@@ -302,7 +302,7 @@ async fn forward(
     let mut req = Request::from_parts(parts, body);
     let mut lease = plan.lease;
     let mut attempt = 1;
-    let (mut resp, reusable) = loop {
+    let ((mut resp, reusable), addr) = loop {
         let addr = lease.address;
         ex.record.upstream = Some(addr);
         *req.uri_mut() = plan.upstream.target(addr, target.clone());
@@ -317,7 +317,7 @@ async fn forward(
                         "passive check: request succeeded after cool-down",
                     );
                 }
-                break sent;
+                break (sent, addr);
             }
             Err(failed) => failed,
         };
@@ -387,8 +387,7 @@ async fn forward(
         let version = resp.version();
         headers::add_via(resp.headers_mut(), version);
     }
-    let (addr, idle) = (ex.record.upstream, plan.upstream.response_timeout);
-    let addr = addr.expect("set before sending");
+    let idle = plan.upstream.response_timeout;
     resp.map(|body| Source::Backend(BackendBody::new(body, reusable, addr, idle)))
 }
 

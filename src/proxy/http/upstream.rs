@@ -148,7 +148,8 @@ impl Upstream {
             };
             let Checkout { mut sender, reused } = checkout;
             let progress = req.body().progress();
-            let sent = head_in_time(self.response_timeout, &progress, sender.send(req)).await;
+            let sent = head_in_time(self.response_timeout, progress.as_deref(), sender.send(req));
+            let sent = sent.await;
             let mut e = match sent {
                 Ok(Ok(resp)) => {
                     let give_back = match sender {
@@ -188,7 +189,8 @@ impl Upstream {
                     // An HTTP/2 backend stream reset because the body failed
                     // does not carry the body's error: the client's fault
                     // still is the client's.
-                    if let (Phase::Failed(fault), "backend") = (progress.phase().0, error.side()) {
+                    let phase = progress.as_ref().map(|p| p.phase().0);
+                    if let (Some(Phase::Failed(fault)), "backend") = (phase, error.side()) {
                         error = fault.into();
                     }
                     return Err(Failed { error, request });
@@ -211,11 +213,17 @@ enum Late {
 /// Wait for `exchange` (the response head) with the head deadline of
 /// `progress`: none while the backend waits on the client, `timeout` after
 /// the body was fully sent, or after the backend last took a piece of it.
+/// Without a body to track, the head is due `timeout` after sending.
 async fn head_in_time<F: std::future::Future>(
     timeout: Duration,
-    progress: &Progress,
+    progress: Option<&Progress>,
     exchange: F,
 ) -> Result<F::Output, Late> {
+    let Some(progress) = progress else {
+        return tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| Late::Backend);
+    };
     let started = Instant::now();
     let mut exchange = std::pin::pin!(exchange);
     loop {
