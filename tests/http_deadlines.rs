@@ -330,14 +330,14 @@ async fn a_client_that_never_reads_a_large_response_is_closed_after_send_timeout
 
 #[tokio::test]
 async fn a_client_reading_slowly_but_steadily_gets_the_whole_response() {
-    // The backend's idle timeout between body chunks (300ms) runs only while
+    // The backend's idle timeout between body chunks (500ms) runs only while
     // the proxy waits on the backend, not while it waits for the client.
     let len = 8 << 20;
     let b = RawBackend::start(Act::Stream(len)).await;
     let (_running, proxy) = proxy(&config(
         &[b.addr],
         "send_timeout = \"5s\"",
-        "response_timeout = \"300ms\"",
+        "response_timeout = \"500ms\"",
     ))
     .await;
     let mut s = small_window_client(proxy).await;
@@ -347,8 +347,8 @@ async fn a_client_reading_slowly_but_steadily_gets_the_whole_response() {
     let mut received = Vec::new();
     let mut buf = vec![0u8; 1 << 20];
     for pause in 0.. {
-        if pause < 4 {
-            tokio::time::sleep(Duration::from_millis(600)).await;
+        if pause < 3 {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
         }
         let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
             .await
@@ -456,11 +456,11 @@ async fn small_window_h2(
 async fn an_http2_client_reading_slowly_but_steadily_gets_the_whole_response() {
     // The backend sends large chunks; what counts is how often the client
     // opens its window, not how long a chunk takes to drain.
-    let len = 2 << 20;
+    let len = 1 << 20;
     let b = RawBackend::start(Act::Stream(len)).await;
     let (_running, proxy) = proxy(&config(
         &[b.addr],
-        "send_timeout = \"400ms\"",
+        "send_timeout = \"1s\"",
         "response_timeout = \"30s\"",
     ))
     .await;
@@ -476,8 +476,8 @@ async fn an_http2_client_reading_slowly_but_steadily_gets_the_whole_response() {
         let frame = frame.unwrap_or_else(|e| panic!("cut off after {read} bytes: {e}"));
         let n = frame.data_ref().map_or(0, |d| d.len());
         read += n;
-        // About 640 KiB/s: 25 ms per 16 KiB.
-        tokio::time::sleep(Duration::from_micros(25_000 * n as u64 / 16_384)).await;
+        // About 320 KiB/s: 50 ms per 16 KiB.
+        tokio::time::sleep(Duration::from_micros(50_000 * n as u64 / 16_384)).await;
     }
     assert_eq!(read, len);
 }
@@ -562,7 +562,7 @@ async fn slow_uploads_leave_the_backends_up_and_other_clients_served() {
     let (running, proxy) = proxy(&config(
         &[one.addr, two.addr],
         "request_body_timeout = \"5s\"",
-        "response_timeout = \"300ms\"\npassive_fall = 2\npassive_cooldown = \"60s\"\n\
+        "response_timeout = \"1s\"\npassive_fall = 2\npassive_cooldown = \"60s\"\n\
          on_all_down = \"refuse\"",
     ))
     .await;
