@@ -460,7 +460,7 @@ async fn an_http2_client_reading_slowly_but_steadily_gets_the_whole_response() {
     let b = RawBackend::start(Act::Stream(len)).await;
     let (_running, proxy) = proxy(&config(
         &[b.addr],
-        "send_timeout = \"1s\"",
+        "send_timeout = \"600ms\"",
         "response_timeout = \"30s\"",
     ))
     .await;
@@ -476,8 +476,9 @@ async fn an_http2_client_reading_slowly_but_steadily_gets_the_whole_response() {
         let frame = frame.unwrap_or_else(|e| panic!("cut off after {read} bytes: {e}"));
         let n = frame.data_ref().map_or(0, |d| d.len());
         read += n;
-        // About 320 KiB/s: 50 ms per 16 KiB.
-        tokio::time::sleep(Duration::from_micros(50_000 * n as u64 / 16_384)).await;
+        // About 200 KiB/s: 80 ms per 16 KiB, so a 200 KiB backend chunk
+        // takes a second to drain.
+        tokio::time::sleep(Duration::from_micros(80_000 * n as u64 / 16_384)).await;
     }
     assert_eq!(read, len);
 }
