@@ -558,6 +558,46 @@ async fn a_response_head_later_than_response_timeout_after_a_fully_sent_body_is_
 }
 
 #[tokio::test]
+async fn a_response_head_timeout_closes_the_backend_connection() {
+    let b = RawBackend::start(Act::Listen).await;
+    let (_running, proxy) = proxy(&config(&[b.addr], "", "response_timeout = \"300ms\"")).await;
+    let (status, _, body) = send(&h1_client(), get(proxy, "site.test", "/")).await;
+    assert_eq!(status, 504);
+    assert_eq!(body, "504 Gateway Timeout\n");
+    assert!(
+        eventually(Duration::from_secs(3), || b.closed() == 1).await,
+        "the backend connection stays open"
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_upload_to_an_http2_backend_is_the_clients_fault_not_the_backends() {
+    let b = Backend::start("h2").await;
+    let (running, proxy) = proxy(&config(
+        &[b.addr],
+        "request_body_timeout = \"400ms\"",
+        "http2 = true\npassive_fall = 1\npassive_cooldown = \"60s\"",
+    ))
+    .await;
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: site.test\r\nContent-Length: 100\r\n\r\nhello")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut s, Duration::from_secs(10))
+        .await
+        .expect("the proxy closes the connection");
+    let answer = text(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{answer}"
+    );
+    let snap = running.snapshot();
+    assert!(snap.pools.get("p").unwrap().backends[0].healthy());
+    let (status, _, _) = send(&h1_client(), get(proxy, "site.test", "/")).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
 async fn slow_uploads_leave_the_backends_up_and_other_clients_served() {
     let (one, two) = (Backend::start("one").await, Backend::start("two").await);
     let (running, proxy) = proxy(&config(
