@@ -5,6 +5,7 @@
 //! after the request was fully sent is the backend's.
 
 mod http_support;
+mod tls_support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -321,6 +322,59 @@ async fn a_client_that_never_reads_a_large_response_is_closed_after_send_timeout
         "{}",
         text(&got[..12])
     );
+    assert!(got.len() < 64 << 20, "the whole response arrived");
+    assert!(
+        eventually(Duration::from_secs(3), || b.closed() == 1).await,
+        "the backend connection stays open"
+    );
+}
+
+#[tokio::test]
+async fn an_https_client_that_never_reads_a_large_response_is_closed_after_send_timeout() {
+    let b = RawBackend::start(Act::Stream(64 << 20)).await;
+    let pki = tls_support::Pki::new();
+    let dir = tls_support::TempDir::new("deadlines");
+    let leaf = pki.issue(&["site.test"], tls_support::Alg::Ecdsa);
+    let (cert, key) = tls_support::write_pair(dir.path(), "site", &leaf);
+    let text = config(
+        &[b.addr],
+        "send_timeout = \"500ms\"",
+        "response_timeout = \"30s\"",
+    )
+    .replace("protocol = \"http\"", "protocol = \"https\"")
+    .replace(
+        "pool = \"p\"\n",
+        &format!(
+            "pool = \"p\"\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let (_running, proxy) = proxy(&text).await;
+    let tcp = small_window_client(proxy).await;
+    let cfg = Arc::new(tls_support::client(tls_support::TLS13_AND_12));
+    let name = rustls::pki_types::ServerName::try_from("site.test").unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: site.test\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the proxy kept the TLS connection open");
+    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
     assert!(got.len() < 64 << 20, "the whole response arrived");
     assert!(
         eventually(Duration::from_secs(3), || b.closed() == 1).await,
