@@ -68,6 +68,8 @@ pub(super) struct RawListener {
     pub(super) handshake_timeout: Option<String>,
     pub(super) header_timeout: Option<String>,
     pub(super) idle_timeout: Option<String>,
+    pub(super) request_body_timeout: Option<String>,
+    pub(super) send_timeout: Option<String>,
     pub(super) forwarded: Option<bool>,
     pub(super) via: Option<bool>,
     pub(super) x_real_ip: Option<bool>,

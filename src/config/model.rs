@@ -178,6 +178,13 @@ pub struct Listener {
     pub handshake_timeout: Duration,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Longest wait for the next piece of a request body from the client
+    /// (nginx `client_body_timeout`); expiry is `408` and closes both sides.
+    pub request_body_timeout: Duration,
+    /// Longest a response may wait for the client to take more of it (a
+    /// stalled socket write, or HTTP/2 flow control; nginx `send_timeout`);
+    /// expiry closes the client connection.
+    pub send_timeout: Duration,
     /// Add an RFC 7239 `Forwarded` header to requests (`http`/`https`).
     pub forwarded: bool,
     /// Add a `Via` header to requests and responses (`http`/`https`).

@@ -1328,6 +1328,7 @@ fn listener(
     }
     let (max_header_bytes, max_headers) = header_limits(c, &span, &p, &raw, protocol);
     let upgrades = upgrades(c, &span, &p, &raw, protocol);
+    let (request_body_timeout, send_timeout) = transfer_timeouts(c, &span, &p, &raw, protocol);
     let max_connections = c.number(
         &span,
         &p,
@@ -1402,6 +1403,8 @@ fn listener(
             Duration::from_secs(if protocol.is_http() { 60 } else { 3600 }),
             SHORTEST..=7 * DAY,
         ),
+        request_body_timeout,
+        send_timeout,
         forwarded: raw.forwarded.unwrap_or(false),
         via: raw.via.unwrap_or(false),
         x_real_ip: raw.x_real_ip.unwrap_or(false),
@@ -1517,6 +1520,40 @@ fn header_limits(
         }
     }
     (bytes, count)
+}
+
+/// `request_body_timeout` and `send_timeout` of a listener (HTTP only),
+/// both 60 s by default as in nginx.
+fn transfer_timeouts(
+    c: &mut Checker<'_>,
+    span: &Range<usize>,
+    p: &str,
+    raw: &RawListener,
+    protocol: Protocol,
+) -> (Duration, Duration) {
+    let default = Duration::from_secs(60);
+    let mut out = [default; 2];
+    let fields = [
+        ("request_body_timeout", &raw.request_body_timeout),
+        ("send_timeout", &raw.send_timeout),
+    ];
+    for (slot, (field, value)) in out.iter_mut().zip(fields) {
+        if value.is_none() {
+            continue;
+        }
+        if !protocol.is_http() {
+            c.report(
+                span,
+                p,
+                Some(field),
+                format!("`{field}` times HTTP transfers, and this listener does not speak HTTP"),
+                "remove it (`idle_timeout` covers tcp/tls), or use protocol \"http\" or \"https\"",
+            );
+            continue;
+        }
+        *slot = c.duration_in(span, p, field, value, default, SHORTEST..=DAY);
+    }
+    (out[0], out[1])
 }
 
 fn ipvs(

@@ -118,6 +118,8 @@ pub(crate) const FIELDS: &[Field] = &[
     dur(Listener, "handshake_timeout", "100ms", "1d"),
     dur(Listener, "header_timeout", "100ms", "1d"),
     dur(Listener, "idle_timeout", "100ms", "7d"),
+    dur(Listener, "request_body_timeout", "100ms", "1d"),
+    dur(Listener, "send_timeout", "100ms", "1d"),
     int(Listener, "max_header_bytes", 8192, 1_048_576, USIZE),
     int(Listener, "max_headers", 1, 1000, USIZE),
     Field {

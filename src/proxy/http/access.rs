@@ -56,6 +56,11 @@ impl Exchange {
             conn,
         }
     }
+
+    /// The client connection the request came on.
+    pub fn conn(&self) -> &Arc<Conn> {
+        &self.conn
+    }
 }
 
 impl Drop for Exchange {

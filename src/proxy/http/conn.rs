@@ -1,5 +1,5 @@
 //! One client connection: hyper's HTTP/1.1 + HTTP/2 server over the client
-//! stream, with vipd's own header-read (slowloris) and idle keep-alive
+//! stream, with vipd's own header-read (slowloris), send and idle keep-alive
 //! timeouts, and graceful shutdown.
 //!
 //! hyper's own `header_read_timeout` also runs while a keep-alive connection
@@ -7,6 +7,20 @@
 //! header timeout. Instead, the stream is wrapped so that the first byte read
 //! while no request is in flight starts the header clock, and a watchdog in
 //! the connection task closes the connection when a clock runs out.
+//!
+//! The send clock runs while the client holds a response up: a write to the
+//! client's socket has stalled, or (HTTP/2) a response body has handed hyper
+//! a frame and hyper has not asked for the next one because the client's
+//! flow-control window for that stream is shut.
+//! When one write or one response body waits `send_timeout` for the client,
+//! the connection is closed, which drops every response body on it and with
+//! them their backend connections. A stream starved while another one moves
+//! still counts: a client cannot hold backends with a decoy stream.
+//!
+//! Owed bodies are counted in generations the watchdog advances every half
+//! `send_timeout`: a body counted two generations back has waited at least
+//! `send_timeout`, so the check costs two atomic adds per response frame and
+//! no lock.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -52,6 +66,8 @@ pub struct Conn {
     pub shutdown: Shutdown,
     /// Idle timeout of WebSocket tunnels started on this connection.
     pub idle_timeout: Duration,
+    /// Longest wait for the client's next piece of a request body.
+    pub request_body_timeout: Duration,
     pub state: ConnState,
     /// The listener's counters (requests by status class, latency).
     pub stats: Arc<ListenerStats>,
@@ -72,6 +88,14 @@ pub struct ConnState {
     /// HTTP/2 streams share the connection, so no header clock applies
     /// once the connection speaks HTTP/2.
     h2: AtomicBool,
+    /// 1 + when a write to the client began to stall; 0 = not stalled.
+    write_stalled: AtomicU64,
+    /// The current generation of owed response bodies, 0 to 2 (see the
+    /// module doc).
+    generation: AtomicU32,
+    /// Response bodies that handed hyper a frame and wait to be asked for
+    /// the next one, by the generation (mod 3) in which they began to wait.
+    owed: [AtomicU32; 3],
 }
 
 /// Which clock ran out.
@@ -79,7 +103,17 @@ pub struct ConnState {
 enum Clock {
     Header,
     Idle,
+    /// A write to the client has stalled for `send_timeout`.
+    Send,
     Busy,
+}
+
+/// The watchdog's timeouts of one connection.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    header: Duration,
+    idle: Duration,
+    send: Duration,
 }
 
 impl ConnState {
@@ -91,6 +125,9 @@ impl ConnState {
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
             h2: AtomicBool::new(false),
+            write_stalled: AtomicU64::new(0),
+            generation: AtomicU32::new(0),
+            owed: Default::default(),
         }
     }
 
@@ -119,6 +156,50 @@ impl ConnState {
         }
     }
 
+    /// A response body handed hyper a frame and is not at its end: it waits
+    /// for the client now. Returns the token to give [`Self::response_pulled`].
+    pub fn response_owed(&self) -> u32 {
+        let g = self.generation.load(Ordering::Relaxed);
+        self.owed[g as usize].fetch_add(1, Ordering::Relaxed);
+        g
+    }
+
+    /// hyper asked for more from (or dropped) a body that was owed since
+    /// generation `g`.
+    pub fn response_pulled(&self, g: u32) {
+        self.owed[g as usize].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Advance the owed generation (every half `send_timeout`); true if a
+    /// body counted two generations back still waits: it has waited for
+    /// the client at least `send_timeout`.
+    fn send_tick(&self) -> bool {
+        let next = (self.generation.load(Ordering::Relaxed) + 1) % 3;
+        // The bucket the next generation reuses holds the oldest bodies.
+        if self.owed[next as usize].load(Ordering::Relaxed) > 0 {
+            return true;
+        }
+        self.generation.store(next, Ordering::Relaxed);
+        false
+    }
+
+    /// A write to the client returned: `stalled` if it could not proceed.
+    fn wrote(&self, stalled: bool) {
+        let since = self.write_stalled.load(Ordering::Relaxed);
+        if stalled && since == 0 {
+            self.write_stalled
+                .store(self.now_ms() + 1, Ordering::Relaxed);
+        } else if !stalled && since != 0 {
+            self.write_stalled.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Since when a write to the client has been stalled, if one is.
+    fn write_stalled_since(&self) -> Option<Instant> {
+        let since = self.write_stalled.load(Ordering::Relaxed);
+        (since != 0).then(|| self.epoch + Duration::from_millis(since - 1))
+    }
+
     fn bytes_read(&self) {
         if self.inflight.load(Ordering::Relaxed) == 0
             && self.head_since.load(Ordering::Relaxed) == 0
@@ -127,8 +208,18 @@ impl ConnState {
         }
     }
 
-    /// When the running clock expires, and which one it is.
-    fn deadline(&self, header: Duration, idle: Duration) -> (Instant, Clock) {
+    /// When the running clock expires, and which one it is. (The watchdog
+    /// also wakes every half `send_timeout` for [`Self::send_tick`], so a
+    /// write stall that begins while it sleeps is seen in time.)
+    fn deadline(&self, t: Timeouts) -> (Instant, Clock) {
+        let (at, clock) = self.request_deadline(t.header, t.idle);
+        match self.write_stalled_since() {
+            Some(since) if since + t.send < at => (since + t.send, Clock::Send),
+            _ => (at, clock),
+        }
+    }
+
+    fn request_deadline(&self, header: Duration, idle: Duration) -> (Instant, Clock) {
         if self.inflight.load(Ordering::Relaxed) > 0 {
             // Re-check later: a request in flight has its own timeouts.
             return (Instant::now() + header.min(idle), Clock::Busy);
@@ -168,21 +259,32 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     }
 }
 
+impl<T> Watched<T> {
+    /// Report whether a write stalled, and pass its result on.
+    fn wrote<R>(&self, polled: Poll<R>) -> Poll<R> {
+        self.conn.state.wrote(polled.is_pending());
+        polled
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(polled)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.wrote(polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.wrote(polled)
     }
 
     fn poll_write_vectored(
@@ -190,7 +292,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -306,11 +409,17 @@ where
         }),
         shutdown: a.shutdown.clone(),
         idle_timeout: cfg.idle_timeout,
+        request_body_timeout: cfg.request_body_timeout,
         state: ConnState::new(),
         stats: a.stats,
         admission: a.admission,
     });
-    let (header_timeout, idle_timeout) = (cfg.header_timeout, cfg.idle_timeout);
+    let timeouts = Timeouts {
+        header: cfg.header_timeout,
+        idle: cfg.idle_timeout,
+        send: cfg.send_timeout,
+    };
+    let header_timeout = timeouts.header;
     let io = TokioIo::new(Watched {
         inner: io,
         conn: conn.clone(),
@@ -322,11 +431,14 @@ where
     let mut served = pin!(server.serve_connection_with_upgrades(io, svc));
     let mut graceful = false;
     let mut hard_stop: Option<Instant> = None;
+    let tick = (timeouts.send / 2).max(Duration::from_millis(1));
+    let mut next_tick = Instant::now() + tick;
     loop {
-        let (mut deadline, clock) = conn.state.deadline(header_timeout, idle_timeout);
+        let (mut deadline, clock) = conn.state.deadline(timeouts);
         if let Some(h) = hard_stop {
             deadline = deadline.min(h);
         }
+        deadline = deadline.min(next_tick);
         tokio::select! {
             result = served.as_mut() => {
                 if let Err(e) = result {
@@ -344,7 +456,15 @@ where
                     debug!("connection did not close after a graceful shutdown; closing");
                     return;
                 }
-                let (current, clock_now) = conn.state.deadline(header_timeout, idle_timeout);
+                if now >= next_tick {
+                    next_tick = now + tick;
+                    if conn.state.send_tick() {
+                        warn!(side = "client", timeout_ms = timeouts.send.as_millis() as u64,
+                            "a response waited longer than send_timeout for the client to take it; closing");
+                        return;
+                    }
+                }
+                let (current, clock_now) = conn.state.deadline(timeouts);
                 if current > now || clock_now != clock {
                     continue;
                 }
@@ -352,6 +472,11 @@ where
                     Clock::Header => {
                         warn!(side = "client", timeout_ms = header_timeout.as_millis() as u64,
                             "no complete request header within header_timeout; closing");
+                        return;
+                    }
+                    Clock::Send => {
+                        warn!(side = "client", timeout_ms = timeouts.send.as_millis() as u64,
+                            "a write to the client stalled longer than send_timeout; closing");
                         return;
                     }
                     Clock::Idle if !graceful => {
@@ -376,5 +501,30 @@ fn log_connection_error(e: &(dyn std::error::Error + 'static)) {
             warn!(side = "client", error = %h, "malformed request; answered 400 and closed");
         }
         _ => debug!(side = "client", error = %e, "connection ended with an error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_owed_across_two_ticks_trips_the_next_and_one_pulled_in_time_never_does() {
+        let s = ConnState::new();
+        let starved = s.response_owed();
+        assert!(!s.send_tick());
+        // Another body moves all the time; it never trips anything.
+        for _ in 0..10 {
+            let g = s.response_owed();
+            s.response_pulled(g);
+        }
+        assert!(!s.send_tick());
+        assert!(s.send_tick(), "owed for two whole generations");
+        s.response_pulled(starved);
+        for _ in 0..6 {
+            let g = s.response_owed();
+            assert!(!s.send_tick());
+            s.response_pulled(g);
+        }
     }
 }

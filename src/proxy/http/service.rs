@@ -23,7 +23,7 @@ use super::body::{BackendBody, RequestBody, ResponseBody, Source};
 use super::conn::Conn;
 use super::headers::{self, Options};
 use super::route::{ListenerRoutes, VhostRoute};
-use super::upstream::Upstream;
+use super::upstream::{ForwardError, Upstream};
 use crate::authority::Authority;
 use crate::balance::{Lease, PersistenceTable, Pool};
 use crate::proxy::Snapshot;
@@ -91,6 +91,7 @@ fn local(status: StatusCode, text: &'static str) -> Response<Source> {
 fn error_response(status: StatusCode) -> Response<Source> {
     let text = match status {
         StatusCode::BAD_REQUEST => "400 Bad Request\n",
+        StatusCode::REQUEST_TIMEOUT => "408 Request Timeout\n",
         StatusCode::PAYLOAD_TOO_LARGE => "413 Payload Too Large\n",
         StatusCode::BAD_GATEWAY => "502 Bad Gateway\n",
         StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout\n",
@@ -353,10 +354,12 @@ async fn forward(
         Version::HTTP_11
     };
     let attempts = plan.pool.backends.len().clamp(1, 3);
-    let mut req = Request::from_parts(parts, RequestBody::new(body, plan.max_body_size));
+    let client_version = parts.version;
+    let body = RequestBody::new(body, plan.max_body_size, conn.request_body_timeout);
+    let mut req = Request::from_parts(parts, body);
     let mut lease = plan.lease;
     let mut attempt = 1;
-    let (mut resp, reusable) = loop {
+    let ((mut resp, reusable), addr) = loop {
         let addr = lease.address;
         ex.record.upstream = Some(addr);
         *req.uri_mut() = plan.upstream.target(addr, target.clone());
@@ -371,12 +374,15 @@ async fn forward(
                         "passive check: request succeeded after cool-down",
                     );
                 }
-                break sent;
+                break (sent, addr);
             }
             Err(failed) => failed,
         };
         let e = failed.error;
-        warn!(side = e.side(), error = %e, attempt, "request failed");
+        if !matches!(e, ForwardError::ClientBodyTimeout { .. }) {
+            // (A stalled body has logged itself.)
+            warn!(side = e.side(), error = %e, attempt, "request failed");
+        }
         // Passive check: connect failures and backend failures after
         // connecting (reset, closed, no response head in time) count.
         let counted = snap
@@ -398,7 +404,7 @@ async fn forward(
             }
         }
         if !e.is_connect() {
-            return error_response(e.status());
+            return failure_response(&e, client_version);
         }
         // A persistent client is rescheduled rather than sent back to a
         // backend that just refused it.
@@ -449,7 +455,20 @@ async fn forward(
         let version = resp.version();
         headers::add_via(resp.headers_mut(), version);
     }
-    resp.map(|body| Source::Backend(BackendBody::new(body, reusable)))
+    let idle = plan.upstream.response_timeout;
+    resp.map(|body| Source::Backend(BackendBody::new(body, reusable, addr, idle)))
+}
+
+/// The answer to a request that failed after reaching a backend. When the
+/// client broke its body, the rest of it is not read: an HTTP/1 connection
+/// cannot carry another request and is closed after the answer.
+fn failure_response(e: &ForwardError, version: Version) -> Response<Source> {
+    let mut resp = error_response(e.status());
+    if e.side() == "client" && version != Version::HTTP_2 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// Splice an upgraded client connection (e.g. a WebSocket) to the upgraded

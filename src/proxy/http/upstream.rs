@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::body::{BodyError, RequestBody};
+use super::body::{BodyError, ClientFault, Phase, Progress, RequestBody};
 use crate::config;
 
 type HashMap<K, V> = std::collections::HashMap<K, V, FnvBuildHasher>;
@@ -58,7 +58,8 @@ impl Settings {
 /// The backend connections of one pool.
 pub struct Upstream {
     conns: Arc<Conns>,
-    /// Time allowed from sending a request until the response head arrives.
+    /// Time allowed from the moment the request was fully sent until the
+    /// response head arrives, and between two pieces of the response body.
     pub response_timeout: Duration,
     /// Backend addresses as URI authorities (HTTP/2 requests carry one).
     authorities: HashMap<SocketAddr, Authority>,
@@ -126,6 +127,10 @@ impl Upstream {
     /// Send `req` to backend `addr` over a pooled or new connection and wait
     /// for the response head. With the response comes the connection to give
     /// back (HTTP/1.1) once the response body has been read to its end.
+    ///
+    /// The head is due `response_timeout` after the request was fully sent
+    /// (or after the backend stopped taking the body); time the client takes
+    /// to upload is not counted (the body has its own deadline).
     pub async fn send(
         &self,
         addr: SocketAddr,
@@ -142,7 +147,9 @@ impl Upstream {
                 }
             };
             let Checkout { mut sender, reused } = checkout;
-            let sent = tokio::time::timeout(self.response_timeout, sender.send(req)).await;
+            let progress = req.body().progress();
+            let sent = head_in_time(self.response_timeout, progress.as_deref(), sender.send(req));
+            let sent = sent.await;
             let mut e = match sent {
                 Ok(Ok(resp)) => {
                     let give_back = match sender {
@@ -156,10 +163,16 @@ impl Upstream {
                     return Ok((resp, give_back));
                 }
                 Ok(Err(e)) => e,
-                Err(_) => {
+                Err(Late::Backend) => {
                     let timeout = self.response_timeout;
                     return Err(Failed {
                         error: ForwardError::ResponseTimeout { addr, timeout },
+                        request: None,
+                    });
+                }
+                Err(Late::Client(fault)) => {
+                    return Err(Failed {
+                        error: fault.into(),
                         request: None,
                     });
                 }
@@ -172,12 +185,63 @@ impl Upstream {
                     req = back;
                 }
                 request => {
-                    return Err(Failed {
-                        error: ForwardError::classify(e.error(), addr),
-                        request,
-                    });
+                    let mut error = ForwardError::classify(e.error(), addr);
+                    // An HTTP/2 backend stream reset because the body failed
+                    // does not carry the body's error: the client's fault
+                    // still is the client's.
+                    let phase = progress.as_ref().map(|p| p.phase().0);
+                    if let (Some(Phase::Failed(fault)), "backend") = (phase, error.side()) {
+                        error = fault.into();
+                    }
+                    return Err(Failed { error, request });
                 }
             }
+        }
+    }
+}
+
+/// Why no response head came in time.
+enum Late {
+    /// `response_timeout` passed after the request was fully sent, or
+    /// while the backend did not take the body.
+    Backend,
+    /// The client broke the body and the backend connection did not (yet)
+    /// report it.
+    Client(ClientFault),
+}
+
+/// Wait for `exchange` (the response head) with the head deadline of
+/// `progress`: none while the backend waits on the client, `timeout` after
+/// the body was fully sent, or after the backend last took a piece of it.
+/// Without a body to track, the head is due `timeout` after sending.
+async fn head_in_time<F: std::future::Future>(
+    timeout: Duration,
+    progress: Option<&Progress>,
+    exchange: F,
+) -> Result<F::Output, Late> {
+    let Some(progress) = progress else {
+        return tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| Late::Backend);
+    };
+    let started = Instant::now();
+    let mut exchange = std::pin::pin!(exchange);
+    loop {
+        let (phase, since) = progress.phase();
+        // A phase entered later than now has its deadline at least
+        // `timeout` away, so looking again after `timeout` is soon enough.
+        let wake = match phase {
+            Phase::Sending | Phase::Done => since.max(started) + timeout,
+            Phase::WaitingForClient => Instant::now() + timeout,
+            Phase::Failed(fault) => return Err(Late::Client(fault)),
+        };
+        tokio::select! {
+            out = exchange.as_mut() => return Ok(out),
+            () = tokio::time::sleep_until(wake) => {}
+        }
+        let (now_phase, now_since) = progress.phase();
+        if now_phase == phase && now_since == since && phase != Phase::WaitingForClient {
+            return Err(Late::Backend);
         }
     }
 }
@@ -442,6 +506,16 @@ impl Upstreams {
     }
 }
 
+impl From<ClientFault> for ForwardError {
+    fn from(f: ClientFault) -> Self {
+        match f {
+            ClientFault::TooLarge { limit } => Self::BodyTooLarge { limit },
+            ClientFault::Timeout { timeout } => Self::ClientBodyTimeout { timeout },
+            ClientFault::Failed => Self::ClientBody("the client's body ended in an error".into()),
+        }
+    }
+}
+
 /// Why a request could not be forwarded, with the side at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -451,6 +525,10 @@ pub enum ForwardError {
     /// Reading the request body from the client failed (client).
     #[error("reading the request body failed: {0}")]
     ClientBody(String),
+    /// The client sent no request body data for `request_body_timeout`
+    /// (client).
+    #[error("no request body data from the client within {timeout:?}")]
+    ClientBodyTimeout { timeout: Duration },
     /// The backend did not accept the connection in time (backend).
     #[error("backend {addr}: connect timed out")]
     ConnectTimeout { addr: SocketAddr },
@@ -475,6 +553,7 @@ impl ForwardError {
             if let Some(b) = s.downcast_ref::<BodyError>() {
                 return match b {
                     BodyError::TooLarge { limit } => Self::BodyTooLarge { limit: *limit },
+                    BodyError::Timeout { timeout } => Self::ClientBodyTimeout { timeout: *timeout },
                     BodyError::Client(c) => Self::ClientBody(c.to_string()),
                 };
             }
@@ -494,6 +573,7 @@ impl ForwardError {
         match self {
             Self::BodyTooLarge { .. } => S::PAYLOAD_TOO_LARGE,
             Self::ClientBody(_) => S::BAD_REQUEST,
+            Self::ClientBodyTimeout { .. } => S::REQUEST_TIMEOUT,
             Self::ConnectTimeout { .. } | Self::ResponseTimeout { .. } => S::GATEWAY_TIMEOUT,
             Self::Connect { .. } | Self::Backend { .. } => S::BAD_GATEWAY,
         }
@@ -505,8 +585,9 @@ impl ForwardError {
     }
 
     /// Whether the backend failed the exchange after the connection was
-    /// made (reset, closed, not HTTP, or no response head in time): a
-    /// passive health check failure.
+    /// made (reset, closed, not HTTP, or no response head in time after the
+    /// request was fully sent): a passive health check failure. What the
+    /// client does wrong never is.
     pub fn is_backend_failure(&self) -> bool {
         matches!(self, Self::Backend { .. } | Self::ResponseTimeout { .. })
     }
@@ -514,7 +595,9 @@ impl ForwardError {
     /// Which side caused the failure: `client` or `backend`.
     pub fn side(&self) -> &'static str {
         match self {
-            Self::BodyTooLarge { .. } | Self::ClientBody(_) => "client",
+            Self::BodyTooLarge { .. } | Self::ClientBody(_) | Self::ClientBodyTimeout { .. } => {
+                "client"
+            }
             _ => "backend",
         }
     }
