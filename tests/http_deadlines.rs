@@ -747,8 +747,8 @@ send_timeout = \"5s\"
     assert_eq!(
         problems(&text),
         vec![
-            "6:1: listener \"web\".request_body_timeout: \"0s\" is outside 100ms..=1d\n    fix: set `request_body_timeout` between \"100ms\" and \"1d\" (default \"60s\")",
-            "7:1: listener \"web\".send_timeout: \"2d\" is outside 100ms..=1d\n    fix: set `send_timeout` between \"100ms\" and \"1d\" (default \"60s\")",
+            "6:1: listener \"web\".request_body_timeout: \"0s\" is outside 100ms..=1d\n    fix: set `request_body_timeout` between \"100ms\" and \"1d\" (default \"1m\")",
+            "7:1: listener \"web\".send_timeout: \"2d\" is outside 100ms..=1d\n    fix: set `send_timeout` between \"100ms\" and \"1d\" (default \"1m\")",
             "24:1: listener \"raw\".send_timeout: `send_timeout` times HTTP transfers, and this listener does not speak HTTP\n    fix: remove it (`idle_timeout` covers tcp/tls), or use protocol \"http\" or \"https\"",
         ]
     );
