@@ -299,12 +299,8 @@ mh_table_size = 2147483647
 connect_timeout = "99999999999d"
 backends = [{ address = "127.0.0.1:0", weight = 65536 }]
 "#;
-    let problems: Vec<String> = match vipd::config::parse(text, Path::new("site.toml")) {
-        Ok(_) => panic!("config unexpectedly valid"),
-        Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
-    };
     assert_eq!(
-        problems,
+        support::problems(text),
         vec![
             "2:1: global.workers: 100000 is outside 0..=1024 threads\n    fix: set `workers` between 0 and 1024 (default 0)",
             "11:1: pool \"web\".backends[0].address: 127.0.0.1:0 has port 0, which no connection can reach\n    fix: write the port the server listens on, e.g. \"192.0.2.21:80\"",
@@ -323,12 +319,8 @@ name = "web"
 backends = [{ address = "127.0.0.1:80" }]
 health = { kind = "http", path = "healthz now", host = "a b" }
 "#;
-    let problems: Vec<String> = match vipd::config::parse(text, Path::new("site.toml")) {
-        Ok(_) => panic!("config unexpectedly valid"),
-        Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
-    };
     assert_eq!(
-        problems,
+        support::problems(text),
         vec![
             "1:1: pool \"web\".health.path: \"healthz now\" is not a request path\n    fix: write an absolute path without spaces, e.g. \"/healthz\"",
             "1:1: pool \"web\".health.host: \"a b\" is not a host name\n    fix: write the Host the backend expects, e.g. \"www.example.com\"",
@@ -343,12 +335,8 @@ name = "web"
 address = "198.51.100.100:80"
 real_servers = [{ address = "192.0.2.21:80" }, { address = "192.0.2.21:80", weight = 2 }]
 "#;
-    let problems: Vec<String> = match vipd::config::parse(text, Path::new("site.toml")) {
-        Ok(_) => panic!("config unexpectedly valid"),
-        Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
-    };
     assert_eq!(
-        problems,
+        support::problems(text),
         vec![
             "1:2: ipvs.service \"web\".real_servers[1]: real server 192.0.2.21:80 is listed twice\n    fix: list each real server once; use `weight` to give it a larger share",
         ]

@@ -5,11 +5,11 @@
 //! after the request was fully sent is the backend's.
 
 mod http_support;
+mod support;
 mod tls_support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,137 +18,8 @@ use http_support::*;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
-
-/// One listener `web` (with `listener` settings) in front of pool `p` of
-/// `backends` (with `pool` settings), for site `site.test`.
-fn config(backends: &[SocketAddr], listener: &str, pool: &str) -> String {
-    let backends = backends
-        .iter()
-        .map(|b| format!("{{ address = \"{b}\" }}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        r#"
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-protocol = "http"
-{listener}
-
-[[pool]]
-name = "p"
-backends = [{backends}]
-{pool}
-
-[[vhost]]
-name = "site"
-hosts = ["site.test"]
-pool = "p"
-"#
-    )
-}
-
-async fn proxy(text: &str) -> (Arc<vipd::app::Running>, SocketAddr) {
-    let running = start_proxy(text).await;
-    let addr = running.local_addr("web").await.unwrap();
-    (running, addr)
-}
-
-/// What a [`RawBackend`] does once it has read a request head.
-#[derive(Clone, Copy)]
-enum Act {
-    /// Answer nothing; read until the proxy closes.
-    Listen,
-    /// Answer `200` with a body of this many bytes, written as fast as the
-    /// proxy takes them.
-    Stream(usize),
-    /// Announce a body of `.0` bytes, send `.1` of them, then stall.
-    StallAfter(usize, usize),
-}
-
-/// A backend written on raw sockets, which counts the connections it
-/// accepted and those the proxy closed (EOF or reset seen).
-struct RawBackend {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    closed: Arc<AtomicUsize>,
-}
-
-impl RawBackend {
-    async fn start(act: Act) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let closed = Arc::new(AtomicUsize::new(0));
-        let (a, c) = (accepted.clone(), closed.clone());
-        tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
-                a.fetch_add(1, Ordering::SeqCst);
-                let c = c.clone();
-                tokio::spawn(async move {
-                    serve_raw(s, act).await;
-                    c.fetch_add(1, Ordering::SeqCst);
-                });
-            }
-        });
-        Self {
-            addr,
-            accepted,
-            closed,
-        }
-    }
-
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-
-    fn closed(&self) -> usize {
-        self.closed.load(Ordering::SeqCst)
-    }
-}
-
-/// Serve one connection; returns when the proxy closed it.
-async fn serve_raw(mut s: TcpStream, act: Act) {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte).await {
-            Ok(1) => head.push(byte[0]),
-            _ => return,
-        }
-    }
-    match act {
-        Act::Listen => {}
-        Act::Stream(len) => {
-            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
-            if s.write_all(answer.as_bytes()).await.is_err() {
-                return;
-            }
-            let chunk = vec![b'x'; 64 * 1024];
-            let mut left = len;
-            while left > 0 {
-                let n = left.min(chunk.len());
-                if s.write_all(&chunk[..n]).await.is_err() {
-                    return;
-                }
-                left -= n;
-            }
-        }
-        Act::StallAfter(len, sent) => {
-            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
-            let _ = s.write_all(answer.as_bytes()).await;
-            let _ = s.write_all(&vec![b'x'; sent]).await;
-        }
-    }
-    let mut sink = [0u8; 4096];
-    while let Ok(n) = s.read(&mut sink).await {
-        if n == 0 {
-            return;
-        }
-    }
-}
 
 /// Wait until `f` holds, for up to `limit`.
 async fn eventually(limit: Duration, f: impl Fn() -> bool) -> bool {
@@ -162,19 +33,14 @@ async fn eventually(limit: Duration, f: impl Fn() -> bool) -> bool {
     f()
 }
 
-/// Read until the proxy closes (EOF or reset), for up to `limit`; None if
-/// it did not close in time.
-async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let deadline = Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return None,
-            Ok(Ok(0) | Err(_)) => return Some(out),
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
+/// Send a POST announcing 100 body bytes, then only 5 of them; returns the
+/// stream with the answer not yet read.
+async fn stalled_upload(proxy: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: site.test\r\nContent-Length: 100\r\n\r\nhello")
+        .await
+        .unwrap();
+    s
 }
 
 /// Send a request head announcing `len` body bytes, then the body one byte
@@ -201,16 +67,13 @@ fn text(bytes: &[u8]) -> String {
 #[tokio::test]
 async fn a_stalled_upload_gets_408_and_both_connections_are_closed_after_request_body_timeout() {
     let b = RawBackend::start(Act::Listen).await;
-    let (_running, proxy) = proxy(&config(
+    let (_running, proxy) = start_web(&site_config(
         &[b.addr],
         "request_body_timeout = \"400ms\"",
         "response_timeout = \"30s\"",
     ))
     .await;
-    let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(b"POST /up HTTP/1.1\r\nHost: site.test\r\nContent-Length: 100\r\n\r\nhello")
-        .await
-        .unwrap();
+    let mut s = stalled_upload(proxy).await;
     let started = Instant::now();
     let answer = read_until_closed(&mut s, Duration::from_secs(10))
         .await
@@ -238,20 +101,13 @@ async fn a_stalled_upload_gets_408_and_both_connections_are_closed_after_request
 #[tokio::test]
 async fn an_http2_upload_that_stalls_gets_408_after_request_body_timeout() {
     let b = RawBackend::start(Act::Listen).await;
-    let (_running, proxy) = proxy(&config(
+    let (_running, proxy) = start_web(&site_config(
         &[b.addr],
         "request_body_timeout = \"400ms\"",
         "response_timeout = \"30s\"",
     ))
     .await;
-    let stream = TcpStream::connect(proxy).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http2::handshake::<_, _, Stalled>(
-        TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (mut tx, _conn) = h2_handshake::<Stalled>(proxy).await;
     let req = Request::post("http://site.test/up")
         .header("content-length", "100")
         .body(Stalled(Some(Bytes::from_static(b"hello"))))
@@ -299,19 +155,25 @@ async fn small_window_client(proxy: SocketAddr) -> TcpStream {
     TcpStream::from_std(s.into()).unwrap()
 }
 
+/// `GET /big` from a [`small_window_client`]; the answer is not yet read.
+async fn get_big_with_small_window(proxy: SocketAddr) -> TcpStream {
+    let mut s = small_window_client(proxy).await;
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: site.test\r\n\r\n")
+        .await
+        .unwrap();
+    s
+}
+
 #[tokio::test]
 async fn a_client_that_never_reads_a_large_response_is_closed_after_send_timeout() {
     let b = RawBackend::start(Act::Stream(64 << 20)).await;
-    let (_running, proxy) = proxy(&config(
+    let (_running, proxy) = start_web(&site_config(
         &[b.addr],
         "send_timeout = \"500ms\"",
         "response_timeout = \"30s\"",
     ))
     .await;
-    let mut s = small_window_client(proxy).await;
-    s.write_all(b"GET /big HTTP/1.1\r\nHost: site.test\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = get_big_with_small_window(proxy).await;
     // Read nothing while the proxy's writes stall, then see it closed.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let got = read_until_closed(&mut s, Duration::from_secs(10))
@@ -336,7 +198,7 @@ async fn an_https_client_that_never_reads_a_large_response_is_closed_after_send_
     let dir = tls_support::TempDir::new("deadlines");
     let leaf = pki.issue(&["site.test"], tls_support::Alg::Ecdsa);
     let (cert, key) = tls_support::write_pair(dir.path(), "site", &leaf);
-    let text = config(
+    let text = site_config(
         &[b.addr],
         "send_timeout = \"500ms\"",
         "response_timeout = \"30s\"",
@@ -350,7 +212,7 @@ async fn an_https_client_that_never_reads_a_large_response_is_closed_after_send_
             key.display()
         ),
     );
-    let (_running, proxy) = proxy(&text).await;
+    let (_running, proxy) = start_web(&text).await;
     let tcp = small_window_client(proxy).await;
     let cfg = Arc::new(tls_support::client(tls_support::TLS13_AND_12));
     let name = rustls::pki_types::ServerName::try_from("site.test").unwrap();
@@ -362,18 +224,9 @@ async fn an_https_client_that_never_reads_a_large_response_is_closed_after_send_
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "the proxy kept the TLS connection open");
+    let got = read_until_closed(&mut s, Duration::from_secs(10))
+        .await
+        .expect("the proxy kept the TLS connection open");
     assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
     assert!(got.len() < 64 << 20, "the whole response arrived");
     assert!(
@@ -388,16 +241,13 @@ async fn a_client_reading_slowly_but_steadily_gets_the_whole_response() {
     // the proxy waits on the backend, not while it waits for the client.
     let len = 8 << 20;
     let b = RawBackend::start(Act::Stream(len)).await;
-    let (_running, proxy) = proxy(&config(
+    let (_running, proxy) = start_web(&site_config(
         &[b.addr],
         "send_timeout = \"5s\"",
         "response_timeout = \"500ms\"",
     ))
     .await;
-    let mut s = small_window_client(proxy).await;
-    s.write_all(b"GET /big HTTP/1.1\r\nHost: site.test\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = get_big_with_small_window(proxy).await;
     let mut received = Vec::new();
     let mut buf = vec![0u8; 1 << 20];
     for pause in 0.. {
@@ -424,7 +274,8 @@ async fn a_client_reading_slowly_but_steadily_gets_the_whole_response() {
 #[tokio::test]
 async fn a_backend_that_stalls_mid_body_is_cut_off_after_response_timeout_and_not_pooled() {
     let b = RawBackend::start(Act::StallAfter(1000, 100)).await;
-    let (_running, proxy) = proxy(&config(&[b.addr], "", "response_timeout = \"500ms\"")).await;
+    let (_running, proxy) =
+        start_web(&site_config(&[b.addr], "", "response_timeout = \"500ms\"")).await;
     for round in 1..=2 {
         let mut s = TcpStream::connect(proxy).await.unwrap();
         s.write_all(b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n")
@@ -454,20 +305,13 @@ async fn a_backend_that_stalls_mid_body_is_cut_off_after_response_timeout_and_no
 #[tokio::test]
 async fn an_http2_stream_whose_window_the_client_never_opens_is_closed_after_send_timeout() {
     let b = RawBackend::start(Act::Stream(8 << 20)).await;
-    let (_running, proxy) = proxy(&config(
+    let (_running, proxy) = start_web(&site_config(
         &[b.addr],
         "send_timeout = \"500ms\"",
         "response_timeout = \"30s\"",
     ))
     .await;
-    let stream = TcpStream::connect(proxy).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
-        TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut tx, conn) = h2_handshake::<Full<Bytes>>(proxy).await;
     let req = Request::get("http://site.test/big")
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -512,7 +356,7 @@ async fn an_http2_client_reading_slowly_but_steadily_gets_the_whole_response() {
     // opens its window, not how long a chunk takes to drain.
     let len = 1 << 20;
     let b = RawBackend::start(Act::Stream(len)).await;
-    let (_running, proxy) = proxy(&config(
+    let (_running, proxy) = start_web(&site_config(
         &[b.addr],
         "send_timeout = \"600ms\"",
         "response_timeout = \"30s\"",
@@ -540,7 +384,7 @@ async fn an_http2_client_reading_slowly_but_steadily_gets_the_whole_response() {
 #[tokio::test]
 async fn an_http2_stream_starved_while_a_decoy_stream_moves_still_closes_the_connection() {
     let b = RawBackend::start(Act::Stream(64 << 20)).await;
-    let (_running, proxy) = proxy(&config(
+    let (_running, proxy) = start_web(&site_config(
         &[b.addr],
         "send_timeout = \"500ms\"",
         "response_timeout = \"30s\"",
@@ -583,7 +427,7 @@ async fn an_http2_stream_starved_while_a_decoy_stream_moves_still_closes_the_con
 async fn a_response_head_later_than_response_timeout_after_a_fully_sent_body_is_a_504_that_counts()
 {
     let b = Backend::start("slow").await;
-    let (running, proxy) = proxy(&config(
+    let (running, proxy) = start_web(&site_config(
         &[b.addr],
         "request_body_timeout = \"5s\"",
         "response_timeout = \"400ms\"\npassive_fall = 1\npassive_cooldown = \"60s\"",
@@ -614,7 +458,8 @@ async fn a_response_head_later_than_response_timeout_after_a_fully_sent_body_is_
 #[tokio::test]
 async fn a_response_head_timeout_closes_the_backend_connection() {
     let b = RawBackend::start(Act::Listen).await;
-    let (_running, proxy) = proxy(&config(&[b.addr], "", "response_timeout = \"300ms\"")).await;
+    let (_running, proxy) =
+        start_web(&site_config(&[b.addr], "", "response_timeout = \"300ms\"")).await;
     let (status, _, body) = send(&h1_client(), get(proxy, "site.test", "/")).await;
     assert_eq!(status, 504);
     assert_eq!(body, "504 Gateway Timeout\n");
@@ -627,16 +472,13 @@ async fn a_response_head_timeout_closes_the_backend_connection() {
 #[tokio::test]
 async fn a_stalled_upload_to_an_http2_backend_is_the_clients_fault_not_the_backends() {
     let b = Backend::start("h2").await;
-    let (running, proxy) = proxy(&config(
+    let (running, proxy) = start_web(&site_config(
         &[b.addr],
         "request_body_timeout = \"400ms\"",
         "http2 = true\npassive_fall = 1\npassive_cooldown = \"60s\"",
     ))
     .await;
-    let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(b"POST /up HTTP/1.1\r\nHost: site.test\r\nContent-Length: 100\r\n\r\nhello")
-        .await
-        .unwrap();
+    let mut s = stalled_upload(proxy).await;
     let answer = read_until_closed(&mut s, Duration::from_secs(10))
         .await
         .expect("the proxy closes the connection");
@@ -654,7 +496,7 @@ async fn a_stalled_upload_to_an_http2_backend_is_the_clients_fault_not_the_backe
 #[tokio::test]
 async fn slow_uploads_leave_the_backends_up_and_other_clients_served() {
     let (one, two) = (Backend::start("one").await, Backend::start("two").await);
-    let (running, proxy) = proxy(&config(
+    let (running, proxy) = start_web(&site_config(
         &[one.addr, two.addr],
         "request_body_timeout = \"5s\"",
         "response_timeout = \"1s\"\npassive_fall = 2\npassive_cooldown = \"60s\"\n\
@@ -722,17 +564,10 @@ async fn read_until_first_answer(s: &mut TcpStream) -> String {
     text(&out)
 }
 
-fn problems(text: &str) -> Vec<String> {
-    match vipd::config::parse(text, std::path::Path::new("site.toml")) {
-        Ok(_) => panic!("config unexpectedly valid"),
-        Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
-    }
-}
-
 #[test]
 fn transfer_timeouts_outside_their_range_or_on_a_tcp_listener_are_refused_with_the_fix() {
     let backend: SocketAddr = "192.0.2.21:80".parse().unwrap();
-    let text = config(
+    let text = site_config(
         &[backend],
         "request_body_timeout = \"0s\"\nsend_timeout = \"2d\"",
         "",
@@ -745,7 +580,7 @@ pool = \"p\"
 send_timeout = \"5s\"
 ";
     assert_eq!(
-        problems(&text),
+        support::problems(&text),
         vec![
             "6:1: listener \"web\".request_body_timeout: \"0s\" is outside 100ms..=1d\n    fix: set `request_body_timeout` between \"100ms\" and \"1d\" (default \"1m\")",
             "7:1: listener \"web\".send_timeout: \"2d\" is outside 100ms..=1d\n    fix: set `send_timeout` between \"100ms\" and \"1d\" (default \"1m\")",

@@ -1,13 +1,15 @@
-//! Fixtures for the HTTP proxy tests: echo backends on port 0, the proxy
-//! started in-process from config text, and small HTTP clients.
+//! Fixtures for the HTTP proxy tests: echo backends on port 0 (one that
+//! answers through hyper, one on raw sockets that records request heads),
+//! config text for the usual "listener `web`, pool `p`, site `site.test`",
+//! the proxy started in-process from config text, and small HTTP clients.
 
 #![allow(dead_code, unreachable_pub)] // each test file uses a different subset
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,7 +21,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A backend that answers every request with its name (header
@@ -150,10 +152,55 @@ pub fn echoed_values(body: &str, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// The body of a raw HTTP/1.1 answer (after the blank line), or "".
+pub fn body_of(answer: &str) -> &str {
+    answer.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// One http listener `web` (with `listener` settings) in front of pool `p`
+/// of `backends` (with `pool` settings), for vhost `site` named `site.test`.
+/// The listener's settings start on line 6, the pool's follow its
+/// `backends` line, and the vhost is the last section, so that tests can
+/// append settings to it.
+pub fn site_config(backends: &[SocketAddr], listener: &str, pool: &str) -> String {
+    let backends = backends
+        .iter()
+        .map(|b| format!("{{ address = \"{b}\" }}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "http"
+{listener}
+
+[[pool]]
+name = "p"
+backends = [{backends}]
+{pool}
+
+[[vhost]]
+name = "site"
+hosts = ["site.test"]
+pool = "p"
+"#
+    )
+}
+
 /// Start the proxy with `config` (TOML text).
 pub async fn start_proxy(config: &str) -> Arc<vipd::app::Running> {
     let config = vipd::config::parse(config, Path::new("test.toml")).unwrap();
     vipd::app::Running::start(config).await.unwrap()
+}
+
+/// Start the proxy with `config`; return it with the address of its
+/// listener `web`.
+pub async fn start_web(config: &str) -> (Arc<vipd::app::Running>, SocketAddr) {
+    let running = start_proxy(config).await;
+    let addr = running.local_addr("web").await.unwrap();
+    (running, addr)
 }
 
 /// An address nothing listens on.
@@ -210,15 +257,30 @@ pub async fn raw(proxy: SocketAddr, request: &[u8], limit: Duration) -> String {
 
 /// A fresh HTTP/2 prior-knowledge connection to `proxy`.
 pub async fn h2_connect(proxy: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    h2_handshake(proxy).await.0
+}
+
+/// A fresh HTTP/2 prior-knowledge connection to `proxy` sending bodies of
+/// type `B`, and the task driving it (it ends when the connection closes).
+pub async fn h2_handshake<B>(
+    proxy: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<B>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+)
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = TcpStream::connect(proxy).await.unwrap();
-    let (tx, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+    let (tx, conn) = hyper::client::conn::http2::handshake::<_, _, B>(
         TokioExecutor::new(),
         TokioIo::new(stream),
     )
     .await
     .unwrap();
-    tokio::spawn(conn);
-    tx
+    (tx, tokio::spawn(conn))
 }
 
 /// Send a GET for `uri` (whose authority names the site) over a fresh
@@ -238,4 +300,188 @@ pub async fn h2_get(proxy: SocketAddr, uri: &str) -> (StatusCode, hyper::HeaderM
         parts.headers,
         String::from_utf8_lossy(&body).into_owned(),
     )
+}
+
+/// What a [`RawBackend`] does once it has read a request head.
+#[derive(Clone, Copy)]
+pub enum Act {
+    /// Answer nothing; read until the proxy closes.
+    Listen,
+    /// Answer `200` with a body of this many bytes, written as fast as the
+    /// proxy takes them.
+    Stream(usize),
+    /// Announce a body of `.0` bytes, send `.1` of them, then stall.
+    StallAfter(usize, usize),
+    /// `101` with the request's own `Upgrade` when it has one, then echo the
+    /// upgraded stream; else `200` with body `ok`, and close.
+    SwitchAsAsked,
+    /// `101` naming this protocol to every request, then echo.
+    SwitchTo(&'static str),
+}
+
+/// A backend written on raw sockets, one request per connection, that
+/// acts as its [`Act`] says. It records every request head it receives
+/// (header names lower-cased, lines joined by `\n`) and counts the
+/// connections it accepted and those the proxy closed (EOF or reset seen).
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    accepted: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+}
+
+impl RawBackend {
+    pub async fn start(act: Act) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (h, a, c) = (heads.clone(), accepted.clone(), closed.clone());
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let (h, c) = (h.clone(), c.clone());
+                tokio::spawn(async move {
+                    serve_raw(s, act, h).await;
+                    c.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Self {
+            addr,
+            heads,
+            accepted,
+            closed,
+        }
+    }
+
+    /// Request heads received so far, header names lower-cased.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    pub fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+/// Serve one connection; returns when it is closed.
+async fn serve_raw(mut s: TcpStream, act: Act, heads: Arc<Mutex<Vec<String>>>) {
+    let Some(head) = read_head(&mut s).await else {
+        return;
+    };
+    heads.lock().unwrap().push(head.clone());
+    match act {
+        Act::Listen => {}
+        Act::Stream(len) => {
+            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+            if s.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                if s.write_all(&chunk[..n]).await.is_err() {
+                    return;
+                }
+                left -= n;
+            }
+        }
+        Act::StallAfter(len, sent) => {
+            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+            let _ = s.write_all(answer.as_bytes()).await;
+            let _ = s.write_all(&vec![b'x'; sent]).await;
+        }
+        Act::SwitchAsAsked | Act::SwitchTo(_) => return switch(s, act, &head).await,
+    }
+    let mut sink = [0u8; 4096];
+    while let Ok(n) = s.read(&mut sink).await {
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+/// Answer an upgrade request as `act` says; after a `101`, echo the
+/// upgraded stream until the proxy closes it.
+async fn switch(mut s: TcpStream, act: Act, head: &str) {
+    let asked = head
+        .lines()
+        .find_map(|l| l.strip_prefix("upgrade: "))
+        .map(str::to_string);
+    let switch_to = match act {
+        Act::SwitchTo(p) => Some(p.to_string()),
+        _ => asked,
+    };
+    let Some(protocol) = switch_to else {
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            .await;
+        return;
+    };
+    let answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n\r\n"
+    );
+    if s.write_all(answer.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Read a head up to its blank line, one byte at a time so that nothing
+/// after it is consumed; header names lower-cased, lines joined by `\n`.
+/// None on EOF, or when a byte takes more than 5 s.
+pub async fn read_head(s: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await {
+            Ok(Ok(1)) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let lowered = text
+        .split("\r\n")
+        .map(|l| match l.split_once(':') {
+            Some((name, value)) => format!("{}:{value}", name.to_ascii_lowercase()),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    Some(lowered)
+}
+
+/// Read until the peer closes (EOF or reset), for up to `limit`; None if
+/// it did not close in time.
+pub async fn read_until_closed<S: AsyncRead + Unpin>(
+    s: &mut S,
+    limit: Duration,
+) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(out),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
 }

@@ -69,6 +69,16 @@ pub fn config(text: &str) -> vipd::config::Config {
     }
 }
 
+/// The problems `text` has as a configuration, one line each as vipd
+/// prints them after the file name (`line:col: field: problem` and the
+/// fix); none if it is valid.
+pub fn problems(text: &str) -> Vec<String> {
+    match vipd::config::parse(text, Path::new("site.toml")) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+    }
+}
+
 /// Start the proxy in-process.
 pub async fn start(text: &str) -> Arc<vipd::app::Running> {
     vipd::app::Running::start(config(text)).await.unwrap()
