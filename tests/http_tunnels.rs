@@ -3,111 +3,15 @@
 //! close, they end at `idle_timeout`, and only the upgrades a listener
 //! allows are tunnelled (`h2c` never is).
 
+mod http_support;
+
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http_support::{Act, RawBackend, read_head, site_config, start_web};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
-
-/// What [`RawBackend`] answers.
-#[derive(Clone, Copy)]
-enum Switch {
-    /// `101` with the request's own `Upgrade` when it has one, else `200`.
-    AsAsked,
-    /// `101` naming this protocol to every request.
-    Always(&'static str),
-}
-
-/// A raw HTTP/1.1 backend that records every request head it receives,
-/// answers as its [`Switch`] says and, after a `101`, echoes the upgraded
-/// stream until the proxy closes it. A `200` closes the connection.
-struct RawBackend {
-    addr: SocketAddr,
-    heads: Arc<Mutex<Vec<String>>>,
-}
-
-impl RawBackend {
-    async fn start(switch: Switch) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let heads = Arc::new(Mutex::new(Vec::new()));
-        let seen = heads.clone();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
-                tokio::spawn(serve_raw(s, switch, seen.clone()));
-            }
-        });
-        Self { addr, heads }
-    }
-
-    /// Request heads received so far, header names lower-cased.
-    fn heads(&self) -> Vec<String> {
-        self.heads.lock().unwrap().clone()
-    }
-}
-
-async fn serve_raw(mut s: TcpStream, switch: Switch, seen: Arc<Mutex<Vec<String>>>) {
-    let Some(head) = read_head(&mut s).await else {
-        return;
-    };
-    seen.lock().unwrap().push(head.clone());
-    let asked = head
-        .lines()
-        .find_map(|l| l.strip_prefix("upgrade: "))
-        .map(str::to_string);
-    let switch_to = match (switch, asked) {
-        (Switch::Always(p), _) => Some(p.to_string()),
-        (Switch::AsAsked, asked) => asked,
-    };
-    let Some(protocol) = switch_to else {
-        let _ = s
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-            .await;
-        return;
-    };
-    let answer = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n\r\n"
-    );
-    if s.write_all(answer.as_bytes()).await.is_err() {
-        return;
-    }
-    let mut buf = [0u8; 1024];
-    loop {
-        match s.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if s.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Read a head up to its blank line, one byte at a time so that nothing
-/// after it is consumed; header names lower-cased. None on EOF or after 5 s.
-async fn read_head(s: &mut TcpStream) -> Option<String> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match timeout(Duration::from_secs(5), s.read(&mut byte)).await {
-            Ok(Ok(1)) => head.push(byte[0]),
-            _ => return None,
-        }
-    }
-    let text = String::from_utf8_lossy(&head).into_owned();
-    let lowered = text
-        .split("\r\n")
-        .map(|l| match l.split_once(':') {
-            Some((name, value)) => format!("{}:{value}", name.to_ascii_lowercase()),
-            None => l.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    Some(lowered)
-}
 
 /// An admin endpoint, for the gauge.
 const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
@@ -115,30 +19,7 @@ const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
 /// One http listener `web` in front of `backend`; `top` goes before it
 /// (`[admin]`, `[global]`), `listener_extra` inside it.
 fn config(backend: SocketAddr, listener_extra: &str, top: &str) -> String {
-    format!(
-        r#"
-{top}
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-protocol = "http"
-{listener_extra}
-
-[[pool]]
-name = "p"
-backends = [{{ address = "{backend}" }}]
-
-[[vhost]]
-name = "site"
-hosts = ["site.test"]
-pool = "p"
-"#
-    )
-}
-
-async fn start(text: &str) -> Arc<vipd::app::Running> {
-    let config = vipd::config::parse(text, std::path::Path::new("test.toml")).unwrap();
-    vipd::app::Running::start(config).await.unwrap()
+    format!("{top}\n{}", site_config(&[backend], listener_extra, ""))
 }
 
 /// Send an upgrade request naming `upgrade` (and `extra` header lines)
@@ -213,9 +94,8 @@ async fn active_gauge(admin: SocketAddr) -> String {
 #[tokio::test]
 async fn a_client_holding_two_tunnels_cannot_open_a_third_connection_with_a_per_client_cap_of_two()
 {
-    let b = RawBackend::start(Switch::AsAsked).await;
-    let running = start(&config(b.addr, "max_connections_per_client = 2", "")).await;
-    let proxy = running.local_addr("web").await.unwrap();
+    let b = RawBackend::start(Act::SwitchAsAsked).await;
+    let (running, proxy) = start_web(&config(b.addr, "max_connections_per_client = 2", "")).await;
     let mut first = tunnel(proxy).await;
     let second = tunnel(proxy).await;
 
@@ -240,9 +120,8 @@ async fn a_client_holding_two_tunnels_cannot_open_a_third_connection_with_a_per_
 
 #[tokio::test]
 async fn open_tunnels_count_in_the_active_connections_gauge_until_they_close() {
-    let b = RawBackend::start(Switch::AsAsked).await;
-    let running = start(&config(b.addr, "", ADMIN)).await;
-    let proxy = running.local_addr("web").await.unwrap();
+    let b = RawBackend::start(Act::SwitchAsAsked).await;
+    let (running, proxy) = start_web(&config(b.addr, "", ADMIN)).await;
     let admin = running.admin_addr().await.unwrap();
     let first = tunnel(proxy).await;
     let second = tunnel(proxy).await;
@@ -269,9 +148,8 @@ async fn open_tunnels_count_in_the_active_connections_gauge_until_they_close() {
 /// Two tunnels fill a cap of two connections: a third connection waits in
 /// the backlog until one closes.
 async fn tunnels_fill_a_cap_of_two(listener_extra: &str, top: &str) {
-    let b = RawBackend::start(Switch::AsAsked).await;
-    let running = start(&config(b.addr, listener_extra, top)).await;
-    let proxy = running.local_addr("web").await.unwrap();
+    let b = RawBackend::start(Act::SwitchAsAsked).await;
+    let (running, proxy) = start_web(&config(b.addr, listener_extra, top)).await;
     let first = tunnel(proxy).await;
     let mut second = tunnel(proxy).await;
 
@@ -304,9 +182,8 @@ async fn the_global_max_connections_holds_while_tunnels_are_open_and_frees_when_
 
 #[tokio::test]
 async fn a_tunnel_idle_past_idle_timeout_is_closed() {
-    let b = RawBackend::start(Switch::AsAsked).await;
-    let running = start(&config(b.addr, "idle_timeout = \"500ms\"", "")).await;
-    let proxy = running.local_addr("web").await.unwrap();
+    let b = RawBackend::start(Act::SwitchAsAsked).await;
+    let (running, proxy) = start_web(&config(b.addr, "idle_timeout = \"500ms\"", "")).await;
     let mut s = tunnel(proxy).await;
     let idle_from = Instant::now();
     let mut buf = [0u8; 16];
@@ -323,9 +200,8 @@ async fn a_tunnel_idle_past_idle_timeout_is_closed() {
 
 #[tokio::test]
 async fn an_h2c_upgrade_and_its_http2_settings_are_not_forwarded_to_the_backend() {
-    let b = RawBackend::start(Switch::AsAsked).await;
-    let running = start(&config(b.addr, "", "")).await;
-    let proxy = running.local_addr("web").await.unwrap();
+    let b = RawBackend::start(Act::SwitchAsAsked).await;
+    let (running, proxy) = start_web(&config(b.addr, "", "")).await;
     // Connection does not list HTTP2-Settings, as a hostile client would send it.
     let (mut s, head) = upgrade(proxy, "h2c", "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n").await;
     assert!(head.starts_with("HTTP/1.1 200 OK\n"), "{head}");
@@ -345,9 +221,8 @@ async fn an_h2c_upgrade_and_its_http2_settings_are_not_forwarded_to_the_backend(
 
 #[tokio::test]
 async fn a_backend_switching_to_a_protocol_the_client_did_not_get_to_ask_for_is_a_502() {
-    let b = RawBackend::start(Switch::Always("h2c")).await;
-    let running = start(&config(b.addr, "", "")).await;
-    let proxy = running.local_addr("web").await.unwrap();
+    let b = RawBackend::start(Act::SwitchTo("h2c")).await;
+    let (running, proxy) = start_web(&config(b.addr, "", "")).await;
     for asked in ["h2c", "websocket"] {
         let (mut s, head) = upgrade(proxy, asked, "").await;
         assert!(
@@ -364,9 +239,8 @@ async fn a_backend_switching_to_a_protocol_the_client_did_not_get_to_ask_for_is_
 
 #[tokio::test]
 async fn an_upgrade_the_listener_does_not_allow_is_forwarded_as_a_plain_request() {
-    let b = RawBackend::start(Switch::AsAsked).await;
-    let running = start(&config(b.addr, "", "")).await;
-    let proxy = running.local_addr("web").await.unwrap();
+    let b = RawBackend::start(Act::SwitchAsAsked).await;
+    let (running, proxy) = start_web(&config(b.addr, "", "")).await;
     let (_, head) = upgrade(proxy, "x-raw-tcp", "").await;
     assert!(head.starts_with("HTTP/1.1 200 OK\n"), "{head}");
     let got = &b.heads()[0];
@@ -377,9 +251,8 @@ async fn an_upgrade_the_listener_does_not_allow_is_forwarded_as_a_plain_request(
 
 #[tokio::test]
 async fn the_upgrades_setting_names_the_protocols_tunnelled_case_insensitively() {
-    let b = RawBackend::start(Switch::AsAsked).await;
-    let running = start(&config(b.addr, "upgrades = [\"X-Raw-TCP\"]", "")).await;
-    let proxy = running.local_addr("web").await.unwrap();
+    let b = RawBackend::start(Act::SwitchAsAsked).await;
+    let (running, proxy) = start_web(&config(b.addr, "upgrades = [\"X-Raw-TCP\"]", "")).await;
 
     let (mut s, head) = upgrade(proxy, "x-raw-tcp/2, h2c", "").await;
     assert!(
