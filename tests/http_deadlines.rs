@@ -33,6 +33,23 @@ async fn eventually(limit: Duration, f: impl Fn() -> bool) -> bool {
     f()
 }
 
+/// A [`RawBackend`] acting as `act`, behind listener `web` (with `listener`
+/// settings) and pool `p` (with `pool` settings) of a proxy.
+async fn raw_site(
+    act: Act,
+    listener: &str,
+    pool: &str,
+) -> (RawBackend, Arc<vipd::app::Running>, SocketAddr) {
+    let b = RawBackend::start(act).await;
+    let (running, proxy) = start_web(&site_config(&[b.addr], listener, pool)).await;
+    (b, running, proxy)
+}
+
+/// Whether the proxy has closed `n` connections to `b`, within 3 s.
+async fn backend_closed(b: &RawBackend, n: usize) -> bool {
+    eventually(Duration::from_secs(3), || b.closed() == n).await
+}
+
 /// Send a POST announcing 100 body bytes, then only 5 of them; returns the
 /// stream with the answer not yet read.
 async fn stalled_upload(proxy: SocketAddr) -> TcpStream {
@@ -66,12 +83,11 @@ fn text(bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn a_stalled_upload_gets_408_and_both_connections_are_closed_after_request_body_timeout() {
-    let b = RawBackend::start(Act::Listen).await;
-    let (_running, proxy) = start_web(&site_config(
-        &[b.addr],
+    let (b, _running, proxy) = raw_site(
+        Act::Listen,
         "request_body_timeout = \"400ms\"",
         "response_timeout = \"30s\"",
-    ))
+    )
     .await;
     let mut s = stalled_upload(proxy).await;
     let started = Instant::now();
@@ -93,19 +109,18 @@ async fn a_stalled_upload_gets_408_and_both_connections_are_closed_after_request
     assert!(waited < Duration::from_secs(5), "{waited:?}");
     assert_eq!(b.accepted(), 1);
     assert!(
-        eventually(Duration::from_secs(3), || b.closed() == 1).await,
+        backend_closed(&b, 1).await,
         "the backend connection stays open"
     );
 }
 
 #[tokio::test]
 async fn an_http2_upload_that_stalls_gets_408_after_request_body_timeout() {
-    let b = RawBackend::start(Act::Listen).await;
-    let (_running, proxy) = start_web(&site_config(
-        &[b.addr],
+    let (b, _running, proxy) = raw_site(
+        Act::Listen,
         "request_body_timeout = \"400ms\"",
         "response_timeout = \"30s\"",
-    ))
+    )
     .await;
     let (mut tx, _conn) = h2_handshake::<Stalled>(proxy).await;
     let req = Request::post("http://site.test/up")
@@ -123,7 +138,7 @@ async fn an_http2_upload_that_stalls_gets_408_after_request_body_timeout() {
     assert_eq!(body, "408 Request Timeout\n");
     assert!(waited >= Duration::from_millis(350), "{waited:?}");
     assert!(
-        eventually(Duration::from_secs(3), || b.closed() == 1).await,
+        backend_closed(&b, 1).await,
         "the backend connection stays open"
     );
 }
@@ -166,12 +181,11 @@ async fn get_big_with_small_window(proxy: SocketAddr) -> TcpStream {
 
 #[tokio::test]
 async fn a_client_that_never_reads_a_large_response_is_closed_after_send_timeout() {
-    let b = RawBackend::start(Act::Stream(64 << 20)).await;
-    let (_running, proxy) = start_web(&site_config(
-        &[b.addr],
+    let (b, _running, proxy) = raw_site(
+        Act::Stream(64 << 20),
         "send_timeout = \"500ms\"",
         "response_timeout = \"30s\"",
-    ))
+    )
     .await;
     let mut s = get_big_with_small_window(proxy).await;
     // Read nothing while the proxy's writes stall, then see it closed.
@@ -186,7 +200,7 @@ async fn a_client_that_never_reads_a_large_response_is_closed_after_send_timeout
     );
     assert!(got.len() < 64 << 20, "the whole response arrived");
     assert!(
-        eventually(Duration::from_secs(3), || b.closed() == 1).await,
+        backend_closed(&b, 1).await,
         "the backend connection stays open"
     );
 }
@@ -230,7 +244,7 @@ async fn an_https_client_that_never_reads_a_large_response_is_closed_after_send_
     assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
     assert!(got.len() < 64 << 20, "the whole response arrived");
     assert!(
-        eventually(Duration::from_secs(3), || b.closed() == 1).await,
+        backend_closed(&b, 1).await,
         "the backend connection stays open"
     );
 }
@@ -240,12 +254,11 @@ async fn a_client_reading_slowly_but_steadily_gets_the_whole_response() {
     // The backend's idle timeout between body chunks (500ms) runs only while
     // the proxy waits on the backend, not while it waits for the client.
     let len = 8 << 20;
-    let b = RawBackend::start(Act::Stream(len)).await;
-    let (_running, proxy) = start_web(&site_config(
-        &[b.addr],
+    let (_b, _running, proxy) = raw_site(
+        Act::Stream(len),
         "send_timeout = \"5s\"",
         "response_timeout = \"500ms\"",
-    ))
+    )
     .await;
     let mut s = get_big_with_small_window(proxy).await;
     let mut received = Vec::new();
@@ -273,9 +286,12 @@ async fn a_client_reading_slowly_but_steadily_gets_the_whole_response() {
 
 #[tokio::test]
 async fn a_backend_that_stalls_mid_body_is_cut_off_after_response_timeout_and_not_pooled() {
-    let b = RawBackend::start(Act::StallAfter(1000, 100)).await;
-    let (_running, proxy) =
-        start_web(&site_config(&[b.addr], "", "response_timeout = \"500ms\"")).await;
+    let (b, _running, proxy) = raw_site(
+        Act::StallAfter(1000, 100),
+        "",
+        "response_timeout = \"500ms\"",
+    )
+    .await;
     for round in 1..=2 {
         let mut s = TcpStream::connect(proxy).await.unwrap();
         s.write_all(b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n")
@@ -294,7 +310,7 @@ async fn a_backend_that_stalls_mid_body_is_cut_off_after_response_timeout_and_no
         assert!(waited >= Duration::from_millis(450), "{waited:?}");
         assert!(waited < Duration::from_secs(5), "{waited:?}");
         assert!(
-            eventually(Duration::from_secs(3), || b.closed() == round).await,
+            backend_closed(&b, round).await,
             "the backend connection stays open"
         );
         // The broken connection was not pooled: each request opened one.
@@ -304,18 +320,14 @@ async fn a_backend_that_stalls_mid_body_is_cut_off_after_response_timeout_and_no
 
 #[tokio::test]
 async fn an_http2_stream_whose_window_the_client_never_opens_is_closed_after_send_timeout() {
-    let b = RawBackend::start(Act::Stream(8 << 20)).await;
-    let (_running, proxy) = start_web(&site_config(
-        &[b.addr],
+    let (b, _running, proxy) = raw_site(
+        Act::Stream(8 << 20),
         "send_timeout = \"500ms\"",
         "response_timeout = \"30s\"",
-    ))
+    )
     .await;
     let (mut tx, conn) = h2_handshake::<Full<Bytes>>(proxy).await;
-    let req = Request::get("http://site.test/big")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = tx.send_request(req).await.unwrap();
+    let resp = tx.send_request(get_big()).await.unwrap();
     assert_eq!(resp.status(), 200);
     // Never read the body: hyper sends no WINDOW_UPDATE, so the proxy's
     // stream stays blocked by flow control while its socket is idle.
@@ -325,10 +337,17 @@ async fn an_http2_stream_whose_window_the_client_never_opens_is_closed_after_sen
     assert!(ended.is_ok(), "the proxy kept the HTTP/2 connection open");
     assert!(waited >= Duration::from_millis(400), "{waited:?}");
     assert!(
-        eventually(Duration::from_secs(3), || b.closed() == 1).await,
+        backend_closed(&b, 1).await,
         "the backend connection stays open"
     );
     drop(resp);
+}
+
+/// An HTTP/2 `GET /big` for `site.test`.
+fn get_big() -> Request<Full<Bytes>> {
+    Request::get("http://site.test/big")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
 }
 
 /// An HTTP/2 connection to `proxy` whose streams have 64 KiB windows (the
@@ -355,18 +374,14 @@ async fn an_http2_client_reading_slowly_but_steadily_gets_the_whole_response() {
     // The backend sends large chunks; what counts is how often the client
     // opens its window, not how long a chunk takes to drain.
     let len = 1 << 20;
-    let b = RawBackend::start(Act::Stream(len)).await;
-    let (_running, proxy) = start_web(&site_config(
-        &[b.addr],
+    let (_b, _running, proxy) = raw_site(
+        Act::Stream(len),
         "send_timeout = \"600ms\"",
         "response_timeout = \"30s\"",
-    ))
+    )
     .await;
     let (mut tx, _conn) = small_window_h2(proxy).await;
-    let req = Request::get("http://site.test/big")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = tx.send_request(req).await.unwrap();
+    let resp = tx.send_request(get_big()).await.unwrap();
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
     let mut read = 0usize;
@@ -383,21 +398,15 @@ async fn an_http2_client_reading_slowly_but_steadily_gets_the_whole_response() {
 
 #[tokio::test]
 async fn an_http2_stream_starved_while_a_decoy_stream_moves_still_closes_the_connection() {
-    let b = RawBackend::start(Act::Stream(64 << 20)).await;
-    let (_running, proxy) = start_web(&site_config(
-        &[b.addr],
+    let (b, _running, proxy) = raw_site(
+        Act::Stream(64 << 20),
         "send_timeout = \"500ms\"",
         "response_timeout = \"30s\"",
-    ))
+    )
     .await;
     let (mut tx, conn) = small_window_h2(proxy).await;
-    let get = || {
-        Request::get("http://site.test/big")
-            .body(Full::new(Bytes::new()))
-            .unwrap()
-    };
-    let starved = tx.send_request(get()).await.unwrap();
-    let decoy = tx.send_request(get()).await.unwrap();
+    let starved = tx.send_request(get_big()).await.unwrap();
+    let decoy = tx.send_request(get_big()).await.unwrap();
     // The decoy is read steadily, the other stream never.
     let reader = tokio::spawn(async move {
         let mut body = decoy.into_body();
@@ -417,7 +426,7 @@ async fn an_http2_stream_starved_while_a_decoy_stream_moves_still_closes_the_con
     let read = reader.await.unwrap();
     assert!(read > 0, "the decoy stream never moved");
     assert!(
-        eventually(Duration::from_secs(3), || b.closed() == 2).await,
+        backend_closed(&b, 2).await,
         "a backend connection stays open"
     );
     drop(starved);
@@ -457,14 +466,12 @@ async fn a_response_head_later_than_response_timeout_after_a_fully_sent_body_is_
 
 #[tokio::test]
 async fn a_response_head_timeout_closes_the_backend_connection() {
-    let b = RawBackend::start(Act::Listen).await;
-    let (_running, proxy) =
-        start_web(&site_config(&[b.addr], "", "response_timeout = \"300ms\"")).await;
+    let (b, _running, proxy) = raw_site(Act::Listen, "", "response_timeout = \"300ms\"").await;
     let (status, _, body) = send(&h1_client(), get(proxy, "site.test", "/")).await;
     assert_eq!(status, 504);
     assert_eq!(body, "504 Gateway Timeout\n");
     assert!(
-        eventually(Duration::from_secs(3), || b.closed() == 1).await,
+        backend_closed(&b, 1).await,
         "the backend connection stays open"
     );
 }
