@@ -8,10 +8,6 @@ mod http_support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-
 use http_support::*;
 
 const WAIT: Duration = Duration::from_secs(3);
@@ -19,59 +15,40 @@ const WAIT: Duration = Duration::from_secs(3);
 /// Pools `a` and `b` behind vhosts `a.test` and `b.test`, and a default
 /// vhost (pool a), so an unknown or odd host would still find a backend.
 fn config(a: SocketAddr, b: SocketAddr, listener_extra: &str) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-protocol = "http"
-default_vhost = "fallback"
-header_timeout = "2s"
-{listener_extra}
-
-[[pool]]
-name = "a"
-backends = [{{ address = "{a}" }}]
-
-[[pool]]
-name = "b"
-backends = [{{ address = "{b}" }}]
-
-[[vhost]]
-name = "site-a"
-hosts = ["a.test"]
-pool = "a"
-
-[[vhost]]
-name = "site-b"
-hosts = ["b.test"]
-pool = "b"
-
-[[vhost]]
-name = "fallback"
-hosts = ["fallback.test"]
-pool = "a"
-"#
-    )
+    let listener =
+        format!("default_vhost = \"fallback\"\nheader_timeout = \"2s\"\n{listener_extra}");
+    [
+        http_listener(&listener),
+        pool_section("a", &[a], ""),
+        pool_section("b", &[b], ""),
+        vhost_section("site-a", "a.test", "a"),
+        vhost_section("site-b", "b.test", "b"),
+        vhost_section("fallback", "fallback.test", "a"),
+    ]
+    .join("\n")
 }
 
 async fn setup(listener_extra: &str) -> (Backend, Backend, SocketAddr) {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let running = start_proxy(&config(a.addr, b.addr, listener_extra)).await;
-    let proxy = running.local_addr("web").await.unwrap();
+    let (running, proxy) = start_web(&config(a.addr, b.addr, listener_extra)).await;
     // The proxy keeps running for the test's lifetime.
     std::mem::forget(running);
     (a, b, proxy)
 }
 
-/// The body of a raw HTTP/1.1 answer (after the blank line).
-fn body_of(answer: &str) -> &str {
-    answer.split_once("\r\n\r\n").map_or("", |(_, b)| b)
-}
-
 /// Send one raw request head and return the whole answer.
 async fn ask(proxy: SocketAddr, head: &str) -> String {
     raw(proxy, head.as_bytes(), WAIT).await
+}
+
+/// Assert that `answer` is a 400 whose body gives `reason`.
+#[track_caller]
+fn assert_400(answer: &str, reason: &str) {
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert_eq!(body_of(answer), format!("400 Bad Request: {reason}\n"));
 }
 
 #[tokio::test]
@@ -82,14 +59,7 @@ async fn an_absolute_form_target_and_a_host_naming_another_site_are_a_400() {
         "GET http://a.test/x HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert!(
-        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
-        "{answer}"
-    );
-    assert_eq!(
-        body_of(&answer),
-        "400 Bad Request: the Host header does not match the request target\n"
-    );
+    assert_400(&answer, "the Host header does not match the request target");
     assert_eq!((a.requests(), b.requests()), (0, 0));
 }
 
@@ -118,14 +88,7 @@ async fn two_host_headers_are_a_400_even_when_they_agree() {
             "GET / HTTP/1.1\r\nHost: a.test\r\nHost: {second}\r\nConnection: close\r\n\r\n"
         );
         let answer = ask(proxy, &head).await;
-        assert!(
-            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
-            "{answer}"
-        );
-        assert_eq!(
-            body_of(&answer),
-            "400 Bad Request: more than one Host header\n"
-        );
+        assert_400(&answer, "more than one Host header");
     }
     assert_eq!((a.requests(), b.requests()), (0, 0));
 }
@@ -161,11 +124,7 @@ async fn a_malformed_host_is_a_400_even_with_a_default_vhost() {
 async fn a_missing_host_is_a_400_on_http_1_1_and_the_default_vhost_on_http_1_0() {
     let (a, b, proxy) = setup("").await;
     let answer = ask(proxy, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
-    assert!(
-        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
-        "{answer}"
-    );
-    assert_eq!(body_of(&answer), "400 Bad Request: missing Host header\n");
+    assert_400(&answer, "missing Host header");
     // RFC 9112 wants Host on HTTP/1.1 even beside an absolute-form target.
     let answer = ask(
         proxy,
@@ -190,38 +149,14 @@ async fn an_authority_form_target_outside_connect_is_a_400() {
         "GET a.test:80 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert!(
-        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
-        "{answer}"
-    );
-    assert_eq!(
-        body_of(&answer),
-        "400 Bad Request: authority-form request target outside CONNECT\n"
-    );
+    assert_400(&answer, "authority-form request target outside CONNECT");
     assert_eq!((a.requests(), b.requests()), (0, 0));
-}
-
-/// Send an HTTP/2 GET with `:authority` from `uri` and the given `host`
-/// header; return the status and body.
-async fn h2_with_host(proxy: SocketAddr, uri: &str, host: Option<&str>) -> (u16, String) {
-    let mut tx = h2_connect(proxy).await;
-    let mut req = Request::builder().uri(uri).version(hyper::Version::HTTP_2);
-    if let Some(h) = host {
-        req = req.header("host", h);
-    }
-    let resp = tx
-        .send_request(req.body(Full::new(Bytes::new())).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test]
 async fn an_http2_authority_and_a_host_header_naming_another_site_are_a_400() {
     let (a, b, proxy) = setup("").await;
-    let (status, body) = h2_with_host(proxy, "http://a.test/", Some("b.test")).await;
+    let (status, _, body) = h2_get_with_host(proxy, "http://a.test/", Some("b.test")).await;
     assert_eq!(status, 400);
     assert_eq!(
         body,
@@ -229,7 +164,7 @@ async fn an_http2_authority_and_a_host_header_naming_another_site_are_a_400() {
     );
     assert_eq!((a.requests(), b.requests()), (0, 0));
     // Agreeing, the backend gets exactly the one Host.
-    let (status, body) = h2_with_host(proxy, "http://a.test/", Some("A.TEST")).await;
+    let (status, _, body) = h2_get_with_host(proxy, "http://a.test/", Some("A.TEST")).await;
     assert_eq!(status, 200);
     assert_eq!(echoed_values(&body, "host"), ["a.test"]);
     assert_eq!((a.requests(), b.requests()), (1, 0));

@@ -163,30 +163,32 @@ pub fn body_of(answer: &str) -> &str {
 /// `backends` line, and the vhost is the last section, so that tests can
 /// append settings to it.
 pub fn site_config(backends: &[SocketAddr], listener: &str, pool: &str) -> String {
+    format!(
+        "\n{}\n{}\n{}",
+        http_listener(listener),
+        pool_section("p", backends, pool),
+        vhost_section("site", "site.test", "p")
+    )
+}
+
+/// `[[listener]]` `web` on 127.0.0.1:0 speaking http, with `extra` settings.
+pub fn http_listener(extra: &str) -> String {
+    format!("[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\n{extra}\n")
+}
+
+/// `[[pool]]` `name` of `backends`, with `extra` settings after them.
+pub fn pool_section(name: &str, backends: &[SocketAddr], extra: &str) -> String {
     let backends = backends
         .iter()
         .map(|b| format!("{{ address = \"{b}\" }}"))
         .collect::<Vec<_>>()
         .join(", ");
-    format!(
-        r#"
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-protocol = "http"
-{listener}
+    format!("[[pool]]\nname = \"{name}\"\nbackends = [{backends}]\n{extra}\n")
+}
 
-[[pool]]
-name = "p"
-backends = [{backends}]
-{pool}
-
-[[vhost]]
-name = "site"
-hosts = ["site.test"]
-pool = "p"
-"#
-    )
+/// `[[vhost]]` `name` for `host`, served by pool `pool`.
+pub fn vhost_section(name: &str, host: &str, pool: &str) -> String {
+    format!("[[vhost]]\nname = \"{name}\"\nhosts = [\"{host}\"]\npool = \"{pool}\"\n")
 }
 
 /// Start the proxy with `config` (TOML text).
@@ -286,13 +288,24 @@ where
 /// Send a GET for `uri` (whose authority names the site) over a fresh
 /// HTTP/2 prior-knowledge connection to `proxy`.
 pub async fn h2_get(proxy: SocketAddr, uri: &str) -> (StatusCode, hyper::HeaderMap, String) {
+    h2_get_with_host(proxy, uri, None).await
+}
+
+/// [`h2_get`] with a `host` header beside the `:authority` of `uri`.
+pub async fn h2_get_with_host(
+    proxy: SocketAddr,
+    uri: &str,
+    host: Option<&str>,
+) -> (StatusCode, hyper::HeaderMap, String) {
     let mut tx = h2_connect(proxy).await;
-    let req = Request::builder()
-        .uri(uri)
-        .version(hyper::Version::HTTP_2)
-        .body(Full::new(Bytes::new()))
+    let mut req = Request::builder().uri(uri).version(hyper::Version::HTTP_2);
+    if let Some(h) = host {
+        req = req.header("host", h);
+    }
+    let resp = tx
+        .send_request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
         .unwrap();
-    let resp = tx.send_request(req).await.unwrap();
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
     (
