@@ -16,29 +16,7 @@ use tokio::net::TcpStream;
 use vipd::app::Running;
 
 fn config_text(bind: &str, backends: &[&TestBackend], admin_extra: &str) -> String {
-    let list: Vec<String> = backends
-        .iter()
-        .map(|b| format!("{{ address = \"{}\" }}", b.addr))
-        .collect();
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-{admin_extra}
-
-[[listener]]
-name = "web"
-bind = "{bind}"
-protocol = "tcp"
-pool = "p"
-
-[[pool]]
-name = "p"
-scheduler = "rr"
-backends = [{}]
-"#,
-        list.join(", ")
-    )
+    admin_config(admin_extra, &tcp_site(bind, backends, "scheduler = \"rr\""))
 }
 
 async fn admin(running: &Running) -> SocketAddr {

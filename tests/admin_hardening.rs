@@ -17,24 +17,7 @@ use tokio::time::{Instant, timeout};
 use vipd::app::Running;
 
 fn config_text(backend: &TestBackend, admin_extra: &str) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-{admin_extra}
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-protocol = "tcp"
-pool = "p"
-
-[[pool]]
-name = "p"
-backends = [{{ address = "{}" }}]
-"#,
-        backend.addr
-    )
+    admin_config(admin_extra, &tcp_site("127.0.0.1:0", &[backend], ""))
 }
 
 async fn start(backend: &TestBackend, admin_extra: &str) -> (std::sync::Arc<Running>, SocketAddr) {
@@ -48,23 +31,7 @@ async fn start(backend: &TestBackend, admin_extra: &str) -> (std::sync::Arc<Runn
 /// One request to the admin endpoint with the given header lines (Host
 /// included by the caller): `(status, body)`.
 async fn exchange(admin: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(admin).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\n{headers}Connection: close\r\nContent-Length: 0\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    timeout(Duration::from_secs(5), s.read_to_string(&mut out))
-        .await
-        .expect("admin answered in time")
-        .unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
-    (status, body.unwrap_or_default())
+    admin_request(admin, method, path, headers, "").await
 }
 
 fn error_text(body: &str) -> String {

@@ -11,23 +11,8 @@ use health_support::*;
 use vipd::app::Running;
 
 fn two_backend_config(a: &TestBackend, b: &TestBackend, pool_extra: &str, health: &str) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-protocol = "tcp"
-pool = "p"
-
-[[pool]]
-name = "p"
-scheduler = "rr"
-backends = [{{ address = "{}" }}, {{ address = "{}" }}]
-{pool_extra}
-{health}
-"#,
-        a.addr, b.addr
-    )
+    let pool = format!("scheduler = \"rr\"\n{pool_extra}\n{health}");
+    tcp_site("127.0.0.1:0", &[a, b], &pool)
 }
 
 const TCP_CHECK: &str =

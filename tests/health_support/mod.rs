@@ -153,12 +153,25 @@ pub async fn http(
     token: Option<&str>,
     body: &str,
 ) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect to admin");
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    admin_request(addr, method, path, &format!("Host: {addr}\r\n{auth}"), body).await
+}
+
+/// One request to the admin endpoint at `addr` with the given `headers`
+/// lines (Host included by the caller, each ending in CRLF), then
+/// `Connection: close` and `body`: `(status, body)`.
+pub async fn admin_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect to admin");
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\n{headers}Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
@@ -177,6 +190,35 @@ pub async fn http(
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// A tcp listener `web` on `bind` in front of pool `p` of `backends`
+/// (with `pool` settings after them).
+pub fn tcp_site(bind: &str, backends: &[&TestBackend], pool: &str) -> String {
+    let backends = backends
+        .iter()
+        .map(|b| format!("{{ address = \"{}\" }}", b.addr))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"
+[[listener]]
+name = "web"
+bind = "{bind}"
+protocol = "tcp"
+pool = "p"
+
+[[pool]]
+name = "p"
+backends = [{backends}]
+{pool}
+"#
+    )
+}
+
+/// An admin endpoint on 127.0.0.1:0 (with `admin` settings) before `rest`.
+pub fn admin_config(admin: &str, rest: &str) -> String {
+    format!("\n[admin]\nlisten = \"127.0.0.1:0\"\n{admin}\n{rest}")
 }
 
 /// Poll `cond` every 10 ms for up to 5 s; panics with `what` on timeout.
