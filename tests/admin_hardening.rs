@@ -48,6 +48,24 @@ async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
     }
 }
 
+/// `vipd check -c file`: its exit code and what it printed on stderr.
+fn vipd_check(file: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vipd"))
+        .args(["check", "-c"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), stderr)
+}
+
+/// Connect to `admin` and write `request`; the answer is not yet read.
+async fn send_raw(admin: SocketAddr, request: &str) -> TcpStream {
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    s
+}
+
 #[test]
 fn vipd_check_refuses_a_wildcard_or_non_loopback_admin_listen_without_a_token_file() {
     let dir = std::env::temp_dir().join(format!("vipd-admin-check-{}", std::process::id()));
@@ -66,14 +84,9 @@ fn vipd_check_refuses_a_wildcard_or_non_loopback_admin_listen_without_a_token_fi
             ),
         )
         .unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_vipd"))
-            .args(["check", "-c"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let (code, stderr) = vipd_check(&file);
         let path = file.display();
-        assert_eq!(out.status.code(), Some(64), "{listen}: {stderr}");
+        assert_eq!(code, Some(64), "{listen}: {stderr}");
         assert!(
             stderr.contains(&format!(
                 "{path}: 1 configuration error\n\
@@ -89,17 +102,8 @@ fn vipd_check_refuses_a_wildcard_or_non_loopback_admin_listen_without_a_token_fi
             &format!("listen = \"{listen}\"\ntoken_file = \"/etc/vipd/admin.token\"\n"),
         );
         std::fs::write(&file, text).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_vipd"))
-            .args(["check", "-c"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{listen} with a token: {stderr}"
-        );
+        let (code, stderr) = vipd_check(&file);
+        assert_eq!(code, Some(0), "{listen} with a token: {stderr}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -203,9 +207,8 @@ async fn connections_beyond_admin_max_connections_wait_until_a_slot_frees() {
     let (running, admin) = start(&a, "max_connections = 2\nheader_timeout = \"10s\"").await;
     let first = TcpStream::connect(admin).await.unwrap();
     let _second = TcpStream::connect(admin).await.unwrap();
-    let mut third = TcpStream::connect(admin).await.unwrap();
     let req = format!("GET /api/status HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
-    third.write_all(req.as_bytes()).await.unwrap();
+    let mut third = send_raw(admin, &req).await;
     assert_eq!(
         closed_within(&mut third, Duration::from_millis(800)).await,
         None,
@@ -226,9 +229,8 @@ async fn connections_beyond_admin_max_connections_wait_until_a_slot_frees() {
 async fn an_admin_connection_serves_one_request_and_closes() {
     let a = TestBackend::start("a").await;
     let (running, admin) = start(&a, "").await;
-    let mut s = TcpStream::connect(admin).await.unwrap();
     let req = format!("GET /api/status HTTP/1.1\r\nHost: {admin}\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
+    let mut s = send_raw(admin, &req).await;
     let got = closed_within(&mut s, Duration::from_secs(5)).await;
     let text = String::from_utf8_lossy(got.as_deref().expect("closed after the answer"));
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
