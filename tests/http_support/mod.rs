@@ -21,7 +21,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A backend that answers every request with its name (header
@@ -93,18 +93,7 @@ async fn answer(
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             let Ok(up) = upgrade.await else { return };
-            let mut io = TokioIo::new(up);
-            let mut buf = [0u8; 1024];
-            loop {
-                match io.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        if io.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
+            echo_until_closed(TokioIo::new(up)).await;
         });
         return Ok(Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -444,12 +433,17 @@ async fn switch(mut s: TcpStream, act: Act, head: &str) {
     if s.write_all(answer.as_bytes()).await.is_err() {
         return;
     }
+    echo_until_closed(s).await;
+}
+
+/// Write back what arrives on `io` until it closes or fails.
+async fn echo_until_closed<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
     let mut buf = [0u8; 1024];
     loop {
-        match s.read(&mut buf).await {
+        match io.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                if s.write_all(&buf[..n]).await.is_err() {
+                if io.write_all(&buf[..n]).await.is_err() {
                     return;
                 }
             }
