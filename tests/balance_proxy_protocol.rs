@@ -198,8 +198,7 @@ async fn proxied_get(from: &str, to: SocketAddr, client: &str) -> String {
 }
 
 fn forwarded_for(answer: &str) -> Vec<String> {
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    http_support::echoed_values(body, "x-forwarded-for")
+    http_support::echoed_values(http_support::body_of(answer), "x-forwarded-for")
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use http_support::{Backend, get, h1_client, send, start_proxy};
+use http_support::{Backend, get, h1_client, send, site_config, start_web};
 use hyper::Request;
 use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -78,40 +78,17 @@ fn a_full_accept_queue_makes_connects_hang() {
 }
 
 fn http_config(backends: &[SocketAddr]) -> String {
-    let list: Vec<String> = backends
-        .iter()
-        .map(|a| format!("{{ address = \"{a}\" }}"))
-        .collect();
-    format!(
-        r#"
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-protocol = "http"
-
-[[pool]]
-name = "p"
-scheduler = "rr"
-backends = [{}]
-connect_timeout = "{}ms"
-response_timeout = "10s"
-passive_fall = 0
-
-[[vhost]]
-name = "site"
-hosts = ["site.test"]
-pool = "p"
-"#,
-        list.join(", "),
+    let pool = format!(
+        "scheduler = \"rr\"\nconnect_timeout = \"{}ms\"\nresponse_timeout = \"10s\"\npassive_fall = 0",
         CONNECT_TIMEOUT.as_millis()
-    )
+    );
+    site_config(backends, "", &pool)
 }
 
 #[tokio::test]
 async fn an_http_backend_that_never_accepts_is_a_504_after_connect_timeout() {
     let hole = blackhole();
-    let running = start_proxy(&http_config(&[hole.addr])).await;
-    let proxy = running.local_addr("web").await.unwrap();
+    let (_running, proxy) = start_web(&http_config(&[hole.addr])).await;
     let started = Instant::now();
     let (status, _, body) = send(&h1_client(), get(proxy, "site.test", "/")).await;
     let took = started.elapsed();
@@ -127,8 +104,7 @@ async fn an_http_backend_that_never_accepts_is_a_504_after_connect_timeout() {
 async fn a_request_without_a_body_is_retried_on_another_backend_after_connect_timeout() {
     let hole = blackhole();
     let good = Backend::start("good").await;
-    let running = start_proxy(&http_config(&[hole.addr, good.addr])).await;
-    let proxy = running.local_addr("web").await.unwrap();
+    let (_running, proxy) = start_web(&http_config(&[hole.addr, good.addr])).await;
     let client = h1_client();
     let mut slow = 0;
     // Round robin: at least one of two requests is first sent to the black
@@ -156,8 +132,7 @@ async fn with_passive_checks_one_connect_timeout_takes_the_backend_out() {
         "passive_fall = 0",
         "passive_fall = 1\npassive_cooldown = \"1m\"",
     );
-    let running = start_proxy(&text).await;
-    let proxy = running.local_addr("web").await.unwrap();
+    let (_running, proxy) = start_web(&text).await;
     let client = h1_client();
     let mut slow = 0;
     for _ in 0..4 {
@@ -178,8 +153,7 @@ async fn with_passive_checks_one_connect_timeout_takes_the_backend_out() {
 async fn a_request_with_a_body_goes_to_another_backend_with_its_body_after_connect_timeout() {
     let hole = blackhole();
     let good = Backend::start("good").await;
-    let running = start_proxy(&http_config(&[hole.addr, good.addr])).await;
-    let proxy = running.local_addr("web").await.unwrap();
+    let (_running, proxy) = start_web(&http_config(&[hole.addr, good.addr])).await;
     let client = h1_client();
     let mut waited = 0;
     for _ in 0..2 {

@@ -3,9 +3,9 @@
 //! at the limits, requests pass. HTTP/1.1 and HTTP/2, over loopback.
 
 mod http_support;
+mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,30 +19,12 @@ const LIMIT: usize = 16 * 1024;
 const FIELDS: usize = 20;
 
 fn config(backend: SocketAddr) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-protocol = "http"
-max_header_bytes = {LIMIT}
-max_headers = {FIELDS}
-
-[[pool]]
-name = "p"
-backends = [{{ address = "{backend}" }}]
-
-[[vhost]]
-name = "site"
-hosts = ["site.test"]
-pool = "p"
-"#
-    )
+    let limits = format!("max_header_bytes = {LIMIT}\nmax_headers = {FIELDS}");
+    site_config(&[backend], &limits, "")
 }
 
 async fn proxy_for(backend: SocketAddr) -> SocketAddr {
-    let running = start_proxy(&config(backend)).await;
-    let addr = running.local_addr("web").await.unwrap();
+    let (running, addr) = start_web(&config(backend)).await;
     std::mem::forget(running);
     addr
 }
@@ -108,8 +90,7 @@ async fn the_default_limits_are_64_kib_and_100_fields() {
     let text = config(b.addr)
         .replace(&format!("max_header_bytes = {LIMIT}\n"), "")
         .replace(&format!("max_headers = {FIELDS}\n"), "");
-    let running = start_proxy(&text).await;
-    let proxy = running.local_addr("web").await.unwrap();
+    let (_running, proxy) = start_web(&text).await;
     // 97 fields: vipd drops Connection and adds three X-Forwarded-*, which
     // keeps the backend (hyper, also 100 at most) under its own limit.
     let under = raw(proxy, &head(60 * 1024, 97), WAIT).await;
@@ -177,34 +158,15 @@ async fn http2_requests_with_more_fields_than_max_headers_get_431_from_vipd() {
 }
 
 fn problems(listener_extra: &str, protocol: &str) -> Vec<String> {
-    let text = format!(
-        r#"
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-protocol = "{protocol}"
-{}
-{listener_extra}
-
-[[pool]]
-name = "p"
-backends = [{{ address = "127.0.0.1:1" }}]
-
-[[vhost]]
-name = "site"
-hosts = ["site.test"]
-pool = "p"
-"#,
-        if protocol == "tcp" {
-            "pool = \"p\""
-        } else {
-            ""
-        }
-    );
-    match vipd::config::parse(&text, Path::new("t.toml")) {
-        Ok(_) => Vec::new(),
-        Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
-    }
+    let pool = if protocol == "tcp" {
+        "pool = \"p\""
+    } else {
+        ""
+    };
+    let backend = "127.0.0.1:1".parse().unwrap();
+    let text = site_config(&[backend], &format!("{pool}\n{listener_extra}"), "")
+        .replace("protocol = \"http\"", &format!("protocol = \"{protocol}\""));
+    support::problems(&text)
 }
 
 #[test]

@@ -13,40 +13,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+/// The site of [`site_config`] in front of `backend`, with bodies of at
+/// most 10 bytes.
 fn config(backend: SocketAddr, extra_listener: &str, extra_pool: &str) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-protocol = "http"
-{extra_listener}
-
-[[pool]]
-name = "p"
-backends = [{{ address = "{backend}" }}]
-{extra_pool}
-
-[[vhost]]
-name = "site"
-hosts = ["site.test"]
-pool = "p"
-max_body_size = 10
-"#
-    )
+    site_config(&[backend], extra_listener, extra_pool) + "max_body_size = 10\n"
 }
 
 /// [`config`] with two backends in the pool, `first` then `second`.
 fn config_two(first: SocketAddr, second: SocketAddr, extra_pool: &str) -> String {
-    config(second, "", extra_pool).replace(
-        &format!("backends = [{{ address = \"{second}\" }}]"),
-        &format!("backends = [{{ address = \"{first}\" }}, {{ address = \"{second}\" }}]"),
-    )
+    site_config(&[first, second], "", extra_pool) + "max_body_size = 10\n"
 }
 
 async fn proxy_for(backend: SocketAddr, extra_listener: &str, extra_pool: &str) -> SocketAddr {
-    let running = start_proxy(&config(backend, extra_listener, extra_pool)).await;
-    let addr = running.local_addr("web").await.unwrap();
+    let (running, addr) = start_web(&config(backend, extra_listener, extra_pool)).await;
     std::mem::forget(running);
     addr
 }
@@ -77,8 +56,7 @@ async fn a_pool_without_available_backends_is_a_503() {
         &format!("{{ address = \"{}\" }}", b.addr),
         &format!("{{ address = \"{}\", weight = 0 }}", b.addr),
     );
-    let running = start_proxy(&text).await;
-    let proxy = running.local_addr("web").await.unwrap();
+    let (_running, proxy) = start_web(&text).await;
     let (status, _, body) = send(&h1_client(), get(proxy, "site.test", "/")).await;
     assert_eq!(status, 503);
     assert_eq!(body, "503 Service Unavailable: no backend is available\n");
@@ -247,8 +225,7 @@ async fn requests_without_a_body_are_sent_to_another_backend_when_connecting_fai
     let live = Backend::start("live").await;
     let dead = closed_port().await;
     let text = config_two(dead, live.addr, "");
-    let running = start_proxy(&text).await;
-    let proxy = running.local_addr("web").await.unwrap();
+    let (_running, proxy) = start_web(&text).await;
     let c = h1_client();
     for _ in 0..4 {
         let (status, h, _) = send(&c, get(proxy, "site.test", "/")).await;
@@ -273,8 +250,7 @@ async fn a_listener_persistence_group_keeps_a_client_on_one_backend() {
             one.addr, two.addr
         ),
     );
-    let running = start_proxy(&text).await;
-    let proxy = running.local_addr("web").await.unwrap();
+    let (_running, proxy) = start_web(&text).await;
     let mut seen = Vec::new();
     for _ in 0..6 {
         let (status, h, _) = send(&h1_client(), get(proxy, "site.test", "/")).await;
@@ -309,8 +285,7 @@ async fn a_backend_that_hangs_up_before_answering_is_taken_out_by_passive_checks
     let live = Backend::start("live").await;
     let (bad, bad_requests) = hang_up_backend().await;
     let text = config_two(bad, live.addr, "passive_fall = 2\nscheduler = \"rr\"");
-    let running = start_proxy(&text).await;
-    let proxy = running.local_addr("web").await.unwrap();
+    let (_running, proxy) = start_web(&text).await;
     let c = h1_client();
     // rr: bad, live, bad: the two exchanges bad fails are 502s.
     let mut statuses = Vec::new();
