@@ -10,30 +10,21 @@ use http_support::*;
 /// Two pools (`a`, `b`) and vhosts: `www.a.test` -> a (with `/b/` routed to
 /// b), `*.b.test` -> b, `plain.test` redirects to https, `default` -> a.
 fn config(a: SocketAddr, b: SocketAddr, listener_extra: &str, pool_extra: &str) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-protocol = "http"
-default_vhost = "fallback"
-{listener_extra}
+    let listener = format!("default_vhost = \"fallback\"\n{listener_extra}");
+    [
+        http_listener(&listener),
+        pool_section("a", &[a], pool_extra),
+        pool_section("b", &[b], pool_extra),
+        VHOSTS.to_string(),
+    ]
+    .join("\n")
+}
 
-[[pool]]
-name = "a"
-backends = [{{ address = "{a}" }}]
-{pool_extra}
-
-[[pool]]
-name = "b"
-backends = [{{ address = "{b}" }}]
-{pool_extra}
-
-[[vhost]]
+const VHOSTS: &str = r#"[[vhost]]
 name = "www"
 hosts = ["www.a.test"]
 pool = "a"
-routes = [{{ path_prefix = "/b/", pool = "b" }}]
+routes = [{ path_prefix = "/b/", pool = "b" }]
 
 [[vhost]]
 name = "wild"
@@ -49,14 +40,11 @@ redirect_https = true
 name = "fallback"
 hosts = ["fallback.test"]
 pool = "a"
-"#
-    )
-}
+"#;
 
 async fn setup(listener_extra: &str, pool_extra: &str) -> (Backend, Backend, SocketAddr) {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let running = start_proxy(&config(a.addr, b.addr, listener_extra, pool_extra)).await;
-    let proxy = running.local_addr("web").await.unwrap();
+    let (running, proxy) = start_web(&config(a.addr, b.addr, listener_extra, pool_extra)).await;
     // The proxy keeps running for the test's lifetime.
     std::mem::forget(running);
     (a, b, proxy)
