@@ -287,3 +287,38 @@ async fn x_real_ip_is_set_to_the_client_when_asked_and_kept_from_trusted_proxies
     assert_eq!(echoed_values(body, "x-real-ip"), ["203.0.113.9"]);
     assert_eq!(echoed_values(body, "true-client-ip"), ["203.0.113.9"]);
 }
+
+#[tokio::test]
+async fn untrusted_clients_lose_every_x_forwarded_header_and_the_underscore_spellings_of_address_claims()
+{
+    // Rack believes X-Forwarded-Ssl and X-Forwarded-Scheme, Spring and
+    // Werkzeug X-Forwarded-Prefix, the npm request-ip X-Client-IP; CGI,
+    // WSGI and Rack map `_` to `-`, so X_Forwarded_For is read as the
+    // X-Forwarded-For header.
+    let forged = "X_Forwarded_For: 6.6.6.6\r\nX-Forwarded-Ssl: on\r\nX-Forwarded-Scheme: https\r\nX-Forwarded-Prefix: /admin\r\nX-Forwarded-Server: evil\r\nX_Real_IP: 6.6.6.6\r\nTrue_Client_IP: 6.6.6.6\r\nX-Client-IP: 6.6.6.6\r\nX-Cluster-Client-IP: 6.6.6.6\r\nX_Forwarded_Proto: https\r\n";
+    let head = format!("GET / HTTP/1.1\r\nHost: a.test\r\n{forged}Connection: close\r\n\r\n");
+    let (_a, _b, proxy) = setup("").await;
+    let answer = ask(proxy, &head).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let mut names: Vec<String> = echoed(body_of(&answer))
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| name != "body-bytes")
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["host", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"]
+    );
+    assert_eq!(echoed_values(body_of(&answer), "x-forwarded-for"), ["127.0.0.1"]);
+    // A trusted proxy keeps its X-Forwarded-* headers, but an underscore
+    // spelling is never a proxy's own and goes even then.
+    let (_a, _b, proxy) = setup("trusted_proxies = [\"127.0.0.0/8\"]").await;
+    let body = ask(proxy, &head).await;
+    let body = body_of(&body);
+    assert_eq!(echoed_values(body, "x-forwarded-ssl"), ["on"]);
+    assert_eq!(echoed_values(body, "x-client-ip"), ["6.6.6.6"]);
+    for name in ["x_forwarded_for", "x_real_ip", "true_client_ip", "x_forwarded_proto"] {
+        assert_eq!(echoed_values(body, name), Vec::<String>::new(), "{name}");
+    }
+}
