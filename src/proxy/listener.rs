@@ -211,9 +211,14 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Context, admission
         client: peer,
         local,
     };
+    let mut arrival = super::http::Arrival::Direct;
     if cfg.proxy_protocol {
         match read_proxy_header(&mut stream, peer, cfg).await {
             Some(header) => {
+                arrival = match header.source {
+                    Some(_) => super::http::Arrival::Proxied(peer.ip()),
+                    None => super::http::Arrival::Unnamed,
+                };
                 origin.client = header.source.unwrap_or(peer);
                 origin.local = header.destination.unwrap_or(local);
             }
@@ -232,7 +237,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Context, admission
             config::Protocol::Http | config::Protocol::Https => {
                 let accepted = super::http::Accepted {
                     peer: origin.client,
-                    proxied_by: cfg.proxy_protocol.then_some(peer.ip()),
+                    arrival,
                     listener: cfg,
                     snapshot: ctx.snapshot.clone(),
                     shutdown: ctx.shutdown.clone(),

@@ -215,7 +215,7 @@ fn plan(
         host: host.clone(),
         max_body_size: vhost.max_body_size,
         opts: Options {
-            trusted: routes.trusts(conn.peer.ip, conn.proxied_by),
+            trusted: routes.trusts(conn.peer.ip, conn.arrival),
             forwarded: routes.forwarded,
             via: routes.via,
             real_ip: routes.real_ip,
