@@ -13,7 +13,7 @@ use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::http::uri::PathAndQuery;
 use hyper::upgrade::OnUpgrade;
-use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -342,11 +342,7 @@ async fn forward(
         parts.version,
         plan.opts,
     );
-    let target = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let target = origin_form(&parts.uri);
     parts.version = if plan.upstream.http2() {
         Version::HTTP_2
     } else {
@@ -450,6 +446,17 @@ async fn forward(
         headers::add_via(resp.headers_mut(), version);
     }
     resp.map(|body| Source::Backend(BackendBody::new(body, reusable)))
+}
+
+/// The path and query a backend gets. An absolute-form target with an
+/// empty path (`http://a.test#x`) keeps it empty inside: it reads as `/`,
+/// but a URI built from it writes no request target at all. It becomes
+/// `/` (RFC 9112 3.2.1), as it was routed.
+fn origin_form(uri: &Uri) -> PathAndQuery {
+    match uri.path_and_query() {
+        Some(p) if !Uri::from(p.clone()).path().is_empty() => p.clone(),
+        _ => PathAndQuery::from_static("/"),
+    }
 }
 
 /// Splice an upgraded client connection (e.g. a WebSocket) to the upgraded
