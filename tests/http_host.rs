@@ -290,7 +290,7 @@ async fn x_real_ip_is_set_to_the_client_when_asked_and_kept_from_trusted_proxies
 
 #[tokio::test]
 async fn untrusted_clients_lose_every_x_forwarded_header_and_the_underscore_spellings_of_address_claims()
-{
+ {
     // Rack believes X-Forwarded-Ssl and X-Forwarded-Scheme, Spring and
     // Werkzeug X-Forwarded-Prefix, the npm request-ip X-Client-IP; CGI,
     // WSGI and Rack map `_` to `-`, so X_Forwarded_For is read as the
@@ -308,9 +308,17 @@ async fn untrusted_clients_lose_every_x_forwarded_header_and_the_underscore_spel
     names.sort();
     assert_eq!(
         names,
-        ["host", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"]
+        [
+            "host",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto"
+        ]
     );
-    assert_eq!(echoed_values(body_of(&answer), "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(
+        echoed_values(body_of(&answer), "x-forwarded-for"),
+        ["127.0.0.1"]
+    );
     // A trusted proxy keeps its X-Forwarded-* headers, but an underscore
     // spelling is never a proxy's own and goes even then.
     let (_a, _b, proxy) = setup("trusted_proxies = [\"127.0.0.0/8\"]").await;
@@ -318,7 +326,45 @@ async fn untrusted_clients_lose_every_x_forwarded_header_and_the_underscore_spel
     let body = body_of(&body);
     assert_eq!(echoed_values(body, "x-forwarded-ssl"), ["on"]);
     assert_eq!(echoed_values(body, "x-client-ip"), ["6.6.6.6"]);
-    for name in ["x_forwarded_for", "x_real_ip", "true_client_ip", "x_forwarded_proto"] {
+    for name in [
+        "x_forwarded_for",
+        "x_real_ip",
+        "true_client_ip",
+        "x_forwarded_proto",
+    ] {
         assert_eq!(echoed_values(body, name), Vec::<String>::new(), "{name}");
     }
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_with_an_empty_path_reaches_the_backend_as_slash() {
+    let (a, _b, proxy) = setup("").await;
+    // `http://a.test#x` has an empty path (the fragment is dropped): the
+    // backend must get `/`, never an empty request target.
+    for target in ["http://a.test#x", "http://a.test#/y"] {
+        let head = format!("GET {target} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
+        let answer = ask(proxy, &head).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{target}: {answer}"
+        );
+        let body = body_of(&answer);
+        assert!(body.starts_with("GET / HTTP/1.1\n"), "{target}: {body}");
+    }
+    assert_eq!(a.requests(), 2);
+}
+
+#[tokio::test]
+async fn a_host_with_an_empty_label_is_a_400() {
+    let (a, b, proxy) = setup("").await;
+    for host in [".a.test", "a..test", "a.test..", "a.test..:80"] {
+        let head = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let answer = ask(proxy, &head).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{host}: {answer}"
+        );
+        assert_eq!(body_of(&answer), "400 Bad Request: invalid Host header\n");
+    }
+    assert_eq!((a.requests(), b.requests()), (0, 0));
 }
