@@ -255,7 +255,8 @@ fn check_refuses_proxy_protocol_without_trusted_proxies_and_names_the_fix() {
 #[tokio::test]
 async fn a_proxy_header_naming_no_client_earns_its_client_no_trust() {
     let (_backend, web) = http_behind_proxies("[\"127.0.0.0/8\"]").await;
-    let get = b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-For: 6.6.6.6\r\nConnection: close\r\n\r\n";
+    let get =
+        b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-For: 6.6.6.6\r\nConnection: close\r\n\r\n";
     // v1 UNKNOWN, and v2 PROXY with the unspecified family: the sender
     // (trusted) did not know the client, and an unknown client is not a
     // trusted proxy. (v2 LOCAL: the sender's own connection, same rule.)

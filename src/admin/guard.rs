@@ -16,7 +16,9 @@ use hyper::header::{HOST, ORIGIN};
 pub(super) enum Refused {
     #[error("the Host header must name this admin endpoint ({0}); add other names to admin.hosts")]
     Host(String),
-    #[error("the request target must name this admin endpoint ({0}); add other names to admin.hosts")]
+    #[error(
+        "the request target must name this admin endpoint ({0}); add other names to admin.hosts"
+    )]
     Target(String),
     #[error("cross-origin requests are refused (Origin {0:?})")]
     Origin(String),
@@ -38,9 +40,8 @@ pub(super) fn check(
     };
     let own = own_names(local);
     let host_text = host.unwrap_or_default();
-    let ours = |text: &str| {
-        authority(text).filter(|(name, _)| own.iter().chain(hosts).any(|n| n == name))
-    };
+    let ours =
+        |text: &str| authority(text).filter(|(name, _)| own.iter().chain(hosts).any(|n| n == name));
     let named = host
         .and_then(ours)
         .ok_or_else(|| Refused::Host(host_text.to_string()))?;
