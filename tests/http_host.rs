@@ -368,3 +368,29 @@ async fn a_host_with_an_empty_label_is_a_400() {
     }
     assert_eq!((a.requests(), b.requests()), (0, 0));
 }
+
+#[tokio::test]
+async fn an_http2_backend_gets_the_routed_host_as_its_authority_too() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let pool_a = format!("backends = [{{ address = \"{}\" }}]", a.addr);
+    let text = config(a.addr, b.addr, "").replace(&pool_a, &format!("{pool_a}\nhttp2 = true"));
+    let running = start_proxy(&text).await;
+    let proxy = running.local_addr("web").await.unwrap();
+    // Over HTTP/2 the backend reads the host from `:authority`: it must be
+    // the routed one (RFC 9113 8.3.1), not the backend's own address
+    // beside a Host naming the site.
+    let answer = ask(
+        proxy,
+        "GET /x?y=1 HTTP/1.1\r\nHost: A.test:8080\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let body = body_of(&answer);
+    assert!(
+        body.starts_with("GET http://A.test:8080/x?y=1 HTTP/2.0\n"),
+        "{body}"
+    );
+    assert_eq!(echoed_values(body, "host"), ["A.test:8080"]);
+    assert_eq!(a.requests(), 1);
+    running.stop().await;
+}

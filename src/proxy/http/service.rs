@@ -343,6 +343,11 @@ async fn forward(
         plan.opts,
     );
     let target = origin_form(&parts.uri);
+    let authority = plan
+        .upstream
+        .http2()
+        .then(|| hyper::http::uri::Authority::try_from(plan.host.as_bytes()).ok())
+        .flatten();
     parts.version = if plan.upstream.http2() {
         Version::HTTP_2
     } else {
@@ -355,7 +360,9 @@ async fn forward(
     let (mut resp, reusable) = loop {
         let addr = lease.address;
         ex.record.upstream = Some(addr);
-        *req.uri_mut() = plan.upstream.target(addr, target.clone());
+        *req.uri_mut() = plan
+            .upstream
+            .target(addr, authority.as_ref(), target.clone());
         let state = lease.state().clone();
         ex.lease = Some(lease);
         let failed = match plan.upstream.send(addr, req).await {
