@@ -394,3 +394,33 @@ async fn an_http2_backend_gets_the_routed_host_as_its_authority_too() {
     assert_eq!(a.requests(), 1);
     running.stop().await;
 }
+
+#[tokio::test]
+async fn an_asterisk_form_target_outside_options_is_a_400() {
+    let (a, b, proxy) = setup("").await;
+    let answer = ask(
+        proxy,
+        "GET * HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert_eq!(
+        body_of(&answer),
+        "400 Bad Request: asterisk-form request target outside OPTIONS\n"
+    );
+    assert_eq!((a.requests(), b.requests()), (0, 0));
+    // OPTIONS * is what the form is for.
+    let answer = ask(
+        proxy,
+        "OPTIONS * HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        body_of(&answer).starts_with("OPTIONS * HTTP/1.1\n"),
+        "{answer}"
+    );
+}

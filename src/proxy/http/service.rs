@@ -235,8 +235,9 @@ fn select(pool: &Pool, table: Option<&Arc<PersistenceTable>>, client: IpAddr) ->
 /// backend receives (RFC 9112 3.2, RFC 9113 8.3.1): the request target's
 /// authority (absolute-form, or HTTP/2 `:authority`), else the Host header.
 /// Both present must agree (case, a final dot and the scheme's default port
-/// aside). `Ok(None)`: an HTTP/1.0 request without Host. `Err`: the 400
-/// text.
+/// aside). The target's form is checked here too: authority-form is for
+/// CONNECT, asterisk-form for OPTIONS. `Ok(None)`: an HTTP/1.0 request
+/// without Host. `Err`: the 400 text.
 fn request_host<B>(
     req: &Request<B>,
     https: bool,
@@ -244,6 +245,10 @@ fn request_host<B>(
     let uri = req.uri();
     if req.version() < Version::HTTP_2 && uri.scheme().is_none() && uri.authority().is_some() {
         return Err("400 Bad Request: authority-form request target outside CONNECT\n");
+    }
+    // RFC 9112 3.2.4: `*` is for OPTIONS only (HTTP/2 lets it through).
+    if uri.path_and_query().is_some_and(|p| p.as_str() == "*") && req.method() != Method::OPTIONS {
+        return Err("400 Bad Request: asterisk-form request target outside OPTIONS\n");
     }
     let mut values = req.headers().get_all(header::HOST).iter();
     let (value, extra) = (values.next(), values.next());
