@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
@@ -24,11 +25,13 @@ struct Slot {
     refilled: Instant,
 }
 
-/// Limits of one listener. Zero means "no limit".
+/// Limits of one listener. Zero means "no limit". A reload may change
+/// them ([`ClientLimiter::set_limits`]); the connections already counted,
+/// tunnels included, count against the new ones.
 #[derive(Debug)]
 pub struct ClientLimiter {
-    max_active: usize,
-    rate: u32,
+    max_active: AtomicUsize,
+    rate: AtomicU32,
     // A std Mutex: held for a map lookup only, never across an await.
     clients: Mutex<HashMap<IpAddr, Slot>>,
 }
@@ -48,19 +51,29 @@ impl ClientLimiter {
     pub fn new(max_active: usize, rate: u32) -> Option<Arc<Self>> {
         (max_active > 0 || rate > 0).then(|| {
             Arc::new(Self {
-                max_active,
-                rate,
+                max_active: AtomicUsize::new(max_active),
+                rate: AtomicU32::new(rate),
                 clients: Mutex::new(HashMap::new()),
             })
         })
     }
 
+    /// Apply the limits of a reloaded configuration (zero: off).
+    pub fn set_limits(&self, max_active: usize, rate: u32) {
+        self.max_active.store(max_active, Ordering::Relaxed);
+        self.rate.store(rate, Ordering::Relaxed);
+    }
+
     /// Admit a new connection from `ip`, or say why not.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ClientPermit, Refused> {
         let now = Instant::now();
+        let (max_active, rate_limit) = (
+            self.max_active.load(Ordering::Relaxed),
+            self.rate.load(Ordering::Relaxed),
+        );
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if clients.len() >= TABLE_SOFT_LIMIT {
-            let rate = f64::from(self.rate);
+            let rate = f64::from(rate_limit);
             clients.retain(|_, s| {
                 s.active > 0
                     || (rate > 0.0
@@ -69,19 +82,19 @@ impl ClientLimiter {
         }
         let slot = clients.entry(ip).or_insert(Slot {
             active: 0,
-            tokens: f64::from(self.rate),
+            tokens: f64::from(rate_limit),
             refilled: now,
         });
-        if self.max_active > 0 && slot.active >= self.max_active {
+        if max_active > 0 && slot.active >= max_active {
             return Err(Refused::TooManyConnections(slot.active));
         }
-        if self.rate > 0 {
-            let rate = f64::from(self.rate);
+        if rate_limit > 0 {
+            let rate = f64::from(rate_limit);
             slot.tokens =
                 (slot.tokens + now.duration_since(slot.refilled).as_secs_f64() * rate).min(rate);
             slot.refilled = now;
             if slot.tokens < 1.0 {
-                return Err(Refused::TooFast(self.rate));
+                return Err(Refused::TooFast(rate_limit));
             }
             slot.tokens -= 1.0;
         }
@@ -107,7 +120,7 @@ impl Drop for ClientPermit {
             .unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = clients.get_mut(&self.ip) {
             slot.active = slot.active.saturating_sub(1);
-            if slot.active == 0 && self.limiter.rate == 0 {
+            if slot.active == 0 && self.limiter.rate.load(Ordering::Relaxed) == 0 {
                 clients.remove(&self.ip);
             }
         }
@@ -147,6 +160,16 @@ mod tests {
         l.admit(A)
             .expect("one token refilled after a third of a second");
         assert_eq!(l.admit(A).unwrap_err(), Refused::TooFast(3));
+    }
+
+    #[tokio::test]
+    async fn new_limits_count_the_connections_already_admitted() {
+        let l = ClientLimiter::new(3, 0).unwrap();
+        let _held: Vec<_> = (0..2).map(|_| l.admit(A).unwrap()).collect();
+        l.set_limits(2, 0);
+        assert_eq!(l.admit(A).unwrap_err(), Refused::TooManyConnections(2));
+        l.set_limits(0, 0);
+        l.admit(A).expect("no limit any more");
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::limits::{ClientLimiter, ClientPermit};
-use super::{SharedSnapshot, proxy_protocol};
+use super::{SharedSnapshot, Snapshot, proxy_protocol};
 use crate::config;
 use crate::metrics::{ActiveGuard, ListenerStats};
 use crate::shutdown::Shutdown;
@@ -114,31 +114,96 @@ pub struct Admission {
     _active: ActiveGuard,
 }
 
+/// The listener's caps, kept in step with reloads: `max_connections` and
+/// the per-client limits of the configuration in service apply to every
+/// connection open, tunnels included, not only to those accepted after.
+struct Caps {
+    /// Permits for `max_connections`.
+    limit: Arc<Semaphore>,
+    /// The `max_connections` that `limit` currently enforces.
+    max: usize,
+    /// Permits a lowered `max_connections` has yet to take back from the
+    /// connections holding them.
+    owed: usize,
+    per_client: Option<Arc<ClientLimiter>>,
+    /// The snapshot the caps were last read from.
+    seen: Option<Arc<Snapshot>>,
+}
+
+impl Caps {
+    fn new() -> Self {
+        Self {
+            limit: Arc::new(Semaphore::new(0)),
+            max: 0,
+            owed: 0,
+            per_client: None,
+            seen: None,
+        }
+    }
+
+    /// Read the caps of listener `name` from the configuration in service,
+    /// if it changed since the last call.
+    fn follow(&mut self, snapshot: &SharedSnapshot, name: &str) {
+        let snap = snapshot.load();
+        if self.seen.as_ref().is_some_and(|s| Arc::ptr_eq(s, &snap)) {
+            return;
+        }
+        let snap = Arc::clone(&snap);
+        let cfg = snap.config.listeners.iter().find(|l| *l.name == *name);
+        let max = cfg.map_or(10_000, |l| l.max_connections);
+        if max > self.max {
+            let more = max - self.max;
+            let forgiven = more.min(self.owed);
+            self.owed -= forgiven;
+            self.limit.add_permits(more - forgiven);
+        } else if max < self.max {
+            let fewer = self.max - max;
+            self.owed += fewer - self.limit.forget_permits(fewer);
+        }
+        self.max = max;
+        let (active, rate) = cfg.map_or((0, 0), |l| {
+            (l.max_connections_per_client, l.connection_rate_per_client)
+        });
+        match &self.per_client {
+            Some(l) => l.set_limits(active, rate),
+            // Turned on by a reload: connections from now on are counted.
+            None => self.per_client = ClientLimiter::new(active, rate),
+        }
+        self.seen = Some(snap);
+    }
+
+    /// Take back the permits [`Caps::owed`], as the connections holding them
+    /// close; no connection is accepted until then.
+    async fn reclaim(&mut self) {
+        while self.owed > 0 {
+            let Ok(permit) = self.limit.acquire().await else {
+                return;
+            };
+            permit.forget();
+            self.owed -= 1;
+        }
+    }
+}
+
 /// Accept connections until shutdown, handing each to its own task.
 ///
 /// The loop waits for a connection slot (global and per-listener caps) before
 /// accepting, so a full proxy leaves new connections in the kernel backlog
 /// instead of accepting and dropping them. Running out of file descriptors
-/// backs off instead of spinning.
+/// backs off instead of spinning. A reload's new caps apply from the next
+/// accept on, counting the connections already open.
 pub async fn run(listener: TcpListener, ctx: Context) {
-    // Limits are read once: changing them takes a new listener name or a restart.
-    let (limit, per_client) = {
-        let snap = ctx.snapshot.load();
-        let cfg = snap.config.listeners.iter().find(|l| *l.name == *ctx.name);
-        (
-            Arc::new(Semaphore::new(cfg.map_or(10_000, |l| l.max_connections))),
-            cfg.and_then(|l| {
-                ClientLimiter::new(l.max_connections_per_client, l.connection_rate_per_client)
-            }),
-        )
-    };
+    let mut caps = Caps::new();
+    caps.follow(&ctx.snapshot, &ctx.name);
     let mut backoff = Duration::from_millis(5);
     loop {
+        caps.follow(&ctx.snapshot, &ctx.name);
         let permits = tokio::select! {
             _ = ctx.shutdown.triggered() => break,
             p = async {
+                caps.reclaim().await;
                 let g = ctx.global_limit.clone().acquire_owned().await;
-                let l = limit.clone().acquire_owned().await;
+                let l = caps.limit.clone().acquire_owned().await;
                 (g, l)
             } => p,
         };
@@ -166,7 +231,8 @@ pub async fn run(listener: TcpListener, ctx: Context) {
                 continue;
             }
         };
-        let client_permit = match per_client.as_ref().map(|l| l.admit(peer.ip())) {
+        caps.follow(&ctx.snapshot, &ctx.name);
+        let client_permit = match caps.per_client.as_ref().map(|l| l.admit(peer.ip())) {
             Some(Err(why)) => {
                 info!(listener = %ctx.name, client = %peer, reason = %why, "connection refused: per-client limit");
                 continue;
