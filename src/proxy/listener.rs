@@ -149,8 +149,12 @@ impl Caps {
             return;
         }
         let snap = Arc::clone(&snap);
-        let cfg = snap.config.listeners.iter().find(|l| *l.name == *name);
-        let max = cfg.map_or(10_000, |l| l.max_connections);
+        // A listener the new configuration drops keeps its caps until its
+        // accept loop is stopped.
+        let Some(cfg) = snap.config.listeners.iter().find(|l| *l.name == *name) else {
+            return;
+        };
+        let max = cfg.max_connections;
         if max > self.max {
             let more = max - self.max;
             let forgiven = more.min(self.owed);
@@ -161,9 +165,10 @@ impl Caps {
             self.owed += fewer - self.limit.forget_permits(fewer);
         }
         self.max = max;
-        let (active, rate) = cfg.map_or((0, 0), |l| {
-            (l.max_connections_per_client, l.connection_rate_per_client)
-        });
+        let (active, rate) = (
+            cfg.max_connections_per_client,
+            cfg.connection_rate_per_client,
+        );
         match &self.per_client {
             Some(l) => l.set_limits(active, rate),
             // Turned on by a reload: connections from now on are counted.
