@@ -438,14 +438,16 @@ async fn a_reload_lowering_the_per_client_cap_counts_the_tunnels_already_open() 
     running.stop().await;
 }
 
-#[tokio::test]
-async fn a_reload_lowering_max_connections_holds_the_tunnels_already_open_to_it() {
+/// Two tunnels open under a cap of four (`before`: listener lines and top
+/// of the file), then a reload to `after`, a cap of two: a new connection
+/// waits until a tunnel closes.
+async fn a_reload_lowers_a_cap_below_two_open_tunnels(before: (&str, &str), after: (&str, &str)) {
     let b = RawBackend::start(Switch::AsAsked).await;
-    let running = start(&config(b.addr, "max_connections = 4", "")).await;
+    let running = start(&config(b.addr, before.0, before.1)).await;
     let proxy = running.local_addr("web").await.unwrap();
     let first = tunnel(proxy).await;
     let mut second = tunnel(proxy).await;
-    let lowered = config(b.addr, "max_connections = 2", "");
+    let lowered = config(b.addr, after.0, after.1);
     let lowered = vipd::config::parse(&lowered, std::path::Path::new("test.toml")).unwrap();
     running.apply(lowered).await.unwrap();
 
@@ -467,4 +469,22 @@ async fn a_reload_lowering_max_connections_holds_the_tunnels_already_open_to_it(
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     drop((second, waiting));
     running.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_lowering_max_connections_holds_the_tunnels_already_open_to_it() {
+    a_reload_lowers_a_cap_below_two_open_tunnels(
+        ("max_connections = 4", ""),
+        ("max_connections = 2", ""),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_reload_lowering_the_global_max_connections_holds_the_tunnels_already_open_to_it() {
+    a_reload_lowers_a_cap_below_two_open_tunnels(
+        ("", "[global]\nmax_connections = 4"),
+        ("", "[global]\nmax_connections = 2"),
+    )
+    .await;
 }

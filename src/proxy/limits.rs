@@ -1,12 +1,73 @@
-//! Per-client-IP admission: concurrent connections and new connections per
-//! second, so one client cannot take every slot of a listener.
+//! Admission limits: connection caps (`max_connections`, global and per
+//! listener) that follow reloads, and per-client-IP limits on concurrent
+//! connections and new connections per second, so one client cannot take
+//! every slot of a listener.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+
+/// A connection cap that a reload may move. Raising it frees slots at
+/// once; lowering it takes slots back as the connections holding them
+/// (tunnels included) close, and admits no one until those still open are
+/// under the new cap.
+#[derive(Debug)]
+pub struct Cap {
+    permits: Arc<Semaphore>,
+    state: Mutex<CapState>,
+}
+
+#[derive(Debug)]
+struct CapState {
+    /// The cap in force.
+    max: usize,
+    /// Permits a lowering has yet to take back.
+    owed: usize,
+}
+
+impl Cap {
+    /// A cap of `max` connections.
+    pub fn new(max: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+            state: Mutex::new(CapState { max, owed: 0 }),
+        }
+    }
+
+    /// Apply `max`. Idempotent: every accept loop sharing the cap calls it
+    /// with the configuration it sees.
+    pub fn set_max(&self, max: usize) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if max > s.max {
+            let more = max - s.max;
+            let forgiven = more.min(s.owed);
+            s.owed -= forgiven;
+            self.permits.add_permits(more - forgiven);
+        } else if max < s.max {
+            let fewer = s.max - max;
+            s.owed += fewer - self.permits.forget_permits(fewer);
+        }
+        s.max = max;
+    }
+
+    /// Wait for a slot; the permits a lowering owes are taken back first.
+    /// `None` once the cap is closed.
+    pub async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
+        loop {
+            let permit = self.permits.clone().acquire_owned().await.ok()?;
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if s.owed == 0 {
+                return Some(permit);
+            }
+            s.owed -= 1;
+            permit.forget();
+        }
+    }
+}
 
 /// Why a client's connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -160,6 +221,22 @@ mod tests {
         l.admit(A)
             .expect("one token refilled after a third of a second");
         assert_eq!(l.admit(A).unwrap_err(), Refused::TooFast(3));
+    }
+
+    #[tokio::test]
+    async fn a_lowered_cap_takes_its_slots_back_before_admitting_anyone() {
+        let cap = Cap::new(3);
+        let mut held = [cap.acquire().await, cap.acquire().await];
+        cap.set_max(1);
+        cap.set_max(1);
+        let wait = Duration::from_millis(50);
+        drop(held[0].take());
+        assert!(tokio::time::timeout(wait, cap.acquire()).await.is_err());
+        drop(held[1].take());
+        assert!(tokio::time::timeout(wait, cap.acquire()).await.is_ok());
+        cap.set_max(2);
+        let _one = cap.acquire().await.unwrap();
+        assert!(tokio::time::timeout(wait, cap.acquire()).await.is_ok());
     }
 
     #[tokio::test]

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::limits::{ClientLimiter, ClientPermit};
+use super::limits::{Cap, ClientLimiter, ClientPermit};
 use super::{SharedSnapshot, Snapshot, proxy_protocol};
 use crate::config;
 use crate::metrics::{ActiveGuard, ListenerStats};
@@ -96,7 +96,7 @@ pub struct Context {
     pub name: Arc<str>,
     pub snapshot: SharedSnapshot,
     /// Cap over all listeners.
-    pub global_limit: Arc<Semaphore>,
+    pub global_limit: Arc<Cap>,
     pub shutdown: Shutdown,
     /// This listener's counters, resolved once at bind.
     pub stats: Arc<ListenerStats>,
@@ -114,57 +114,33 @@ pub struct Admission {
     _active: ActiveGuard,
 }
 
-/// The listener's caps, kept in step with reloads: `max_connections` and
-/// the per-client limits of the configuration in service apply to every
-/// connection open, tunnels included, not only to those accepted after.
+/// The listener's caps, kept in step with reloads: `max_connections` (its
+/// own and the global one) and the per-client limits of the configuration
+/// in service apply to every connection open, tunnels included, not only
+/// to those accepted after.
 struct Caps {
-    /// Permits for `max_connections`.
-    limit: Arc<Semaphore>,
-    /// The `max_connections` that `limit` currently enforces.
-    max: usize,
-    /// Permits a lowered `max_connections` has yet to take back from the
-    /// connections holding them.
-    owed: usize,
+    limit: Cap,
     per_client: Option<Arc<ClientLimiter>>,
     /// The snapshot the caps were last read from.
     seen: Option<Arc<Snapshot>>,
 }
 
 impl Caps {
-    fn new() -> Self {
-        Self {
-            limit: Arc::new(Semaphore::new(0)),
-            max: 0,
-            owed: 0,
-            per_client: None,
-            seen: None,
-        }
-    }
-
-    /// Read the caps of listener `name` from the configuration in service,
-    /// if it changed since the last call.
-    fn follow(&mut self, snapshot: &SharedSnapshot, name: &str) {
-        let snap = snapshot.load();
+    /// Read the caps of listener `name` (and the global cap) from the
+    /// configuration in service, if it changed since the last call.
+    fn follow(&mut self, ctx: &Context) {
+        let snap = ctx.snapshot.load();
         if self.seen.as_ref().is_some_and(|s| Arc::ptr_eq(s, &snap)) {
             return;
         }
         let snap = Arc::clone(&snap);
         // A listener the new configuration drops keeps its caps until its
         // accept loop is stopped.
-        let Some(cfg) = snap.config.listeners.iter().find(|l| *l.name == *name) else {
+        let Some(cfg) = snap.config.listeners.iter().find(|l| *l.name == *ctx.name) else {
             return;
         };
-        let max = cfg.max_connections;
-        if max > self.max {
-            let more = max - self.max;
-            let forgiven = more.min(self.owed);
-            self.owed -= forgiven;
-            self.limit.add_permits(more - forgiven);
-        } else if max < self.max {
-            let fewer = self.max - max;
-            self.owed += fewer - self.limit.forget_permits(fewer);
-        }
-        self.max = max;
+        ctx.global_limit.set_max(snap.config.global.max_connections);
+        self.limit.set_max(cfg.max_connections);
         let (active, rate) = (
             cfg.max_connections_per_client,
             cfg.connection_rate_per_client,
@@ -176,18 +152,6 @@ impl Caps {
         }
         self.seen = Some(snap);
     }
-
-    /// Take back the permits [`Caps::owed`], as the connections holding them
-    /// close; no connection is accepted until then.
-    async fn reclaim(&mut self) {
-        while self.owed > 0 {
-            let Ok(permit) = self.limit.acquire().await else {
-                return;
-            };
-            permit.forget();
-            self.owed -= 1;
-        }
-    }
 }
 
 /// Accept connections until shutdown, handing each to its own task.
@@ -198,21 +162,23 @@ impl Caps {
 /// backs off instead of spinning. A reload's new caps apply from the next
 /// accept on, counting the connections already open.
 pub async fn run(listener: TcpListener, ctx: Context) {
-    let mut caps = Caps::new();
-    caps.follow(&ctx.snapshot, &ctx.name);
+    let mut caps = Caps {
+        limit: Cap::new(0),
+        per_client: None,
+        seen: None,
+    };
     let mut backoff = Duration::from_millis(5);
     loop {
-        caps.follow(&ctx.snapshot, &ctx.name);
+        caps.follow(&ctx);
         let permits = tokio::select! {
             _ = ctx.shutdown.triggered() => break,
             p = async {
-                caps.reclaim().await;
-                let g = ctx.global_limit.clone().acquire_owned().await;
-                let l = caps.limit.clone().acquire_owned().await;
+                let g = ctx.global_limit.acquire().await;
+                let l = caps.limit.acquire().await;
                 (g, l)
             } => p,
         };
-        let (Ok(global), Ok(local)) = permits else {
+        let (Some(global), Some(local)) = permits else {
             break;
         };
         let accepted = tokio::select! {
@@ -236,7 +202,7 @@ pub async fn run(listener: TcpListener, ctx: Context) {
                 continue;
             }
         };
-        caps.follow(&ctx.snapshot, &ctx.name);
+        caps.follow(&ctx);
         let client_permit = match caps.per_client.as_ref().map(|l| l.admit(peer.ip())) {
             Some(Err(why)) => {
                 info!(listener = %ctx.name, client = %peer, reason = %why, "connection refused: per-client limit");
