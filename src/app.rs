@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::net::TcpListener;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -19,6 +19,7 @@ use crate::admin::{self, AdminError, AdminState, Control};
 use crate::config::{self, Config, ConfigError};
 use crate::health::{Checkers, IpvsHealth};
 use crate::metrics::Metrics;
+use crate::proxy::limits::Cap;
 use crate::proxy::listener::{self, BindError};
 use crate::proxy::{SharedSnapshot, Snapshot};
 use crate::sd_notify;
@@ -85,7 +86,7 @@ enum AdminPlan {
 pub struct Running {
     snapshot: SharedSnapshot,
     shutdown: Shutdown,
-    global_limit: Arc<Semaphore>,
+    global_limit: Arc<Cap>,
     listeners: Mutex<HashMap<ListenerKey, Bound>>,
     source: Option<PathBuf>,
     metrics: Arc<Metrics>,
@@ -117,7 +118,7 @@ impl Running {
         let running = Arc::new(Self {
             snapshot,
             shutdown: Shutdown::new(),
-            global_limit: Arc::new(Semaphore::new(config.global.max_connections)),
+            global_limit: Arc::new(Cap::new(config.global.max_connections)),
             listeners: Mutex::new(HashMap::new()),
             source: config.source.clone(),
             metrics: Arc::new(Metrics::new()),

@@ -8,7 +8,7 @@
 //! a registered name of unreserved characters (`A-Z a-z 0-9 - . _ ~`), an
 //! IPv4 address, or a bracketed IPv6 literal; the port is 1 to 5 digits up
 //! to 65535. Anything else (spaces, `/`, `"`, `,`, `@`, percent escapes,
-//! an empty name or port) is refused, which also keeps these bytes out of
+//! an empty name, label or port) is refused, which also keeps these bytes out of
 //! every forwarding header that repeats the host. The normal form is lower
 //! case, without a final dot, with IPv6 literals in their canonical text.
 //! It is a leaf module: it imports nothing from the crate.
@@ -36,6 +36,8 @@ pub enum Invalid {
     Empty,
     #[error("host name too long")]
     TooLong,
+    #[error("empty label in a host name")]
+    Label,
     #[error("character not allowed in a host name")]
     Character,
     #[error("malformed IPv6 literal")]
@@ -119,10 +121,15 @@ pub fn server_name(sni: &str) -> Option<Cow<'_, str>> {
 }
 
 /// A registered name or IPv4 address, lower case, final dot removed.
+/// Labels may not be empty (`.a.test`, `a..test`, `a.test..`), as in DNS:
+/// otherwise `a.test..` would keep a final dot in its normal form.
 fn reg_name(name: &[u8]) -> Result<Cow<'_, str>, Invalid> {
     let name = name.strip_suffix(b".").unwrap_or(name);
     if name.is_empty() {
         return Err(Invalid::Empty);
+    }
+    if name.starts_with(b".") || name.ends_with(b".") || name.windows(2).any(|w| w == b"..") {
+        return Err(Invalid::Label);
     }
     if name.len() > MAX_HOST {
         return Err(Invalid::TooLong);
@@ -198,6 +205,9 @@ mod tests {
         }
         assert_eq!(norm(""), Err(Invalid::Empty));
         assert_eq!(norm("."), Err(Invalid::Empty));
+        for bad in [".a.test", "a..test", "a.test..", "..", "a.test..:80"] {
+            assert_eq!(norm(bad), Err(Invalid::Label), "{bad:?}");
+        }
         assert_eq!(norm(":80"), Err(Invalid::Empty));
         assert_eq!(norm("a.test:"), Err(Invalid::Port));
         assert_eq!(norm("a.test:65536"), Err(Invalid::Port));

@@ -141,6 +141,41 @@ async fn a_cross_origin_post_drain_is_refused_with_403_and_the_backend_stays_und
 }
 
 #[tokio::test]
+async fn a_second_origin_header_naming_another_site_is_refused_with_403() {
+    let a = TestBackend::start("a").await;
+    let (running, admin) = start(&a, "").await;
+    let drain = format!("/api/pools/p/backends/{}/drain", a.addr);
+    let two = format!("Host: {admin}\r\nOrigin: http://{admin}\r\nOrigin: http://evil.example\r\n");
+    let (status, body) = exchange(admin, "POST", &drain, &two).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        error_text(&body),
+        "cross-origin requests are refused (Origin \"http://evil.example\")"
+    );
+    assert_eq!(backend(&running, "p", a.addr).weight(), 1);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_naming_another_host_is_refused_with_403() {
+    let a = TestBackend::start("a").await;
+    let (running, admin) = start(&a, "").await;
+    let drain = format!("http://evil.example/api/pools/p/backends/{}/drain", a.addr);
+    let host = format!("Host: {admin}\r\n");
+    let (status, body) = exchange(admin, "POST", &drain, &host).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        error_text(&body),
+        "the request target must name this admin endpoint (evil.example); add other names to admin.hosts"
+    );
+    assert_eq!(backend(&running, "p", a.addr).weight(), 1);
+    // Its own address in the target is served.
+    let own = format!("http://{admin}/api/status");
+    assert_eq!(exchange(admin, "GET", &own, &host).await.0, 200);
+    running.stop().await;
+}
+
+#[tokio::test]
 async fn a_request_whose_host_is_not_the_admin_address_is_refused_with_403_even_for_get() {
     let a = TestBackend::start("a").await;
     let (running, admin) = start(&a, "hosts = [\"lb1.mgmt.example\"]").await;

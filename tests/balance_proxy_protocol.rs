@@ -250,3 +250,27 @@ fn check_refuses_proxy_protocol_without_trusted_proxies_and_names_the_fix() {
     );
     vipd::config::parse(&open, std::path::Path::new("edge.toml")).unwrap();
 }
+
+#[tokio::test]
+async fn a_proxy_header_naming_no_client_earns_its_client_no_trust() {
+    let (_backend, web) = http_behind_proxies("[\"127.0.0.0/8\"]").await;
+    let get =
+        b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-For: 6.6.6.6\r\nConnection: close\r\n\r\n";
+    // v1 UNKNOWN, and v2 PROXY with the unspecified family: the sender
+    // (trusted) did not know the client, and an unknown client is not a
+    // trusted proxy. (v2 LOCAL: the sender's own connection, same rule.)
+    let mut v2_unspec = proxy_protocol::V2_SIGNATURE.to_vec();
+    v2_unspec.extend_from_slice(&[0x21, 0x00, 0, 0]);
+    let mut v2_local = proxy_protocol::V2_SIGNATURE.to_vec();
+    v2_local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+    for header in [b"PROXY UNKNOWN\r\n".to_vec(), v2_unspec, v2_local] {
+        let mut s = connect_from("127.0.0.5", web).await;
+        s.write_all(&header).await.unwrap();
+        s.write_all(get).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+        let answer = String::from_utf8_lossy(&out);
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert_eq!(forwarded_for(&answer), ["127.0.0.5"], "{header:?}");
+    }
+}

@@ -222,3 +222,140 @@ async fn x_real_ip_is_set_to_the_client_when_asked_and_kept_from_trusted_proxies
     assert_eq!(echoed_values(body, "x-real-ip"), ["203.0.113.9"]);
     assert_eq!(echoed_values(body, "true-client-ip"), ["203.0.113.9"]);
 }
+
+#[tokio::test]
+async fn untrusted_clients_lose_every_x_forwarded_header_and_the_underscore_spellings_of_address_claims()
+ {
+    // Rack believes X-Forwarded-Ssl and X-Forwarded-Scheme, Spring and
+    // Werkzeug X-Forwarded-Prefix, the npm request-ip X-Client-IP; CGI,
+    // WSGI and Rack map `_` to `-`, so X_Forwarded_For is read as the
+    // X-Forwarded-For header.
+    let forged = "X_Forwarded_For: 6.6.6.6\r\nX-Forwarded-Ssl: on\r\nX-Forwarded-Scheme: https\r\nX-Forwarded-Prefix: /admin\r\nX-Forwarded-Server: evil\r\nX_Real_IP: 6.6.6.6\r\nTrue_Client_IP: 6.6.6.6\r\nX-Client-IP: 6.6.6.6\r\nX-Cluster-Client-IP: 6.6.6.6\r\nX_Forwarded_Proto: https\r\n";
+    let head = format!("GET / HTTP/1.1\r\nHost: a.test\r\n{forged}Connection: close\r\n\r\n");
+    let (_a, _b, proxy) = setup("").await;
+    let answer = ask(proxy, &head).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let mut names: Vec<String> = echoed(body_of(&answer))
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| name != "body-bytes")
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "host",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto"
+        ]
+    );
+    assert_eq!(
+        echoed_values(body_of(&answer), "x-forwarded-for"),
+        ["127.0.0.1"]
+    );
+    // A trusted proxy keeps its X-Forwarded-* headers, but an underscore
+    // spelling is never a proxy's own and goes even then.
+    let (_a, _b, proxy) = setup("trusted_proxies = [\"127.0.0.0/8\"]").await;
+    let body = ask(proxy, &head).await;
+    let body = body_of(&body);
+    assert_eq!(echoed_values(body, "x-forwarded-ssl"), ["on"]);
+    assert_eq!(echoed_values(body, "x-client-ip"), ["6.6.6.6"]);
+    for name in [
+        "x_forwarded_for",
+        "x_real_ip",
+        "true_client_ip",
+        "x_forwarded_proto",
+    ] {
+        assert_eq!(echoed_values(body, name), Vec::<String>::new(), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_with_an_empty_path_reaches_the_backend_as_slash() {
+    let (a, _b, proxy) = setup("").await;
+    // `http://a.test#x` has an empty path (the fragment is dropped): the
+    // backend must get `/`, never an empty request target.
+    for target in ["http://a.test#x", "http://a.test#/y"] {
+        let head = format!("GET {target} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
+        let answer = ask(proxy, &head).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{target}: {answer}"
+        );
+        let body = body_of(&answer);
+        assert!(body.starts_with("GET / HTTP/1.1\n"), "{target}: {body}");
+    }
+    assert_eq!(a.requests(), 2);
+}
+
+#[tokio::test]
+async fn a_host_with_an_empty_label_is_a_400() {
+    let (a, b, proxy) = setup("").await;
+    for host in [".a.test", "a..test", "a.test..", "a.test..:80"] {
+        let head = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let answer = ask(proxy, &head).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{host}: {answer}"
+        );
+        assert_eq!(body_of(&answer), "400 Bad Request: invalid Host header\n");
+    }
+    assert_eq!((a.requests(), b.requests()), (0, 0));
+}
+
+#[tokio::test]
+async fn an_http2_backend_gets_the_routed_host_as_its_authority_too() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let pool_a = format!("backends = [{{ address = \"{}\" }}]", a.addr);
+    let text = config(a.addr, b.addr, "").replace(&pool_a, &format!("{pool_a}\nhttp2 = true"));
+    let running = start_proxy(&text).await;
+    let proxy = running.local_addr("web").await.unwrap();
+    // Over HTTP/2 the backend reads the host from `:authority`: it must be
+    // the routed one (RFC 9113 8.3.1), not the backend's own address
+    // beside a Host naming the site.
+    let answer = ask(
+        proxy,
+        "GET /x?y=1 HTTP/1.1\r\nHost: A.test:8080\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let body = body_of(&answer);
+    assert!(
+        body.starts_with("GET http://A.test:8080/x?y=1 HTTP/2.0\n"),
+        "{body}"
+    );
+    assert_eq!(echoed_values(body, "host"), ["A.test:8080"]);
+    assert_eq!(a.requests(), 1);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn an_asterisk_form_target_outside_options_is_a_400() {
+    let (a, b, proxy) = setup("").await;
+    let answer = ask(
+        proxy,
+        "GET * HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert_eq!(
+        body_of(&answer),
+        "400 Bad Request: asterisk-form request target outside OPTIONS\n"
+    );
+    assert_eq!((a.requests(), b.requests()), (0, 0));
+    // OPTIONS * is what the form is for.
+    let answer = ask(
+        proxy,
+        "OPTIONS * HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        body_of(&answer).starts_with("OPTIONS * HTTP/1.1\n"),
+        "{answer}"
+    );
+}

@@ -292,3 +292,72 @@ fn configuration_refuses_h2c_and_non_tokens_in_upgrades() {
          fix: write protocol names as they appear in the Upgrade header, e.g. \"websocket\""
     );
 }
+
+#[tokio::test]
+async fn a_reload_lowering_the_per_client_cap_counts_the_tunnels_already_open() {
+    let b = RawBackend::start(Switch::AsAsked).await;
+    let running = start(&config(b.addr, "max_connections_per_client = 4", "")).await;
+    let proxy = running.local_addr("web").await.unwrap();
+    let mut first = tunnel(proxy).await;
+    let second = tunnel(proxy).await;
+    let lowered = config(b.addr, "max_connections_per_client = 2", "");
+    let lowered = vipd::config::parse(&lowered, std::path::Path::new("test.toml")).unwrap();
+    running.apply(lowered).await.unwrap();
+
+    let (_, third) = plain_get(proxy, Duration::from_secs(3)).await;
+    assert_eq!(third, "closed", "the two open tunnels fill the new cap");
+    echo(&mut first, b"still open").await;
+    drop((first, second));
+    running.stop().await;
+}
+
+/// Two tunnels open under a cap of four (`before`: listener lines and top
+/// of the file), then a reload to `after`, a cap of two: a new connection
+/// waits until a tunnel closes.
+async fn a_reload_lowers_a_cap_below_two_open_tunnels(before: (&str, &str), after: (&str, &str)) {
+    let b = RawBackend::start(Switch::AsAsked).await;
+    let running = start(&config(b.addr, before.0, before.1)).await;
+    let proxy = running.local_addr("web").await.unwrap();
+    let first = tunnel(proxy).await;
+    let mut second = tunnel(proxy).await;
+    let lowered = config(b.addr, after.0, after.1);
+    let lowered = vipd::config::parse(&lowered, std::path::Path::new("test.toml")).unwrap();
+    running.apply(lowered).await.unwrap();
+
+    // The connection that was already waiting for the next accept may be
+    // served under the old cap; after it, the new cap holds.
+    let (_, served) = plain_get(proxy, Duration::from_secs(3)).await;
+    assert!(served.starts_with("HTTP/1.1 200 OK\r\n"), "{served}");
+    let (mut waiting, answer) = plain_get(proxy, Duration::from_millis(800)).await;
+    assert_eq!(answer, "no answer", "two tunnels fill the lowered cap");
+    echo(&mut second, b"still open").await;
+
+    drop(first);
+    let mut buf = vec![0u8; 4096];
+    let n = timeout(Duration::from_secs(5), waiting.read(&mut buf))
+        .await
+        .expect("the waiting connection is served once a tunnel closes")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    drop((second, waiting));
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_lowering_max_connections_holds_the_tunnels_already_open_to_it() {
+    a_reload_lowers_a_cap_below_two_open_tunnels(
+        ("max_connections = 4", ""),
+        ("max_connections = 2", ""),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_reload_lowering_the_global_max_connections_holds_the_tunnels_already_open_to_it() {
+    a_reload_lowers_a_cap_below_two_open_tunnels(
+        ("", "[global]\nmax_connections = 4"),
+        ("", "[global]\nmax_connections = 2"),
+    )
+    .await;
+}

@@ -1,7 +1,8 @@
 //! Who may talk to the admin endpoint: a request must be addressed to it
-//! (its Host names the address the connection arrived on, `localhost` on
-//! loopback, or an `admin.hosts` entry) and must not come from another web
-//! origin. This stops DNS rebinding (a hostile page whose name resolves to
+//! (its Host, and an absolute-form target's authority, name the address
+//! the connection arrived on, `localhost` on loopback, or an `admin.hosts`
+//! entry) and must not come from another web origin (no `Origin` header
+//! may name one). This stops DNS rebinding (a hostile page whose name resolves to
 //! the admin address) and cross-site requests from a browser that can
 //! reach the endpoint (CSRF), whether or not a token is set.
 
@@ -15,15 +16,20 @@ use hyper::header::{HOST, ORIGIN};
 pub(super) enum Refused {
     #[error("the Host header must name this admin endpoint ({0}); add other names to admin.hosts")]
     Host(String),
+    #[error(
+        "the request target must name this admin endpoint ({0}); add other names to admin.hosts"
+    )]
+    Target(String),
     #[error("cross-origin requests are refused (Origin {0:?})")]
     Origin(String),
 }
 
-/// Check the Host and Origin of a request that arrived on
-/// `local`, with the extra `hosts` names (normalised as
-/// [`authority`] returns names).
+/// Check the Host, the target's authority (`target`, absolute-form only)
+/// and the Origin of a request that arrived on `local`, with the extra
+/// `hosts` names (normalised as [`authority`] returns names).
 pub(super) fn check(
     headers: &HeaderMap,
+    target: Option<&str>,
     local: SocketAddr,
     hosts: &[String],
 ) -> Result<(), Refused> {
@@ -34,19 +40,24 @@ pub(super) fn check(
     };
     let own = own_names(local);
     let host_text = host.unwrap_or_default();
-    let target = host
-        .and_then(authority)
-        .filter(|(name, _)| own.iter().chain(hosts).any(|n| n == name))
+    let ours =
+        |text: &str| authority(text).filter(|(name, _)| own.iter().chain(hosts).any(|n| n == name));
+    let named = host
+        .and_then(ours)
         .ok_or_else(|| Refused::Host(host_text.to_string()))?;
-    if let Some(origin) = headers.get(ORIGIN) {
-        let text = String::from_utf8_lossy(origin.as_bytes()).into_owned();
+    if let Some(t) = target.filter(|t| ours(t).is_none()) {
+        return Err(Refused::Target(t.to_string()));
+    }
+    // Every Origin: a second one must not slip another site past the first.
+    for origin in headers.get_all(ORIGIN) {
         let same = origin
             .to_str()
             .ok()
             .and_then(|o| o.strip_prefix("http://"))
             .and_then(authority)
-            .is_some_and(|o| o == target);
+            .is_some_and(|o| o == named);
         if !same {
+            let text = String::from_utf8_lossy(origin.as_bytes()).into_owned();
             return Err(Refused::Origin(text));
         }
     }
@@ -118,6 +129,7 @@ mod tests {
     fn checked(pairs: &[(&str, &str)]) -> Result<(), Refused> {
         check(
             &headers(pairs),
+            None,
             LOCAL.parse().unwrap(),
             &["lb1.mgmt".to_string()],
         )
@@ -177,9 +189,9 @@ mod tests {
     fn ipv6_and_mapped_addresses_are_compared_canonically() {
         let local: SocketAddr = "[::1]:9100".parse().unwrap();
         let h = headers(&[("host", "[0:0::1]:9100")]);
-        assert_eq!(check(&h, local, &[]), Ok(()));
+        assert_eq!(check(&h, None, local, &[]), Ok(()));
         let mapped: SocketAddr = "[::ffff:127.0.0.1]:9100".parse().unwrap();
         let h = headers(&[("host", "127.0.0.1:9100")]);
-        assert_eq!(check(&h, mapped, &[]), Ok(()));
+        assert_eq!(check(&h, None, mapped, &[]), Ok(()));
     }
 }

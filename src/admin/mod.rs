@@ -284,7 +284,8 @@ async fn handle(
         .as_ref()
         .map(|a| a.hosts.clone())
         .unwrap_or_default();
-    if let Err(why) = guard::check(req.headers(), local, &hosts) {
+    let target = req.uri().authority().map(|a| a.as_str());
+    if let Err(why) = guard::check(req.headers(), target, local, &hosts) {
         warn!(%peer, side = "client", method = %req.method(), path = req.uri().path(),
             reason = %why, "admin request refused");
         return error(StatusCode::FORBIDDEN, why.to_string());

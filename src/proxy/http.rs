@@ -24,5 +24,5 @@ pub mod service;
 pub mod upstream;
 
 pub use conn::{Accepted, accept, serve};
-pub use route::Routes;
+pub use route::{Arrival, Routes};
 pub use upstream::Upstreams;

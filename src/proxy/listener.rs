@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::limits::{ClientLimiter, ClientPermit};
-use super::{SharedSnapshot, proxy_protocol};
+use super::limits::{Cap, ClientLimiter, ClientPermit};
+use super::{SharedSnapshot, Snapshot, proxy_protocol};
 use crate::config;
 use crate::metrics::{ActiveGuard, ListenerStats};
 use crate::shutdown::Shutdown;
@@ -96,7 +96,7 @@ pub struct Context {
     pub name: Arc<str>,
     pub snapshot: SharedSnapshot,
     /// Cap over all listeners.
-    pub global_limit: Arc<Semaphore>,
+    pub global_limit: Arc<Cap>,
     pub shutdown: Shutdown,
     /// This listener's counters, resolved once at bind.
     pub stats: Arc<ListenerStats>,
@@ -114,35 +114,71 @@ pub struct Admission {
     _active: ActiveGuard,
 }
 
+/// The listener's caps, kept in step with reloads: `max_connections` (its
+/// own and the global one) and the per-client limits of the configuration
+/// in service apply to every connection open, tunnels included, not only
+/// to those accepted after.
+struct Caps {
+    limit: Cap,
+    per_client: Option<Arc<ClientLimiter>>,
+    /// The snapshot the caps were last read from.
+    seen: Option<Arc<Snapshot>>,
+}
+
+impl Caps {
+    /// Read the caps of listener `name` (and the global cap) from the
+    /// configuration in service, if it changed since the last call.
+    fn follow(&mut self, ctx: &Context) {
+        let snap = ctx.snapshot.load();
+        if self.seen.as_ref().is_some_and(|s| Arc::ptr_eq(s, &snap)) {
+            return;
+        }
+        let snap = Arc::clone(&snap);
+        // A listener the new configuration drops keeps its caps until its
+        // accept loop is stopped.
+        let Some(cfg) = snap.config.listeners.iter().find(|l| *l.name == *ctx.name) else {
+            return;
+        };
+        ctx.global_limit.set_max(snap.config.global.max_connections);
+        self.limit.set_max(cfg.max_connections);
+        let (active, rate) = (
+            cfg.max_connections_per_client,
+            cfg.connection_rate_per_client,
+        );
+        match &self.per_client {
+            Some(l) => l.set_limits(active, rate),
+            // Turned on by a reload: connections from now on are counted.
+            None => self.per_client = ClientLimiter::new(active, rate),
+        }
+        self.seen = Some(snap);
+    }
+}
+
 /// Accept connections until shutdown, handing each to its own task.
 ///
 /// The loop waits for a connection slot (global and per-listener caps) before
 /// accepting, so a full proxy leaves new connections in the kernel backlog
 /// instead of accepting and dropping them. Running out of file descriptors
-/// backs off instead of spinning.
+/// backs off instead of spinning. A reload's new caps apply from the next
+/// accept on, counting the connections already open.
 pub async fn run(listener: TcpListener, ctx: Context) {
-    // Limits are read once: changing them takes a new listener name or a restart.
-    let (limit, per_client) = {
-        let snap = ctx.snapshot.load();
-        let cfg = snap.config.listeners.iter().find(|l| *l.name == *ctx.name);
-        (
-            Arc::new(Semaphore::new(cfg.map_or(10_000, |l| l.max_connections))),
-            cfg.and_then(|l| {
-                ClientLimiter::new(l.max_connections_per_client, l.connection_rate_per_client)
-            }),
-        )
+    let mut caps = Caps {
+        limit: Cap::new(0),
+        per_client: None,
+        seen: None,
     };
     let mut backoff = Duration::from_millis(5);
     loop {
+        caps.follow(&ctx);
         let permits = tokio::select! {
             _ = ctx.shutdown.triggered() => break,
             p = async {
-                let g = ctx.global_limit.clone().acquire_owned().await;
-                let l = limit.clone().acquire_owned().await;
+                let g = ctx.global_limit.acquire().await;
+                let l = caps.limit.acquire().await;
                 (g, l)
             } => p,
         };
-        let (Ok(global), Ok(local)) = permits else {
+        let (Some(global), Some(local)) = permits else {
             break;
         };
         let accepted = tokio::select! {
@@ -166,7 +202,8 @@ pub async fn run(listener: TcpListener, ctx: Context) {
                 continue;
             }
         };
-        let client_permit = match per_client.as_ref().map(|l| l.admit(peer.ip())) {
+        caps.follow(&ctx);
+        let client_permit = match caps.per_client.as_ref().map(|l| l.admit(peer.ip())) {
             Some(Err(why)) => {
                 info!(listener = %ctx.name, client = %peer, reason = %why, "connection refused: per-client limit");
                 continue;
@@ -211,9 +248,14 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Context, admission
         client: peer,
         local,
     };
+    let mut arrival = super::http::Arrival::Direct;
     if cfg.proxy_protocol {
         match read_proxy_header(&mut stream, peer, cfg).await {
             Some(header) => {
+                arrival = match header.source {
+                    Some(_) => super::http::Arrival::Proxied(peer.ip()),
+                    None => super::http::Arrival::Unnamed,
+                };
                 origin.client = header.source.unwrap_or(peer);
                 origin.local = header.destination.unwrap_or(local);
             }
@@ -232,7 +274,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Context, admission
             config::Protocol::Http | config::Protocol::Https => {
                 let accepted = super::http::Accepted {
                     peer: origin.client,
-                    proxied_by: cfg.proxy_protocol.then_some(peer.ip()),
+                    arrival,
                     listener: cfg,
                     snapshot: ctx.snapshot.clone(),
                     shutdown: ctx.shutdown.clone(),

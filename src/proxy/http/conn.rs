@@ -23,7 +23,7 @@
 //! no lock.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -40,6 +40,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::headers::Peer;
+use super::route::Arrival;
 use super::service;
 use crate::config;
 use crate::metrics::{Handshake, ListenerStats};
@@ -51,10 +52,10 @@ use crate::shutdown::Shutdown;
 pub struct Conn {
     /// The client: the TCP peer, or the address its PROXY header names.
     pub peer: Peer,
-    /// The TCP peer when it sent a PROXY header (then `peer` is the client
-    /// it named). Whether forwarding headers are believed is decided from
-    /// this address too, never from the PROXY header's claim alone.
-    pub proxied_by: Option<IpAddr>,
+    /// Whether a PROXY header came first, from whom, and whether it named
+    /// the client. Whether forwarding headers are believed is decided from
+    /// the sender too, never from the PROXY header's claim alone.
+    pub arrival: Arrival,
     /// The listener's name, which keys its routes in the snapshot.
     pub listener: Arc<str>,
     pub snapshot: SharedSnapshot,
@@ -329,8 +330,8 @@ pub fn server_builder(l: &config::Listener) -> auto::Builder<TokioExecutor> {
 pub struct Accepted<'a> {
     /// The client (from the PROXY header, if any).
     pub peer: SocketAddr,
-    /// The TCP peer, when it sent a PROXY header naming `peer`.
-    pub proxied_by: Option<IpAddr>,
+    /// Whether a PROXY header named `peer`, and who sent it.
+    pub arrival: Arrival,
     pub listener: &'a config::Listener,
     pub snapshot: SharedSnapshot,
     pub shutdown: Shutdown,
@@ -396,7 +397,7 @@ where
     let server = server.unwrap_or_else(|| Arc::new(server_builder(cfg)));
     let conn = Arc::new(Conn {
         peer: Peer::new(a.peer.ip(), https),
-        proxied_by: a.proxied_by,
+        arrival: a.arrival,
         listener: cfg.name.as_str().into(),
         snapshot: a.snapshot,
         https,

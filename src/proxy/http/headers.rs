@@ -3,10 +3,11 @@
 //! `Forwarded`, `Via`) are added to requests.
 //!
 //! Forwarding headers a client sends are kept (and appended to) only when
-//! the client is a trusted proxy; from anyone else they are replaced, and
-//! other client-address claims (`X-Real-IP`, `True-Client-IP`,
-//! `X-Forwarded-Port`) removed, so a client cannot forge the address a
-//! backend sees.
+//! the client is a trusted proxy; from anyone else every `X-Forwarded-*`
+//! header is replaced or removed, and other client-address claims
+//! (`X-Real-IP`, `True-Client-IP`, `X-Client-IP`, `X-Cluster-Client-IP`)
+//! removed, so a client cannot forge the address or scheme a backend sees.
+//! Their spellings with `_` for `-` are removed from everyone.
 
 use std::net::IpAddr;
 
@@ -25,11 +26,31 @@ pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// Client-address headers other proxies and CDNs set. vipd does not write
 /// them (except `X-Real-IP` when asked), but a backend may believe them, so
 /// an untrusted client's are removed.
-static CLIENT_CLAIMS: [HeaderName; 3] = [
-    HeaderName::from_static("x-real-ip"),
-    HeaderName::from_static("true-client-ip"),
-    HeaderName::from_static("x-forwarded-port"),
+const CLIENT_CLAIMS: [&str; 4] = [
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
 ];
+
+/// Whether header `name` (lower case) is a claim only a proxy may make: a
+/// [`CLIENT_CLAIMS`] header or any `X-Forwarded-*` (besides For, Proto and
+/// Host, which vipd writes, Rack believes `X-Forwarded-Ssl` and
+/// `-Scheme`, Spring and Werkzeug `X-Forwarded-Prefix` and `-Port`).
+fn is_claim(name: &str) -> bool {
+    name.starts_with("x-forwarded-") || CLIENT_CLAIMS.contains(&name)
+}
+
+/// Whether a client's header `name` must go before vipd adds its own: a
+/// claim from an untrusted client, or, from anyone, a claim spelt with `_`
+/// for `-`. CGI, WSGI and Rack read `X_Forwarded_For` as the same variable
+/// as `X-Forwarded-For`, and no proxy writes that spelling.
+fn forged(name: &str, trusted: bool) -> bool {
+    if name.contains('_') {
+        return is_claim(&name.replace('_', "-"));
+    }
+    !trusted && is_claim(name)
+}
 
 /// The `Upgrade` value to forward for an HTTP/1.1 upgrade request
 /// (`Connection: upgrade` with an `Upgrade` header): the offered protocols
@@ -235,10 +256,13 @@ pub fn add_forwarding(
     version: Version,
     opts: Options,
 ) {
-    if !opts.trusted {
-        for name in &CLIENT_CLAIMS {
-            headers.remove(name);
-        }
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| forged(name.as_str(), opts.trusted))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
     }
     if opts.real_ip && !(opts.trusted && headers.contains_key(&X_REAL_IP)) {
         headers.insert(X_REAL_IP.clone(), peer.xff.clone());

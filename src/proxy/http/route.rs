@@ -165,11 +165,11 @@ impl ListenerRoutes {
     }
 
     /// Whether forwarding headers from `client` are believed. Behind a
-    /// PROXY header (`proxied_by` is the TCP peer that sent it), both the
-    /// sender and the client it names must be trusted: the claim can never
-    /// earn trust by itself, and the clients of a trusted layer-4 balancer
-    /// (which passes their bytes untouched) cannot forge headers through it.
-    pub fn trusts(&self, client: IpAddr, proxied_by: Option<IpAddr>) -> bool {
+    /// PROXY header, both the sender and the client it names must be
+    /// trusted: the claim can never earn trust by itself, and the clients of
+    /// a trusted layer-4 balancer (which passes their bytes untouched)
+    /// cannot forge headers through it, not even one it cannot name.
+    pub fn trusts(&self, client: IpAddr, arrival: Arrival) -> bool {
         let trusted = |ip: IpAddr| {
             let ip = match ip {
                 IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
@@ -177,8 +177,26 @@ impl ListenerRoutes {
             };
             self.trusted_proxies.iter().any(|n| n.contains(&ip))
         };
-        proxied_by.is_none_or(trusted) && trusted(client)
+        match arrival {
+            Arrival::Direct => trusted(client),
+            Arrival::Proxied(sender) => trusted(sender) && trusted(client),
+            Arrival::Unnamed => false,
+        }
     }
+}
+
+/// How a connection reached the listener: what decides, with
+/// `trusted_proxies`, whether its client's forwarding headers are believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Straight from the client, the TCP peer.
+    Direct,
+    /// Through a PROXY header, sent by this TCP peer, that named the client.
+    Proxied(IpAddr),
+    /// Through a PROXY header that named no client (v1 `UNKNOWN`, v2 `LOCAL`,
+    /// the unspecified or unix family). The client is then unknown: the
+    /// sender may be a layer-4 balancer passing a stranger's bytes.
+    Unnamed,
 }
 
 /// Routing of every HTTP listener, by listener name.

@@ -13,7 +13,7 @@ use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::http::uri::PathAndQuery;
 use hyper::upgrade::OnUpgrade;
-use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -216,7 +216,7 @@ fn plan(
         host: host.clone(),
         max_body_size: vhost.max_body_size,
         opts: Options {
-            trusted: routes.trusts(conn.peer.ip, conn.proxied_by),
+            trusted: routes.trusts(conn.peer.ip, conn.arrival),
             forwarded: routes.forwarded,
             via: routes.via,
             real_ip: routes.real_ip,
@@ -236,8 +236,9 @@ fn select(pool: &Pool, table: Option<&Arc<PersistenceTable>>, client: IpAddr) ->
 /// backend receives (RFC 9112 3.2, RFC 9113 8.3.1): the request target's
 /// authority (absolute-form, or HTTP/2 `:authority`), else the Host header.
 /// Both present must agree (case, a final dot and the scheme's default port
-/// aside). `Ok(None)`: an HTTP/1.0 request without Host. `Err`: the 400
-/// text.
+/// aside). The target's form is checked here too: authority-form is for
+/// CONNECT, asterisk-form for OPTIONS. `Ok(None)`: an HTTP/1.0 request
+/// without Host. `Err`: the 400 text.
 fn request_host<B>(
     req: &Request<B>,
     https: bool,
@@ -245,6 +246,10 @@ fn request_host<B>(
     let uri = req.uri();
     if req.version() < Version::HTTP_2 && uri.scheme().is_none() && uri.authority().is_some() {
         return Err("400 Bad Request: authority-form request target outside CONNECT\n");
+    }
+    // RFC 9112 3.2.4: `*` is for OPTIONS only (HTTP/2 lets it through).
+    if uri.path_and_query().is_some_and(|p| p.as_str() == "*") && req.method() != Method::OPTIONS {
+        return Err("400 Bad Request: asterisk-form request target outside OPTIONS\n");
     }
     let mut values = req.headers().get_all(header::HOST).iter();
     let (value, extra) = (values.next(), values.next());
@@ -343,11 +348,12 @@ async fn forward(
         parts.version,
         plan.opts,
     );
-    let target = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let target = origin_form(&parts.uri);
+    let authority = plan
+        .upstream
+        .http2()
+        .then(|| hyper::http::uri::Authority::try_from(plan.host.as_bytes()).ok())
+        .flatten();
     parts.version = if plan.upstream.http2() {
         Version::HTTP_2
     } else {
@@ -362,7 +368,9 @@ async fn forward(
     let ((mut resp, reusable), addr) = loop {
         let addr = lease.address;
         ex.record.upstream = Some(addr);
-        *req.uri_mut() = plan.upstream.target(addr, target.clone());
+        *req.uri_mut() = plan
+            .upstream
+            .target(addr, authority.as_ref(), target.clone());
         let state = lease.state().clone();
         ex.lease = Some(lease);
         let failed = match plan.upstream.send(addr, req).await {
@@ -469,6 +477,17 @@ fn failure_response(e: &ForwardError, version: Version) -> Response<Source> {
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
+}
+
+/// The path and query a backend gets. An absolute-form target with an
+/// empty path (`http://a.test#x`) keeps it empty inside: it reads as `/`,
+/// but a URI built from it writes no request target at all. It becomes
+/// `/` (RFC 9112 3.2.1), as it was routed.
+fn origin_form(uri: &Uri) -> PathAndQuery {
+    match uri.path_and_query() {
+        Some(p) if !Uri::from(p.clone()).path().is_empty() => p.clone(),
+        _ => PathAndQuery::from_static("/"),
+    }
 }
 
 /// Splice an upgraded client connection (e.g. a WebSocket) to the upgraded

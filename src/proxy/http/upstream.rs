@@ -61,8 +61,6 @@ pub struct Upstream {
     /// Time allowed from the moment the request was fully sent until the
     /// response head arrives, and between two pieces of the response body.
     pub response_timeout: Duration,
-    /// Backend addresses as URI authorities (HTTP/2 requests carry one).
-    authorities: HashMap<SocketAddr, Authority>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -88,18 +86,9 @@ impl Upstream {
             Some(old) if old.conns.settings == settings => old.conns.clone(),
             _ => Arc::new(Conns::new(settings)),
         };
-        let authorities = p
-            .backends
-            .iter()
-            .filter_map(|b| {
-                let a = Authority::try_from(b.address.to_string()).ok()?;
-                Some((b.address, a))
-            })
-            .collect();
         Self {
             conns,
             response_timeout: p.response_timeout,
-            authorities,
         }
     }
 
@@ -109,12 +98,15 @@ impl Upstream {
     }
 
     /// The request target for backend `addr`: origin-form for HTTP/1.1,
-    /// absolute (the backend's address as authority) for HTTP/2.
-    pub fn target(&self, addr: SocketAddr, path: PathAndQuery) -> Uri {
+    /// absolute for HTTP/2, with `host` (the authority the request was
+    /// routed by, also its Host) as `:authority`, so that the backend reads
+    /// one host whichever it looks at (RFC 9113 8.3.1). Without one, the
+    /// backend's address.
+    pub fn target(&self, addr: SocketAddr, host: Option<&Authority>, path: PathAndQuery) -> Uri {
         if !self.http2() {
             return Uri::from(path);
         }
-        let authority = self.authorities.get(&addr).cloned().unwrap_or_else(|| {
+        let authority = host.cloned().unwrap_or_else(|| {
             Authority::try_from(addr.to_string()).expect("a socket address is an authority")
         });
         let mut parts = hyper::http::uri::Parts::default();
