@@ -295,9 +295,8 @@ fn configuration_refuses_h2c_and_non_tokens_in_upgrades() {
 
 #[tokio::test]
 async fn a_reload_lowering_the_per_client_cap_counts_the_tunnels_already_open() {
-    let b = RawBackend::start(Switch::AsAsked).await;
-    let running = start(&config(b.addr, "max_connections_per_client = 4", "")).await;
-    let proxy = running.local_addr("web").await.unwrap();
+    let b = RawBackend::start(Act::SwitchAsAsked).await;
+    let (running, proxy) = start_web(&config(b.addr, "max_connections_per_client = 4", "")).await;
     let mut first = tunnel(proxy).await;
     let second = tunnel(proxy).await;
     let lowered = config(b.addr, "max_connections_per_client = 2", "");
@@ -315,9 +314,8 @@ async fn a_reload_lowering_the_per_client_cap_counts_the_tunnels_already_open() 
 /// of the file), then a reload to `after`, a cap of two: a new connection
 /// waits until a tunnel closes.
 async fn a_reload_lowers_a_cap_below_two_open_tunnels(before: (&str, &str), after: (&str, &str)) {
-    let b = RawBackend::start(Switch::AsAsked).await;
-    let running = start(&config(b.addr, before.0, before.1)).await;
-    let proxy = running.local_addr("web").await.unwrap();
+    let b = RawBackend::start(Act::SwitchAsAsked).await;
+    let (running, proxy) = start_web(&config(b.addr, before.0, before.1)).await;
     let first = tunnel(proxy).await;
     let mut second = tunnel(proxy).await;
     let lowered = config(b.addr, after.0, after.1);
