@@ -88,6 +88,33 @@ fn one_client_over_its_connection_cap_is_refused_while_others_are_served() {
 }
 
 #[test]
+fn a_global_cap_below_the_number_of_listeners_starves_none_of_them() {
+    let backend = echo_backend_thread();
+    let second = r#"
+[[listener]]
+name = "other"
+bind = "127.0.0.1:0"
+protocol = "tcp"
+pool = "p"
+"#;
+    let text = config(backend, second).replace(
+        "grace_period = \"2s\"",
+        "grace_period = \"2s\"\nmax_connections = 1",
+    );
+    let vipd = Vipd::run(&text);
+    let addrs = vipd.listening(&["l4", "other"]);
+    // One connection at a time, to each listener in turn: every one is
+    // served, whichever listener's accept loop is idle meanwhile.
+    for round in 0..3 {
+        for name in ["l4", "other"] {
+            let mut s = connect_from([127, 0, 0, 4], addrs[name]);
+            echo_round_trip(&mut s, b"ping")
+                .unwrap_or_else(|e| panic!("round {round}: {name} not served: {e}"));
+        }
+    }
+}
+
+#[test]
 fn running_out_of_file_descriptors_slows_accepting_and_recovers() {
     let backend = echo_backend_thread();
     let dir = tempdir();

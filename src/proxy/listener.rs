@@ -156,9 +156,9 @@ impl Caps {
 
 /// Accept connections until shutdown, handing each to its own task.
 ///
-/// The loop waits for a connection slot (global and per-listener caps) before
-/// accepting, so a full proxy leaves new connections in the kernel backlog
-/// instead of accepting and dropping them. Running out of file descriptors
+/// The loop waits for a listener slot before accepting and for a global
+/// slot right after, so a full proxy leaves new connections in the kernel
+/// backlog instead of accepting and dropping them. Running out of file descriptors
 /// backs off instead of spinning. A reload's new caps apply from the next
 /// accept on, counting the connections already open.
 pub async fn run(listener: TcpListener, ctx: Context) {
@@ -170,17 +170,15 @@ pub async fn run(listener: TcpListener, ctx: Context) {
     let mut backoff = Duration::from_millis(5);
     loop {
         caps.follow(&ctx);
-        let permits = tokio::select! {
+        // The listener's own slot is taken before accepting; the global
+        // one only after, so that listeners waiting for a connection do
+        // not sit on global slots (with a global cap below the number of
+        // listeners, an idle listener would starve a busy one).
+        let local = tokio::select! {
             _ = ctx.shutdown.triggered() => break,
-            p = async {
-                let g = ctx.global_limit.acquire().await;
-                let l = caps.limit.acquire().await;
-                (g, l)
-            } => p,
+            p = caps.limit.acquire() => p,
         };
-        let (Some(global), Some(local)) = permits else {
-            break;
-        };
+        let Some(local) = local else { break };
         let accepted = tokio::select! {
             _ = ctx.shutdown.triggered() => break,
             a = listener.accept() => a,
@@ -202,6 +200,13 @@ pub async fn run(listener: TcpListener, ctx: Context) {
                 continue;
             }
         };
+        // A full proxy holds this one connection here until a slot frees;
+        // the others wait in the kernel backlog.
+        let global = tokio::select! {
+            _ = ctx.shutdown.triggered() => break,
+            p = ctx.global_limit.acquire() => p,
+        };
+        let Some(global) = global else { break };
         caps.follow(&ctx);
         let client_permit = match caps.per_client.as_ref().map(|l| l.admit(peer.ip())) {
             Some(Err(why)) => {
