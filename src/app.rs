@@ -2,7 +2,7 @@
 //! checkers and the admin endpoint, handle signals (TERM/INT: drain and exit;
 //! HUP: reload), and drain on shutdown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -218,8 +218,9 @@ impl Running {
                 fresh.push((key.clone(), listener::bind(l)?));
             }
         }
+        let names: HashSet<&ListenerKey> = wanted.iter().map(|(k, _)| k).collect();
         current.retain(|key, bound| {
-            let keep = wanted.iter().any(|(k, _)| k == key);
+            let keep = names.contains(key);
             if !keep {
                 info!(listener = %key.0, addr = %bound.addr, "listener removed; stopped accepting");
                 bound.stop.cancel();
@@ -315,7 +316,7 @@ impl Running {
         self.restart_checkers(&config);
         self.commit_admin(plan).await;
         self.metrics
-            .retain_listeners(|n| config.listeners.iter().any(|l| l.name == n));
+            .retain_listeners(|n| config.listener(n).is_some());
         Ok(())
     }
 

@@ -69,13 +69,15 @@ fn unsupported(config: &Config) -> Vec<Problem> {
             fix: "remove the setting (see \"Status\" in README.md for what is implemented)".into(),
         })
     };
+    let over_http: std::collections::HashSet<&str> = config
+        .vhosts
+        .iter()
+        .flat_map(|v| v.pool.iter().chain(v.routes.iter().map(|r| &r.pool)))
+        .map(String::as_str)
+        .collect();
     for pool in &config.pools {
         let p = format!("pool {:?}", pool.name);
-        let over_http = config.vhosts.iter().any(|v| {
-            v.pool.as_deref() == Some(pool.name.as_str())
-                || v.routes.iter().any(|r| r.pool == pool.name)
-        });
-        if pool.send_proxy && over_http {
+        if pool.send_proxy && over_http.contains(pool.name.as_str()) {
             refuse(
                 format!("{p}.send_proxy"),
                 "sending the PROXY protocol to a pool served over HTTP",

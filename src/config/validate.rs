@@ -1,6 +1,6 @@
 //! Raw file -> typed model, collecting every problem instead of stopping at the first.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::{Range, RangeInclusive};
 use std::path::Path;
@@ -40,18 +40,53 @@ struct Skeleton {
     ipvs: Option<toml::Table>,
 }
 
+/// Most problems listed for one file. Past them, the rest are only
+/// counted: a file of 100 000 bad entries must not take minutes to check
+/// or print a report nobody reads.
+const MAX_PROBLEMS: usize = 200;
+
 /// Collects problems while validating one file.
 struct Checker<'a> {
     src: &'a str,
+    /// Offset of every '\n' in `src`, to turn offsets into lines quickly.
+    newlines: Vec<usize>,
     problems: Vec<Problem>,
+    /// Problems found past [`MAX_PROBLEMS`].
+    unlisted: usize,
 }
 
-impl Checker<'_> {
+impl<'a> Checker<'a> {
+    fn new(src: &'a str) -> Self {
+        Checker {
+            src,
+            newlines: src.match_indices('\n').map(|(i, _)| i).collect(),
+            problems: Vec::new(),
+            unlisted: 0,
+        }
+    }
+
+    /// Every problem found, the unlisted ones summed up in a last one.
+    fn finish(mut self) -> Vec<Problem> {
+        if self.unlisted > 0 {
+            self.problems.push(Problem {
+                line: None,
+                column: None,
+                field: "(file)".into(),
+                problem: format!(
+                    "{} more problems are not listed (vipd lists the first {MAX_PROBLEMS})",
+                    self.unlisted
+                ),
+                fix: "correct the problems above and run `vipd check` again".into(),
+            });
+        }
+        self.problems
+    }
+
     fn position(&self, offset: usize) -> (usize, usize) {
-        let before = &self.src[..offset.min(self.src.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-        (line, column)
+        let offset = offset.min(self.src.len());
+        let before = self.newlines.partition_point(|&n| n < offset);
+        let start = before.checked_sub(1).map_or(0, |i| self.newlines[i] + 1);
+        (before + 1, offset - start + 1)
     }
 
     /// Where `field` is written inside the entry spanning `span`, or the entry itself.
@@ -80,6 +115,10 @@ impl Checker<'_> {
         problem: impl Into<String>,
         fix: impl Into<String>,
     ) {
+        if self.problems.len() >= MAX_PROBLEMS {
+            self.unlisted += 1;
+            return;
+        }
         let (line, column) = self.locate(span, field);
         let full = match field {
             Some(f) => format!("{path}.{f}"),
@@ -441,10 +480,7 @@ pub(super) fn validate(src: &str, path: &Path) -> Result<Config, ConfigError> {
     let skeleton: Skeleton = match toml::from_str(src) {
         Ok(s) => s,
         Err(e) => {
-            let mut c = Checker {
-                src,
-                problems: Vec::new(),
-            };
+            let mut c = Checker::new(src);
             let (line, column) = e.span().map_or((None, None), |s| {
                 let (l, col) = c.position(s.start);
                 (Some(l), Some(col))
@@ -462,22 +498,41 @@ pub(super) fn validate(src: &str, path: &Path) -> Result<Config, ConfigError> {
                 problem: msg,
                 fix: fix.into(),
             });
-            return Err(invalid(c.problems));
+            return Err(invalid(c.finish()));
         }
     };
-    let mut c = Checker {
-        src,
-        problems: Vec::new(),
-    };
+    let mut c = Checker::new(src);
     let config = build(&mut c, &skeleton, path);
     if c.problems.is_empty() {
         Ok(config)
     } else {
-        Err(invalid(c.problems))
+        Err(invalid(c.finish()))
     }
 }
 
 const WHOLE: Range<usize> = 0..0;
+
+/// The sections of one kind, by name, so that checking a reference takes
+/// constant time: a file may define 100 000 pools and as many vhosts.
+struct Defined<'a, T> {
+    /// In file order.
+    all: &'a [T],
+    by_name: HashMap<&'a str, &'a T>,
+}
+
+impl<'a, T> Defined<'a, T> {
+    fn new(all: &'a [T], name: fn(&T) -> &str) -> Self {
+        let mut by_name = HashMap::with_capacity(all.len());
+        for x in all {
+            by_name.entry(name(x)).or_insert(x);
+        }
+        Self { all, by_name }
+    }
+
+    fn get(&self, name: &str) -> Option<&'a T> {
+        self.by_name.get(name).copied()
+    }
+}
 
 fn build(c: &mut Checker<'_>, s: &Skeleton, path: &Path) -> Config {
     let global = global(c, s.global.as_ref());
@@ -490,6 +545,7 @@ fn build(c: &mut Checker<'_>, s: &Skeleton, path: &Path) -> Config {
         .enumerate()
         .map(|(i, t)| pool(c, t, i, &mut names))
         .collect();
+    let pool_names = Defined::new(&pools, |p| p.name.as_str());
     let mut names = HashSet::new();
     let persistence: Vec<PersistenceGroup> = s
         .persistence
@@ -497,25 +553,39 @@ fn build(c: &mut Checker<'_>, s: &Skeleton, path: &Path) -> Config {
         .enumerate()
         .map(|(i, t)| persistence(c, t, i, &mut names))
         .collect();
+    let groups = Defined::new(&persistence, |g| g.name.as_str());
     let mut names = HashSet::new();
     let vhosts: Vec<Vhost> = s
         .vhost
         .iter()
         .enumerate()
-        .map(|(i, t)| vhost(c, t, i, &mut names, &pools))
+        .map(|(i, t)| vhost(c, t, i, &mut names, &pool_names))
         .collect();
+    let vhost_names = Defined::new(&vhosts, |v| v.name.as_str());
+    let mut routes = RouteBudget::new(&vhosts);
     let mut names = HashSet::new();
     let listeners: Vec<Listener> = s
         .listener
         .iter()
         .enumerate()
-        .map(|(i, t)| listener(c, t, i, &mut names, &pools, &persistence, &vhosts))
+        .map(|(i, t)| {
+            listener(
+                c,
+                t,
+                i,
+                &mut names,
+                &pool_names,
+                &groups,
+                &vhost_names,
+                &mut routes,
+            )
+        })
         .collect();
     let ipvs_table = s.ipvs.as_ref().map(|t| {
         let start = c.src.find("[ipvs").unwrap_or(0);
         Spanned::new(start..c.src.len(), t.clone())
     });
-    let ipvs = ipvs(c, ipvs_table.as_ref(), &persistence);
+    let ipvs = ipvs(c, ipvs_table.as_ref(), &groups);
     check_binds(c, s, &listeners, admin.as_ref());
     if let (Some(user), false) = (&global.user, ipvs.services.is_empty()) {
         c.report(
@@ -526,6 +596,7 @@ fn build(c: &mut Checker<'_>, s: &Skeleton, path: &Path) -> Config {
             "remove `user` and run vipd with only the capabilities it needs (systemd: AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE, User=...), or manage IPVS from a separate vipd",
         );
     }
+    let index = Index::new(&listeners, &pools, &persistence, &vhosts);
     Config {
         source: Some(path.to_path_buf()),
         global,
@@ -534,6 +605,7 @@ fn build(c: &mut Checker<'_>, s: &Skeleton, path: &Path) -> Config {
         listeners,
         pools,
         persistence,
+        index,
         vhosts,
         ipvs,
     }
@@ -973,10 +1045,15 @@ fn check_pool_ref(
     path: &str,
     field: &str,
     name: &str,
-    pools: &[Pool],
+    pools: &Defined<Pool>,
 ) {
-    if !pools.iter().any(|p| p.name == name) {
-        let known: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+    if pools.get(name).is_none() {
+        // a few names help; 100 000 of them, once per bad reference, would
+        // fill memory
+        let mut known: Vec<&str> = pools.all.iter().take(10).map(|p| p.name.as_str()).collect();
+        if pools.all.len() > known.len() {
+            known.push("...");
+        }
         c.report(
             span,
             path,
@@ -999,9 +1076,9 @@ fn check_group_ref(
     span: &Range<usize>,
     path: &str,
     name: &str,
-    groups: &[PersistenceGroup],
+    groups: &Defined<PersistenceGroup>,
 ) {
-    if !groups.iter().any(|x| x.name == name) {
+    if groups.get(name).is_none() {
         c.report(
             span,
             path,
@@ -1017,7 +1094,7 @@ fn vhost(
     t: &Spanned<toml::Table>,
     i: usize,
     names: &mut HashSet<String>,
-    pools: &[Pool],
+    pools: &Defined<Pool>,
 ) -> Vhost {
     let span = t.span();
     let raw: RawVhost = c.entry(t, &format!("vhost[{i}]"));
@@ -1139,9 +1216,10 @@ fn listener(
     t: &Spanned<toml::Table>,
     i: usize,
     names: &mut HashSet<String>,
-    pools: &[Pool],
-    groups: &[PersistenceGroup],
-    vhosts: &[Vhost],
+    pools: &Defined<Pool>,
+    groups: &Defined<PersistenceGroup>,
+    vhosts: &Defined<Vhost>,
+    routes: &mut RouteBudget,
 ) -> Listener {
     let span = t.span();
     let raw: RawListener = c.entry(t, &format!("listener[{i}]"));
@@ -1200,35 +1278,7 @@ fn listener(
         ),
         (None, _) => {}
     }
-    let mut served = Vec::new();
-    for v in &raw.vhosts {
-        if vhosts.iter().any(|x| &x.name == v) {
-            served.push(v.clone());
-        } else {
-            c.report(
-                &span,
-                &p,
-                Some("vhosts"),
-                format!("no vhost is named {v:?}"),
-                "define a [[vhost]] with that name or remove it from the list",
-            );
-        }
-    }
-    if raw.vhosts.is_empty() && (protocol.is_http() || protocol.is_tls()) {
-        served = vhosts.iter().map(|v| v.name.clone()).collect();
-    }
-    if (protocol.is_http() || protocol.is_tls()) && served.is_empty() && raw.vhosts.is_empty() {
-        c.report(
-            &span,
-            &p,
-            None,
-            format!(
-                "a {} listener needs at least one [[vhost]]",
-                protocol.as_str()
-            ),
-            "define a [[vhost]] (hosts, pool, and certificates for TLS)",
-        );
-    }
+    let served = served_vhosts(c, &span, &p, &raw, protocol, vhosts, routes);
     if protocol == Protocol::Tcp && !raw.vhosts.is_empty() {
         c.report(
             &span,
@@ -1239,10 +1289,7 @@ fn listener(
         );
     }
     if protocol.is_tls() {
-        for v in served
-            .iter()
-            .filter_map(|n| vhosts.iter().find(|x| &x.name == n))
-        {
+        for v in served.iter().filter_map(|n| vhosts.get(n)) {
             if v.certificates.is_empty() {
                 c.report(
                     &span,
@@ -1412,6 +1459,105 @@ fn listener(
     }
 }
 
+/// Most (listener, host name) pairs the listeners may serve in all. Each
+/// listener keeps its own table of the host names it serves (a TLS one also
+/// its own certificate resolver): 5 000 listeners serving 5 000 vhosts each,
+/// a 600 KB file, took gigabytes.
+const MAX_ROUTES: usize = 1_000_000;
+
+/// How many routes the listeners checked so far left for the next ones.
+struct RouteBudget {
+    left: usize,
+    /// Whether a listener went over (reported once).
+    over: bool,
+    /// Host names of every vhost: what a listener without `vhosts` serves.
+    all: usize,
+}
+
+impl RouteBudget {
+    fn new(vhosts: &[Vhost]) -> Self {
+        Self {
+            left: MAX_ROUTES,
+            over: false,
+            all: vhosts.iter().map(|v| v.hosts.len()).sum(),
+        }
+    }
+}
+
+/// The vhosts a listener serves: those it lists, or every vhost when it
+/// lists none (HTTP and TLS listeners).
+fn served_vhosts(
+    c: &mut Checker<'_>,
+    span: &Range<usize>,
+    p: &str,
+    raw: &RawListener,
+    protocol: Protocol,
+    vhosts: &Defined<Vhost>,
+    routes: &mut RouteBudget,
+) -> Vec<String> {
+    let mut served = Vec::new();
+    let mut hosts = 0;
+    let mut seen = HashSet::new();
+    for v in &raw.vhosts {
+        if !seen.insert(v.as_str()) {
+            c.report(
+                span,
+                p,
+                Some("vhosts"),
+                format!("vhost {v:?} is listed twice"),
+                "list each vhost once",
+            );
+        } else if let Some(x) = vhosts.get(v) {
+            served.push(v.clone());
+            hosts += x.hosts.len();
+        } else {
+            c.report(
+                span,
+                p,
+                Some("vhosts"),
+                format!("no vhost is named {v:?}"),
+                "define a [[vhost]] with that name or remove it from the list",
+            );
+        }
+    }
+    let every = raw.vhosts.is_empty() && (protocol.is_http() || protocol.is_tls());
+    if every {
+        hosts = routes.all;
+    }
+    let Some(left) = routes.left.checked_sub(hosts) else {
+        // once: the listeners after this one are over too
+        if !std::mem::replace(&mut routes.over, true) {
+            c.report(
+                span,
+                p,
+                Some("vhosts"),
+                format!(
+                    "the listeners together serve over {MAX_ROUTES} host names (this one adds {hosts}); each keeps its own table of the names it serves"
+                ),
+                "list in `vhosts` only the vhosts each listener serves, or serve them from fewer listeners",
+            );
+        }
+        return Vec::new();
+    };
+    routes.left = left;
+    if every {
+        served = vhosts.all.iter().map(|v| v.name.clone()).collect();
+        if served.is_empty() {
+            c.report(
+                span,
+                p,
+                None,
+                format!(
+                    "a {} listener needs at least one [[vhost]]",
+                    protocol.as_str()
+                ),
+                "define a [[vhost]] (hosts, pool, and certificates for TLS)",
+            );
+        }
+    }
+    served
+}
+
 /// `upgrades` of a listener: protocol names, lower-cased, `websocket` by
 /// default. `h2c` is refused: vipd speaks HTTP/2 itself, and a tunnelled
 /// h2c connection would escape its HTTP/2 limits.
@@ -1522,12 +1668,12 @@ fn header_limits(
 fn ipvs(
     c: &mut Checker<'_>,
     t: Option<&Spanned<toml::Table>>,
-    groups: &[PersistenceGroup],
+    groups: &Defined<PersistenceGroup>,
 ) -> Ipvs {
     let span = t.map_or(WHOLE, |t| t.span());
     let raw: RawIpvs = t.map(|t| c.entry(t, "ipvs")).unwrap_or_default();
     let mut names = HashSet::new();
-    let mut keys = Vec::new();
+    let mut keys = HashSet::new();
     let mut services = Vec::new();
     for (i, s) in raw.service.iter().enumerate() {
         let name = c.unique_name(
@@ -1700,7 +1846,7 @@ fn ipvs(
             });
         }
         if let Some(v) = virtual_service {
-            if keys.contains(&v) {
+            if !keys.insert(v) {
                 c.report(
                     &span,
                     &p,
@@ -1709,7 +1855,6 @@ fn ipvs(
                     "define each virtual service once",
                 );
             }
-            keys.push(v);
             services.push(IpvsService {
                 name,
                 virtual_service: v,
@@ -1752,11 +1897,12 @@ fn ipvs(
 
 /// Two listeners on one address, or the admin endpoint on a listener's address.
 fn check_binds(c: &mut Checker<'_>, s: &Skeleton, listeners: &[Listener], admin: Option<&Admin>) {
+    let mut bound = HashSet::new();
     for (i, l) in listeners.iter().enumerate() {
         if l.bind.port() == 0 {
             continue;
         }
-        if listeners[..i].iter().any(|o| o.bind == l.bind) {
+        if !bound.insert(l.bind) {
             c.report(
                 &s.listener[i].span(),
                 &format!("listener {:?}", l.name),

@@ -1,0 +1,251 @@
+//! A hostile or careless operator's configuration files: within the 16 MiB
+//! file cap, tens of thousands of sections or bad entries, references that
+//! do not resolve, listeners that each serve every vhost. `vipd check`
+//! answers in seconds with bounded memory, and a reload carrying such a
+//! file is refused (or applied) while the configuration in service keeps
+//! serving.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::Vipd;
+
+/// Address space allowed to `vipd check`, as in `config_bounds`.
+const CHECK_MEMORY_KIB: u64 = 1024 * 1024;
+
+/// `vipd check -c path` under a [`CHECK_MEMORY_KIB`] address-space limit,
+/// killed after `limit`: exit code (None if killed) and all it printed.
+fn check_within(path: &Path, limit: Duration) -> (Option<i32>, String) {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v {CHECK_MEMORY_KIB} && exec \"$0\" check -c \"$1\" 2>&1"
+        ))
+        .arg(env!("CARGO_BIN_EXE_vipd"))
+        .arg(path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stdout.read_to_end(&mut text);
+        text
+    });
+    let deadline = Instant::now() + limit;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = reader.join().unwrap();
+    (code, String::from_utf8_lossy(&text).into_owned())
+}
+
+/// A TCP echo server on 127.0.0.1.
+fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0; 1024];
+                while let Ok(n @ 1..) = s.read(&mut buf) {
+                    if s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn echo_through(addr: SocketAddr) -> Vec<u8> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"ping").unwrap();
+    let mut got = [0; 4];
+    s.read_exact(&mut got).unwrap();
+    got.to_vec()
+}
+
+/// A tcp listener "web" on port 0 to the echo server at `echo`.
+fn served(echo: SocketAddr) -> String {
+    format!(
+        "[[pool]]\nname = \"echo\"\nbackends = [{{ address = \"{echo}\" }}]\n\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\npool = \"echo\"\n"
+    )
+}
+
+/// `n` pools, each with one out-of-range value.
+fn bad_pools(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "[[pool]]\nname = \"bad{i}\"\nbackends = [{{ address = \"127.0.0.1:9\" }}]\nconnect_timeout = \"0s\"\n"
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_file_of_20000_bad_entries_is_checked_in_seconds_and_lists_the_first_200() {
+    let dir = support::tempdir();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, bad_pools(20_000)).unwrap();
+    let started = Instant::now();
+    let (code, text) = check_within(&path, Duration::from_secs(20));
+    let took = started.elapsed();
+    assert_eq!(
+        code,
+        Some(64),
+        "after {took:?}: {}",
+        &text[..text.len().min(2000)]
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(text.starts_with(&format!("{}: 201 configuration errors\n", path.display())));
+    assert_eq!(
+        text.matches("connect_timeout: \"0s\" is outside").count(),
+        200
+    );
+    assert!(text.ends_with(&format!(
+        "{}: (file): 19800 more problems are not listed (vipd lists the first 200)\n    \
+         fix: correct the problems above and run `vipd check` again\n",
+        path.display()
+    )));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_reload_with_20000_bad_entries_is_refused_in_seconds_and_the_old_file_keeps_serving() {
+    let echo = echo_server();
+    let base = served(echo);
+    let mut vipd = Vipd::run(&base);
+    let addr = vipd.listening(&["web"])["web"];
+    assert_eq!(echo_through(addr), b"ping");
+    std::fs::write(vipd.dir.join("vipd.toml"), base + &bad_pools(20_000)).unwrap();
+    let started = Instant::now();
+    vipd.signal("HUP");
+    let line = vipd.wait_for("reload failed", Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(line.contains("201 configuration errors"), "{line}");
+    assert!(vipd.alive());
+    assert_eq!(echo_through(addr), b"ping");
+    // the reload is over: TERM is heard again
+    vipd.signal("TERM");
+    assert_eq!(vipd.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn a_missing_pool_among_5000_names_ten_of_them_in_its_fix_not_all() {
+    let dir = support::tempdir();
+    let path = dir.join("refs.toml");
+    let mut config = String::new();
+    for i in 0..5000 {
+        config += &format!(
+            "[[pool]]\nname = \"pool-number-{i}\"\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n"
+        );
+    }
+    for i in 0..5000 {
+        config +=
+            &format!("[[vhost]]\nname = \"v{i}\"\nhosts = [\"h{i}.test\"]\npool = \"nope{i}\"\n");
+    }
+    std::fs::write(&path, config).unwrap();
+    let (code, text) = check_within(&path, Duration::from_secs(20));
+    assert_eq!(code, Some(64), "{}", &text[..text.len().min(2000)]);
+    assert!(text.len() < 256 * 1024, "{} bytes of report", text.len());
+    let ten: Vec<String> = (0..10).map(|i| format!("pool-number-{i}")).collect();
+    let fix = format!(
+        "fix: define a [[pool]] with name = \"nope0\", or use one of: {}, ...\n",
+        ten.join(", ")
+    );
+    assert!(text.contains(&fix), "{}", &text[..text.len().min(2000)]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn listeners_that_together_serve_over_a_million_host_names_are_refused_once() {
+    // 5000 listeners without `vhosts` each serve all 5000 vhosts: 25
+    // million routes from a 600 KB file
+    let dir = support::tempdir();
+    let path = dir.join("routes.toml");
+    let mut config =
+        String::from("[[pool]]\nname = \"p\"\nbackends = [{ address = \"127.0.0.1:9\" }]\n");
+    for i in 0..5000 {
+        config += &format!("[[vhost]]\nname = \"v{i}\"\nhosts = [\"h{i}.test\"]\npool = \"p\"\n");
+    }
+    for i in 0..5000 {
+        config += &format!(
+            "[[listener]]\nname = \"l{i}\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\n"
+        );
+    }
+    std::fs::write(&path, config).unwrap();
+    let (code, text) = check_within(&path, Duration::from_secs(20));
+    assert_eq!(code, Some(64), "{}", &text[..text.len().min(2000)]);
+    assert!(text.starts_with(&format!("{}: 1 configuration error\n", path.display())));
+    assert!(text.contains(
+        ": listener \"l200\".vhosts: the listeners together serve over 1000000 host names \
+         (this one adds 5000); each keeps its own table of the names it serves\n    \
+         fix: list in `vhosts` only the vhosts each listener serves, or serve them from fewer listeners\n"
+    ), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn thirty_thousand_pools_and_vhosts_are_checked_and_reloaded_in_seconds() {
+    let echo = echo_server();
+    let mut config = served(echo);
+    for i in 0..30_000 {
+        config += &format!(
+            "[[pool]]\nname = \"p{i}\"\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n\
+             [[vhost]]\nname = \"v{i}\"\nhosts = [\"h{i}.test\"]\npool = \"p{i}\"\n"
+        );
+    }
+    // one listener serving every vhost, and 5000 more listeners
+    config += "[[listener]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\n";
+    for i in 0..5000 {
+        config += &format!(
+            "[[listener]]\nname = \"l{i}\"\nbind = \"127.0.1.{}:{}\"\nprotocol = \"tcp\"\npool = \"p{i}\"\n",
+            1 + i / 1000,
+            1024 + i % 1000,
+        );
+    }
+    let dir = support::tempdir();
+    let path = dir.join("many.toml");
+    std::fs::write(&path, &config).unwrap();
+    let started = Instant::now();
+    let (code, text) = check_within(&path, Duration::from_secs(30));
+    let took = started.elapsed();
+    assert_eq!(
+        code,
+        Some(0),
+        "after {took:?}: {}",
+        &text[..text.len().min(2000)]
+    );
+    assert!(took < Duration::from_secs(10), "check took {took:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+    // served by a running vipd: the reload builds every table
+    let mut vipd = Vipd::run(&served(echo));
+    let addr = vipd.listening(&["web"])["web"];
+    std::fs::write(vipd.dir.join("vipd.toml"), &config).unwrap();
+    let started = Instant::now();
+    vipd.signal("HUP");
+    vipd.wait_for("reload complete", Duration::from_secs(30));
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "reload took {took:?}");
+    assert!(vipd.alive());
+    assert_eq!(echo_through(addr), b"ping");
+    assert!(!vipd.log().contains("reload failed"));
+}
