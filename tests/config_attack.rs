@@ -249,3 +249,25 @@ fn thirty_thousand_pools_and_vhosts_are_checked_and_reloaded_in_seconds() {
     assert_eq!(echo_through(addr), b"ping");
     assert!(!vipd.log().contains("reload failed"));
 }
+
+#[test]
+fn a_configuration_path_that_became_a_fifo_fails_the_check_and_the_reload_at_once() {
+    let echo = echo_server();
+    let mut vipd = Vipd::run(&served(echo));
+    let addr = vipd.listening(&["web"])["web"];
+    let path = vipd.dir.join("vipd.toml");
+    std::fs::remove_file(&path).unwrap();
+    let made = Command::new("mkfifo").arg(&path).status().unwrap();
+    assert!(made.success());
+    let (code, text) = check_within(&path, Duration::from_secs(10));
+    assert_eq!(code, Some(66), "{text}");
+    let why = "cannot read the configuration file: not a regular file \
+               (name the TOML file itself, not a FIFO, device or directory)";
+    assert_eq!(text, format!("{}: {why}\n", path.display()));
+    vipd.signal("HUP");
+    let line = vipd.wait_for("reload failed", Duration::from_secs(10));
+    assert!(line.contains(why), "{line}");
+    assert_eq!(echo_through(addr), b"ping");
+    vipd.signal("TERM");
+    assert_eq!(vipd.wait_exit(Duration::from_secs(10)), Some(0));
+}

@@ -20,10 +20,17 @@ pub const DEMO_CONFIG: &str = include_str!("../demo.toml");
 /// a path naming `/dev/zero` must not fill memory.
 const MAX_FILE: u64 = 16 * 1024 * 1024;
 
-/// Read and validate the configuration file at `path`.
+/// Read and validate the configuration file at `path`. Only a regular file
+/// is read: a FIFO would hold `vipd check`, or a reload and every signal
+/// after it, until someone writes to it.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     use std::io::Read;
     let read = |path: &Path| -> std::io::Result<String> {
+        if !std::fs::metadata(path)?.is_file() {
+            return Err(std::io::Error::other(
+                "not a regular file (name the TOML file itself, not a FIFO, device or directory)",
+            ));
+        }
         let mut src = String::new();
         std::fs::File::open(path)?
             .take(MAX_FILE + 1)
