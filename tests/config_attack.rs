@@ -271,3 +271,59 @@ fn a_configuration_path_that_became_a_fifo_fails_the_check_and_the_reload_at_onc
     vipd.signal("TERM");
     assert_eq!(vipd.wait_exit(Duration::from_secs(10)), Some(0));
 }
+
+#[test]
+fn section_names_of_a_megabyte_are_refused_without_copying_them_into_every_error() {
+    // ten 1.5 MB pool names, then 300 references that resolve to none:
+    // each error's fix lists pool names
+    let dir = support::tempdir();
+    let path = dir.join("names.toml");
+    let mut config = String::new();
+    for i in 0..10u8 {
+        let name = char::from(b'a' + i).to_string().repeat(1_500_000);
+        config +=
+            &format!("[[pool]]\nname = \"{name}\"\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n");
+    }
+    for i in 0..300 {
+        config +=
+            &format!("[[vhost]]\nname = \"v{i}\"\nhosts = [\"h{i}.test\"]\npool = \"nope\"\n");
+    }
+    std::fs::write(&path, config).unwrap();
+    let (code, text) = check_within(&path, Duration::from_secs(20));
+    assert_eq!(code, Some(64), "{}", &text[..text.len().min(2000)]);
+    assert!(text.len() < 256 * 1024, "{} bytes of report", text.len());
+    assert!(
+        text.contains(&format!(
+            "{}:2:1: pool[0].name: the name is 1500000 bytes long\n    \
+             fix: give it a name of at most 128 bytes\n",
+            path.display()
+        )),
+        "{}",
+        &text[..text.len().min(2000)]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_vhost_host_name_longer_than_dns_allows_is_refused() {
+    let long_label = format!("{}.test", "a".repeat(64));
+    let long_name = format!("{}test", "abc.".repeat(63));
+    for host in [long_label, long_name] {
+        let config = format!(
+            "[[pool]]\nname = \"p\"\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n\
+             [[vhost]]\nname = \"v\"\nhosts = [\"ok.test\", \"{host}\"]\npool = \"p\"\n"
+        );
+        let problems: Vec<String> = match vipd::config::parse(&config, Path::new("h.toml")) {
+            Ok(_) => vec![],
+            Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+        };
+        assert_eq!(
+            problems,
+            [format!(
+                "6:1: vhost \"v\".hosts: {host:?} is not a host name\n    \
+                 fix: write exact names (\"www.example.com\") or a leading wildcard (\"*.example.com\"), \
+                 without port, of at most 253 bytes and 63 per label"
+            )]
+        );
+    }
+}

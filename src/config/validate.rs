@@ -355,6 +355,16 @@ impl<'a> Checker<'a> {
                 );
                 format!("#{index}")
             }
+            Some(n) if n.len() > MAX_NAME => {
+                self.report(
+                    span,
+                    path,
+                    Some("name"),
+                    format!("the name is {} bytes long", n.len()),
+                    format!("give it a name of at most {MAX_NAME} bytes"),
+                );
+                format!("#{index}")
+            }
             Some(n) => {
                 if !seen.insert(n.clone()) {
                     self.report(
@@ -418,6 +428,15 @@ const DAY: Duration = Duration::from_secs(86_400);
 /// The shortest timeout or interval: below it a connection's timers or a
 /// health checker would wake the process hundreds of times a second.
 const SHORTEST: Duration = Duration::from_millis(100);
+
+/// Longest section name: names are copied into every error, log line,
+/// metric label and table that refers to the section, so a 1.5 MB name
+/// cost gigabytes.
+const MAX_NAME: usize = 128;
+
+/// Longest host name, and label, as DNS allows (RFC 1035 2.3.4).
+const MAX_HOST: usize = 253;
+const MAX_LABEL: usize = 63;
 
 /// Largest connection cap (global, per listener, per client): far above
 /// what one host's file descriptors allow, far below tokio's semaphore limit.
@@ -1105,9 +1124,12 @@ fn vhost(
         let lower = h.to_ascii_lowercase();
         let bare = lower.strip_prefix("*.").unwrap_or(&lower);
         let ok = !bare.is_empty()
+            && bare.len() <= MAX_HOST
             && !bare.contains('*')
             && bare.split('.').all(|l| {
-                !l.is_empty() && l.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
+                !l.is_empty()
+                    && l.len() <= MAX_LABEL
+                    && l.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
             });
         if ok {
             hosts.push(lower);
@@ -1117,7 +1139,7 @@ fn vhost(
                 &p,
                 Some("hosts"),
                 format!("{h:?} is not a host name"),
-                "write exact names (\"www.example.com\") or a leading wildcard (\"*.example.com\"), without port",
+                "write exact names (\"www.example.com\") or a leading wildcard (\"*.example.com\"), without port, of at most 253 bytes and 63 per label",
             );
         }
     }
