@@ -276,8 +276,13 @@ impl Running {
     pub async fn reload(&self) -> Result<(), AppError> {
         let _one_at_a_time = self.reloading.lock().await;
         let result = async {
-            let path = self.source.as_ref().ok_or(AppError::NoSource)?;
-            let config = config::load(path)?;
+            let path = self.source.clone().ok_or(AppError::NoSource)?;
+            // Reading and checking a large file takes seconds: off the
+            // workers, which keep serving (with `workers = 1` an admin
+            // reload stalled every connection until it was done).
+            let config = tokio::task::spawn_blocking(move || config::load(&path))
+                .await
+                .map_err(|e| AppError::BuildPanicked(e.to_string()))??;
             self.swap(config).await
         }
         .await;
@@ -305,7 +310,14 @@ impl Running {
         let current = self.admin.lock().await.as_ref().map(|a| a.configured);
         let plan = prepare_admin(&config, Some(current)).await?;
         let previous = self.snapshot.load_full();
-        let next = Arc::new(build_snapshot(config.clone(), Some(&previous))?);
+        let next = {
+            let (config, previous) = (config.clone(), previous.clone());
+            // off the workers too: certificates, tables and routes
+            tokio::task::spawn_blocking(move || build_snapshot(config, Some(&previous)))
+                .await
+                .map_err(|e| AppError::BuildPanicked(e.to_string()))??
+        };
+        let next = Arc::new(next);
         self.snapshot.store(next.clone());
         if let Err(e) = self.sync_listeners(&config).await {
             previous.pools.claim_backends();

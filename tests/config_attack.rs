@@ -327,3 +327,58 @@ fn a_vhost_host_name_longer_than_dns_allows_is_refused() {
         );
     }
 }
+
+#[test]
+fn an_admin_reload_of_a_large_file_leaves_a_single_worker_serving_meanwhile() {
+    let echo = echo_server();
+    let base = format!(
+        "[global]\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
+        served(echo)
+    );
+    let vipd = Vipd::run(&base);
+    let addr = vipd.listening(&["web"])["web"];
+    let line = vipd.wait_for("admin endpoint listening", Duration::from_secs(10));
+    let admin: SocketAddr = line
+        .split("addr=Some(")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut big = base.clone();
+    for i in 0..30_000 {
+        big += &format!(
+            "[[pool]]\nname = \"p{i}\"\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n\
+             [[vhost]]\nname = \"v{i}\"\nhosts = [\"h{i}.test\"]\npool = \"p{i}\"\n"
+        );
+    }
+    std::fs::write(vipd.dir.join("vipd.toml"), big).unwrap();
+    let reload = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        write!(
+            s,
+            "POST /api/reload HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+    });
+    // exchanges through the listener while the reload runs
+    let mut during = Vec::new();
+    while !reload.is_finished() {
+        let started = Instant::now();
+        assert_eq!(echo_through(addr), b"ping");
+        during.push(started.elapsed());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let answer = reload.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let slowest = during.iter().max().unwrap();
+    assert!(*slowest < Duration::from_secs(1), "{during:?}");
+    assert!(
+        during.len() >= 3,
+        "the reload was too quick to test: {during:?}"
+    );
+}
