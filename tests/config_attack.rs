@@ -382,3 +382,35 @@ fn an_admin_reload_of_a_large_file_leaves_a_single_worker_serving_meanwhile() {
         "the reload was too quick to test: {during:?}"
     );
 }
+
+/// A pool "p" of `n` backends checked every `interval`.
+fn checked_pool(n: usize, interval: &str) -> String {
+    let backends: Vec<String> = (0..n)
+        .map(|i| format!("{{ address = \"127.1.{}.{}:80\" }}", i / 250, 1 + i % 250))
+        .collect();
+    format!(
+        "[[pool]]\nname = \"p\"\nbackends = [{}]\n\n[pool.health]\nkind = \"tcp\"\ninterval = \"{interval}\"\n",
+        backends.join(", ")
+    )
+}
+
+#[test]
+fn health_checks_that_together_would_probe_over_10000_servers_a_second_are_refused() {
+    let problems = |text: &str| -> Vec<String> {
+        match vipd::config::parse(text, Path::new("h.toml")) {
+            Ok(_) => vec![],
+            Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+        }
+    };
+    // 5000 backends every 100 ms: 50 000 probes a second
+    assert_eq!(
+        problems(&checked_pool(5000, "100ms")),
+        [
+            "1:1: pool \"p\".health.interval: the health checks would probe over 10000 servers \
+          per second in all (5000 here every 100ms)\n    \
+          fix: raise `interval` (servers / interval = probes per second), or check fewer servers"
+        ]
+    );
+    // every second, 5000 a second: accepted
+    assert_eq!(problems(&checked_pool(5000, "1s")), Vec::<String>::new());
+}

@@ -606,6 +606,8 @@ fn build(c: &mut Checker<'_>, s: &Skeleton, path: &Path) -> Config {
     });
     let ipvs = ipvs(c, ipvs_table.as_ref(), &groups);
     check_binds(c, s, &listeners, admin.as_ref());
+    let ipvs_span = ipvs_table.as_ref().map_or(WHOLE, |t| t.span());
+    check_probe_rate(c, s, &pools, &ipvs, &ipvs_span);
     if let (Some(user), false) = (&global.user, ipvs.services.is_empty()) {
         c.report(
             &s.global.as_ref().map_or(WHOLE, |t| t.span()),
@@ -1914,6 +1916,55 @@ fn ipvs(
             Duration::from_secs(60),
         ),
         services,
+    }
+}
+
+/// Most health probes per second, over every pool and IPVS service: each is
+/// a connection (and a TLS handshake or HTTP exchange), and 200 000
+/// backends checked every 100 ms would take every core.
+const MAX_PROBE_RATE: f64 = 10_000.0;
+
+/// The health checks together stay under [`MAX_PROBE_RATE`]; reported once,
+/// at the check that goes over.
+fn check_probe_rate(
+    c: &mut Checker<'_>,
+    s: &Skeleton,
+    pools: &[Pool],
+    ipvs: &Ipvs,
+    ipvs_span: &Range<usize>,
+) {
+    let checked = pools
+        .iter()
+        .zip(&s.pool)
+        .map(|(p, t)| {
+            (
+                format!("pool {:?}", p.name),
+                t.span(),
+                p.backends.len(),
+                &p.health,
+            )
+        })
+        .chain(ipvs.services.iter().map(|v| {
+            let at = format!("ipvs.service {:?}", v.name);
+            (at, ipvs_span.clone(), v.real_servers.len(), &v.health)
+        }));
+    let mut rate = 0.0;
+    for (path, span, servers, health) in checked {
+        let Some(h) = health else { continue };
+        rate += servers as f64 / h.interval.as_secs_f64();
+        if rate > MAX_PROBE_RATE {
+            c.report(
+                &span,
+                &format!("{path}.health"),
+                Some("interval"),
+                format!(
+                    "the health checks would probe over {MAX_PROBE_RATE} servers per second in all ({servers} here every {})",
+                    show(h.interval)
+                ),
+                "raise `interval` (servers / interval = probes per second), or check fewer servers",
+            );
+            return;
+        }
     }
 }
 
