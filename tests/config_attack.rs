@@ -414,3 +414,31 @@ fn health_checks_that_together_would_probe_over_10000_servers_a_second_are_refus
     // every second, 5000 a second: accepted
     assert_eq!(problems(&checked_pool(5000, "1s")), Vec::<String>::new());
 }
+
+#[test]
+fn persistence_groups_that_together_would_hold_over_ten_million_clients_are_refused() {
+    let groups = |max: &[usize]| -> String {
+        max.iter()
+            .enumerate()
+            .map(|(i, m)| format!("[[persistence]]\nname = \"g{i}\"\nmax_entries = {m}\n"))
+            .collect()
+    };
+    let problems = |text: &str| -> Vec<String> {
+        match vipd::config::parse(text, Path::new("g.toml")) {
+            Ok(_) => vec![],
+            Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+        }
+    };
+    assert_eq!(
+        problems(&groups(&[10_000_000; 100])),
+        [
+            "6:1: persistence \"g1\".max_entries: the persistence groups would hold over 10000000 \
+          clients in all\n    \
+          fix: lower `max_entries` so that the groups' add up to at most 10000000"
+        ]
+    );
+    assert_eq!(
+        problems(&groups(&[5_000_000, 5_000_000])),
+        Vec::<String>::new()
+    );
+}

@@ -572,6 +572,7 @@ fn build(c: &mut Checker<'_>, s: &Skeleton, path: &Path) -> Config {
         .enumerate()
         .map(|(i, t)| persistence(c, t, i, &mut names))
         .collect();
+    check_clients_total(c, s, &persistence);
     let groups = Defined::new(&persistence, |g| g.name.as_str());
     let mut names = HashSet::new();
     let vhosts: Vec<Vhost> = s
@@ -1037,7 +1038,7 @@ fn persistence(
         &p,
         "max_entries",
         raw.max_entries,
-        1..=10_000_000,
+        1..=MAX_CLIENTS,
         "clients",
         1_000_000,
     );
@@ -1057,6 +1058,30 @@ fn persistence(
         prefix_v6,
         max_entries,
         expire_quiescent: raw.expire_quiescent.unwrap_or(false),
+    }
+}
+
+/// Most clients persistence tables hold, per group and over all groups:
+/// an entry takes about 100 bytes, and clients (an IPv6 one has 2^64
+/// addresses to come from) fill a table up to its `max_entries`.
+const MAX_CLIENTS: usize = 10_000_000;
+
+/// The groups' `max_entries` add up to at most [`MAX_CLIENTS`]; reported
+/// once, at the group that goes over.
+fn check_clients_total(c: &mut Checker<'_>, s: &Skeleton, groups: &[PersistenceGroup]) {
+    let mut total = 0;
+    for (g, t) in groups.iter().zip(&s.persistence) {
+        total += g.max_entries;
+        if total > MAX_CLIENTS {
+            c.report(
+                &t.span(),
+                &format!("persistence {:?}", g.name),
+                Some("max_entries"),
+                format!("the persistence groups would hold over {MAX_CLIENTS} clients in all"),
+                "lower `max_entries` so that the groups' add up to at most 10000000",
+            );
+            return;
+        }
     }
 }
 
