@@ -442,3 +442,33 @@ fn persistence_groups_that_together_would_hold_over_ten_million_clients_are_refu
         Vec::<String>::new()
     );
 }
+
+#[test]
+fn a_listener_trusting_over_1000_proxy_networks_is_refused() {
+    let listener = |n: usize| -> String {
+        let nets: Vec<String> = (0..n)
+            .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+            .collect();
+        format!(
+            "[[pool]]\nname = \"p\"\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n\
+             [[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\npool = \"p\"\n\
+             proxy_protocol = true\ntrusted_proxies = [{}]\n",
+            nets.join(", ")
+        )
+    };
+    let problems = |text: &str| -> Vec<String> {
+        match vipd::config::parse(text, Path::new("t.toml")) {
+            Ok(_) => vec![],
+            Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+        }
+    };
+    assert_eq!(
+        problems(&listener(100_000)),
+        [
+            "10:1: listener \"l\".trusted_proxies: 100000 networks are listed, more than 1000: \
+          every connection and request is compared with each\n    \
+          fix: list the networks your proxies send from, merged into wider prefixes"
+        ]
+    );
+    assert_eq!(problems(&listener(1000)), Vec::<String>::new());
+}

@@ -438,6 +438,10 @@ const MAX_NAME: usize = 128;
 const MAX_HOST: usize = 253;
 const MAX_LABEL: usize = 63;
 
+/// Most `trusted_proxies` of a listener: the list is scanned per
+/// connection and per request.
+const MAX_TRUSTED: usize = 1000;
+
 /// Largest connection cap (global, per listener, per client): far above
 /// what one host's file descriptors allow, far below tokio's semaphore limit.
 const MAX_CONNECTIONS: usize = 10_000_000;
@@ -1383,7 +1387,19 @@ fn listener(
         }
     }
     let mut trusted_proxies = Vec::new();
-    for t in &raw.trusted_proxies {
+    if raw.trusted_proxies.len() > MAX_TRUSTED {
+        c.report(
+            &span,
+            &p,
+            Some("trusted_proxies"),
+            format!(
+                "{} networks are listed, more than {MAX_TRUSTED}: every connection and request is compared with each",
+                raw.trusted_proxies.len()
+            ),
+            "list the networks your proxies send from, merged into wider prefixes",
+        );
+    }
+    for t in raw.trusted_proxies.iter().take(MAX_TRUSTED) {
         match t
             .parse::<IpNet>()
             .or_else(|_| t.parse::<IpAddr>().map(IpNet::from))
