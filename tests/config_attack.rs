@@ -472,3 +472,33 @@ fn a_listener_trusting_over_1000_proxy_networks_is_refused() {
     );
     assert_eq!(problems(&listener(1000)), Vec::<String>::new());
 }
+
+#[test]
+fn a_vhost_with_over_10000_routes_is_refused() {
+    let vhost = |n: usize| -> String {
+        let routes: Vec<String> = (0..n)
+            .map(|i| format!("{{ path_prefix = \"/r{i}/\", pool = \"p\" }}"))
+            .collect();
+        format!(
+            "[[pool]]\nname = \"p\"\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n\
+             [[vhost]]\nname = \"v\"\nhosts = [\"a.test\"]\npool = \"p\"\nroutes = [{}]\n",
+            routes.join(", ")
+        )
+    };
+    let problems = |text: &str| -> Vec<String> {
+        match vipd::config::parse(text, Path::new("r.toml")) {
+            Ok(_) => vec![],
+            Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+        }
+    };
+    assert_eq!(
+        problems(&vhost(100_000)),
+        [
+            "8:1: vhost \"v\".routes: 100000 routes are listed, more than 10000: \
+          every request is compared with each\n    \
+          fix: route by shorter prefixes that cover several paths \
+          (\"/api/\" for \"/api/a/\" and \"/api/b/\")"
+        ]
+    );
+    assert_eq!(problems(&vhost(10_000)), Vec::<String>::new());
+}

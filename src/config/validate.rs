@@ -438,6 +438,10 @@ const MAX_NAME: usize = 128;
 const MAX_HOST: usize = 253;
 const MAX_LABEL: usize = 63;
 
+/// Most `routes` of a vhost: a request is compared with each prefix in
+/// turn (100 000 of them cost almost a millisecond per request).
+const MAX_ROUTES_PER_VHOST: usize = 10_000;
+
 /// Most `trusted_proxies` of a listener: the list is scanned per
 /// connection and per request.
 const MAX_TRUSTED: usize = 1000;
@@ -1199,7 +1203,19 @@ fn vhost(
         check_pool_ref(c, &span, &p, "pool", pool, pools);
     }
     let mut routes = Vec::new();
-    for (j, r) in raw.routes.iter().enumerate() {
+    if raw.routes.len() > MAX_ROUTES_PER_VHOST {
+        c.report(
+            &span,
+            &p,
+            Some("routes"),
+            format!(
+                "{} routes are listed, more than {MAX_ROUTES_PER_VHOST}: every request is compared with each",
+                raw.routes.len()
+            ),
+            "route by shorter prefixes that cover several paths (\"/api/\" for \"/api/a/\" and \"/api/b/\")",
+        );
+    }
+    for (j, r) in raw.routes.iter().enumerate().take(MAX_ROUTES_PER_VHOST) {
         let rp = format!("{p}.routes[{j}]");
         let prefix = c.required(&span, &rp, "path_prefix", &r.path_prefix, "\"/api/\"");
         let pool = c.required(&span, &rp, "pool", &r.pool, "\"api\"");
