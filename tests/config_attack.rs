@@ -502,3 +502,32 @@ fn a_vhost_with_over_10000_routes_is_refused() {
     );
     assert_eq!(problems(&vhost(10_000)), Vec::<String>::new());
 }
+
+#[test]
+fn a_listener_allowing_over_32_upgrade_protocols_is_refused() {
+    let listener = |n: usize| -> String {
+        let names: Vec<String> = (0..n).map(|i| format!("\"proto{i}\"")).collect();
+        format!(
+            "[[pool]]\nname = \"p\"\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n\
+             [[vhost]]\nname = \"v\"\nhosts = [\"a.test\"]\npool = \"p\"\n\
+             [[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\n\
+             upgrades = [{}]\n",
+            names.join(", ")
+        )
+    };
+    let problems = |text: &str| -> Vec<String> {
+        match vipd::config::parse(text, Path::new("u.toml")) {
+            Ok(_) => vec![],
+            Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+        }
+    };
+    assert_eq!(
+        problems(&listener(100_000)),
+        [
+            "12:1: listener \"l\".upgrades: 100000 protocols are listed, more than 32: \
+          each one a client offers is compared with every one\n    \
+          fix: list the protocols your backends speak, e.g. [\"websocket\"]"
+        ]
+    );
+    assert_eq!(problems(&listener(32)), Vec::<String>::new());
+}

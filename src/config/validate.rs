@@ -446,6 +446,10 @@ const MAX_LABEL: usize = 63;
 /// turn (100 000 of them cost almost a millisecond per request).
 const MAX_ROUTES_PER_VHOST: usize = 10_000;
 
+/// Most `upgrades` of a listener: a request's `Upgrade` header may offer
+/// thousands of protocols, each compared with the whole list.
+const MAX_UPGRADES: usize = 32;
+
 /// Most `trusted_proxies` of a listener: the list is scanned per
 /// connection and per request.
 const MAX_TRUSTED: usize = 1000;
@@ -1520,8 +1524,20 @@ fn upgrades(
             "remove it, or use protocol \"http\" or \"https\"",
         );
     }
+    if list.len() > MAX_UPGRADES {
+        c.report(
+            span,
+            p,
+            Some("upgrades"),
+            format!(
+                "{} protocols are listed, more than {MAX_UPGRADES}: each one a client offers is compared with every one",
+                list.len()
+            ),
+            "list the protocols your backends speak, e.g. [\"websocket\"]",
+        );
+    }
     let mut out = Vec::new();
-    for name in list {
+    for name in list.iter().take(MAX_UPGRADES) {
         let token = !name.is_empty()
             && name
                 .bytes()
