@@ -531,3 +531,36 @@ fn a_listener_allowing_over_32_upgrade_protocols_is_refused() {
     );
     assert_eq!(problems(&listener(32)), Vec::<String>::new());
 }
+
+#[test]
+fn an_alpn_protocol_listed_twice_is_refused() {
+    let listener = |alpn: &str| -> String {
+        format!(
+            "[[pool]]\nname = \"p\"\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n\
+             [[vhost]]\nname = \"v\"\nhosts = [\"a.test\"]\npool = \"p\"\n\
+             certificates = [{{ cert = \"a.crt\", key = \"a.key\" }}]\n\
+             [[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\n\
+             alpn = [{alpn}]\n"
+        )
+    };
+    let problems = |text: &str| -> Vec<String> {
+        match vipd::config::parse(text, Path::new("a.toml")) {
+            Ok(_) => vec![],
+            Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+        }
+    };
+    // 100 000 entries: a handshake whose client offers no "h2" would
+    // compare its list with each
+    let many = vec!["\"h2\""; 100_000].join(", ");
+    assert_eq!(
+        problems(&listener(&many)),
+        [
+            "13:1: listener \"l\".alpn: ALPN \"h2\" is listed twice\n    \
+          fix: list each protocol once: [\"h2\", \"http/1.1\"]"
+        ]
+    );
+    assert_eq!(
+        problems(&listener("\"h2\", \"http/1.1\"")),
+        Vec::<String>::new()
+    );
+}

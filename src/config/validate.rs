@@ -1353,7 +1353,7 @@ fn listener(
         Protocol::Https => vec!["h2".into(), "http/1.1".into()],
         _ => Vec::new(),
     });
-    for a in &alpn {
+    for (i, a) in alpn.iter().enumerate() {
         if !matches!(a.as_str(), "h2" | "http/1.1") || protocol != Protocol::Https {
             c.report(
                 &span,
@@ -1362,6 +1362,16 @@ fn listener(
                 format!("ALPN {a:?} is not served here"),
                 "only https listeners negotiate ALPN, with \"h2\" and \"http/1.1\"",
             );
+        } else if alpn[..i].contains(a) {
+            // each handshake compares the client's list with every entry
+            c.report(
+                &span,
+                &p,
+                Some("alpn"),
+                format!("ALPN {a:?} is listed twice"),
+                "list each protocol once: [\"h2\", \"http/1.1\"]",
+            );
+            break;
         }
     }
     let mut trusted_proxies = Vec::new();
