@@ -124,7 +124,7 @@ pub async fn run(listener: TcpListener, ctx: Context) {
     // Limits are read once: changing them takes a new listener name or a restart.
     let (limit, per_client) = {
         let snap = ctx.snapshot.load();
-        let cfg = snap.config.listener(&ctx.name);
+        let cfg = snap.config.listeners.iter().find(|l| *l.name == *ctx.name);
         (
             Arc::new(Semaphore::new(cfg.map_or(10_000, |l| l.max_connections))),
             cfg.and_then(|l| {
@@ -202,7 +202,7 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 
 async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Context, admission: Arc<Admission>) {
     let snap = ctx.snapshot.load_full();
-    let Some(cfg) = snap.config.listener(&ctx.name) else {
+    let Some(cfg) = snap.config.listeners.iter().find(|l| *l.name == *ctx.name) else {
         warn!("listener removed from the configuration; closing connection");
         return;
     };
