@@ -2,7 +2,7 @@
 //! checkers and the admin endpoint, handle signals (TERM/INT: drain and exit;
 //! HUP: reload), and drain on shutdown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -219,8 +219,9 @@ impl Running {
                 fresh.push((key.clone(), listener::bind(l)?));
             }
         }
+        let names: HashSet<&ListenerKey> = wanted.iter().map(|(k, _)| k).collect();
         current.retain(|key, bound| {
-            let keep = wanted.iter().any(|(k, _)| k == key);
+            let keep = names.contains(key);
             if !keep {
                 info!(listener = %key.0, addr = %bound.addr, "listener removed; stopped accepting");
                 bound.stop.cancel();
@@ -276,8 +277,13 @@ impl Running {
     pub async fn reload(&self) -> Result<(), AppError> {
         let _one_at_a_time = self.reloading.lock().await;
         let result = async {
-            let path = self.source.as_ref().ok_or(AppError::NoSource)?;
-            let config = config::load(path)?;
+            let path = self.source.clone().ok_or(AppError::NoSource)?;
+            // Reading and checking a large file takes seconds: off the
+            // workers, which keep serving (with `workers = 1` an admin
+            // reload stalled every connection until it was done).
+            let config = tokio::task::spawn_blocking(move || config::load(&path))
+                .await
+                .map_err(|e| AppError::BuildPanicked(e.to_string()))??;
             self.swap(config).await
         }
         .await;
@@ -305,7 +311,14 @@ impl Running {
         let current = self.admin.lock().await.as_ref().map(|a| a.configured);
         let plan = prepare_admin(&config, Some(current)).await?;
         let previous = self.snapshot.load_full();
-        let next = Arc::new(build_snapshot(config.clone(), Some(&previous))?);
+        let next = {
+            let (config, previous) = (config.clone(), previous.clone());
+            // off the workers too: certificates, tables and routes
+            tokio::task::spawn_blocking(move || build_snapshot(config, Some(&previous)))
+                .await
+                .map_err(|e| AppError::BuildPanicked(e.to_string()))??
+        };
+        let next = Arc::new(next);
         self.snapshot.store(next.clone());
         if let Err(e) = self.sync_listeners(&config).await {
             previous.pools.claim_backends();
@@ -316,7 +329,7 @@ impl Running {
         self.restart_checkers(&config);
         self.commit_admin(plan).await;
         self.metrics
-            .retain_listeners(|n| config.listeners.iter().any(|l| l.name == n));
+            .retain_listeners(|n| config.listener(n).is_some());
         Ok(())
     }
 

@@ -226,14 +226,18 @@ pub struct Pool {
 impl Pool {
     /// Build from config, carrying live state of backends that `previous` had.
     pub fn new(cfg: &config::Pool, previous: Option<&Pool>) -> Self {
+        let before: HashMap<_, _> = previous
+            .iter()
+            .flat_map(|p| p.backends.iter().map(|o| (o.address, o)))
+            .collect();
         let backends: Vec<Backend> = cfg
             .backends
             .iter()
             .map(|b| Backend {
                 address: b.address,
                 weight: b.weight,
-                state: previous
-                    .and_then(|p| p.backends.iter().find(|o| o.address == b.address))
+                state: before
+                    .get(&b.address)
                     .map(|o| o.state.clone())
                     .unwrap_or_default(),
             })

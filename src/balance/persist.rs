@@ -430,7 +430,7 @@ impl PersistenceTables {
 
 /// Backend hosts of every pool that a listener naming `group` can use.
 fn group_hosts(config: &config::Config, group: &str) -> HashSet<IpAddr> {
-    let mut pools: Vec<&str> = Vec::new();
+    let mut pools: HashSet<&str> = HashSet::new();
     for l in config
         .listeners
         .iter()

@@ -20,10 +20,17 @@ pub const DEMO_CONFIG: &str = include_str!("../demo.toml");
 /// a path naming `/dev/zero` must not fill memory.
 const MAX_FILE: u64 = 16 * 1024 * 1024;
 
-/// Read and validate the configuration file at `path`.
+/// Read and validate the configuration file at `path`. Only a regular file
+/// is read: a FIFO would hold `vipd check`, or a reload and every signal
+/// after it, until someone writes to it.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     use std::io::Read;
     let read = |path: &Path| -> std::io::Result<String> {
+        if !std::fs::metadata(path)?.is_file() {
+            return Err(std::io::Error::other(
+                "not a regular file (name the TOML file itself, not a FIFO, device or directory)",
+            ));
+        }
         let mut src = String::new();
         std::fs::File::open(path)?
             .take(MAX_FILE + 1)
@@ -69,13 +76,15 @@ fn unsupported(config: &Config) -> Vec<Problem> {
             fix: "remove the setting (see \"Status\" in README.md for what is implemented)".into(),
         })
     };
+    let over_http: std::collections::HashSet<&str> = config
+        .vhosts
+        .iter()
+        .flat_map(|v| v.pool.iter().chain(v.routes.iter().map(|r| &r.pool)))
+        .map(String::as_str)
+        .collect();
     for pool in &config.pools {
         let p = format!("pool {:?}", pool.name);
-        let over_http = config.vhosts.iter().any(|v| {
-            v.pool.as_deref() == Some(pool.name.as_str())
-                || v.routes.iter().any(|r| r.pool == pool.name)
-        });
-        if pool.send_proxy && over_http {
+        if pool.send_proxy && over_http.contains(pool.name.as_str()) {
             refuse(
                 format!("{p}.send_proxy"),
                 "sending the PROXY protocol to a pool served over HTTP",

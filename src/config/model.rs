@@ -4,6 +4,7 @@
 //! parsed, durations are durations. A `Config` is immutable; a reload builds a
 //! new one.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,22 +24,79 @@ pub struct Config {
     pub persistence: Vec<PersistenceGroup>,
     pub vhosts: Vec<Vhost>,
     pub ipvs: Ipvs,
+    /// Where each named section sits, for the lookups below.
+    pub index: Index,
 }
 
 impl Config {
+    /// The listener called `name`.
+    pub fn listener(&self, name: &str) -> Option<&Listener> {
+        find(&self.listeners, &self.index.listeners, name, |l| &l.name)
+    }
+
     /// The pool called `name` (validation guarantees references resolve).
     pub fn pool(&self, name: &str) -> Option<&Pool> {
-        self.pools.iter().find(|p| p.name == name)
+        find(&self.pools, &self.index.pools, name, |p| &p.name)
     }
 
     /// The persistence group called `name`.
     pub fn persistence_group(&self, name: &str) -> Option<&PersistenceGroup> {
-        self.persistence.iter().find(|p| p.name == name)
+        find(&self.persistence, &self.index.persistence, name, |g| {
+            &g.name
+        })
     }
 
     /// The vhost called `name`.
     pub fn vhost(&self, name: &str) -> Option<&Vhost> {
-        self.vhosts.iter().find(|v| v.name == name)
+        find(&self.vhosts, &self.index.vhosts, name, |v| &v.name)
+    }
+}
+
+/// Position of every named section by name, so that a lookup takes constant
+/// time: a file may define 100 000 pools and vhosts, and building routes
+/// with a scan per reference took minutes. Validation builds it; a lookup
+/// checks the name it finds, and scans when the sections were edited after
+/// (tests do), so a stale index is never wrong, only slower.
+#[derive(Debug, Clone, Default)]
+pub struct Index {
+    listeners: HashMap<String, usize>,
+    pools: HashMap<String, usize>,
+    persistence: HashMap<String, usize>,
+    vhosts: HashMap<String, usize>,
+}
+
+impl Index {
+    pub(super) fn new(
+        listeners: &[Listener],
+        pools: &[Pool],
+        persistence: &[PersistenceGroup],
+        vhosts: &[Vhost],
+    ) -> Self {
+        fn positions<T>(all: &[T], name: fn(&T) -> &str) -> HashMap<String, usize> {
+            let mut out = HashMap::with_capacity(all.len());
+            for (i, x) in all.iter().enumerate() {
+                out.entry(name(x).to_string()).or_insert(i);
+            }
+            out
+        }
+        Self {
+            listeners: positions(listeners, |l| &l.name),
+            pools: positions(pools, |p| &p.name),
+            persistence: positions(persistence, |g| &g.name),
+            vhosts: positions(vhosts, |v| &v.name),
+        }
+    }
+}
+
+fn find<'a, T>(
+    all: &'a [T],
+    index: &HashMap<String, usize>,
+    name: &str,
+    name_of: fn(&T) -> &str,
+) -> Option<&'a T> {
+    match index.get(name).and_then(|&i| all.get(i)) {
+        Some(x) if name_of(x) == name => Some(x),
+        _ => all.iter().find(|x| name_of(x) == name),
     }
 }
 
@@ -381,14 +439,14 @@ pub enum OnShutdown {
 }
 
 /// Address family of a fwmark service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
     Inet,
     Inet6,
 }
 
 /// Transport protocol of an IPVS address service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IpvsProtocol {
     Tcp,
     Udp,
@@ -396,7 +454,7 @@ pub enum IpvsProtocol {
 }
 
 /// What identifies an IPVS virtual service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IpvsVirtual {
     Address {
         protocol: IpvsProtocol,

@@ -12,8 +12,12 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod admin;
+mod sizes;
 
 use self::admin::admin;
+use self::sizes::{
+    Defined, MAX_CLIENTS, RouteBudget, check_clients_total, check_probe_rate, served_vhosts,
+};
 use super::error::{ConfigError, Problem};
 use super::file::*;
 use super::model::*;
@@ -40,18 +44,53 @@ struct Skeleton {
     ipvs: Option<toml::Table>,
 }
 
+/// Most problems listed for one file. Past them, the rest are only
+/// counted: a file of 100 000 bad entries must not take minutes to check
+/// or print a report nobody reads.
+const MAX_PROBLEMS: usize = 200;
+
 /// Collects problems while validating one file.
 struct Checker<'a> {
     src: &'a str,
+    /// Offset of every '\n' in `src`, to turn offsets into lines quickly.
+    newlines: Vec<usize>,
     problems: Vec<Problem>,
+    /// Problems found past [`MAX_PROBLEMS`].
+    unlisted: usize,
 }
 
-impl Checker<'_> {
+impl<'a> Checker<'a> {
+    fn new(src: &'a str) -> Self {
+        Checker {
+            src,
+            newlines: src.match_indices('\n').map(|(i, _)| i).collect(),
+            problems: Vec::new(),
+            unlisted: 0,
+        }
+    }
+
+    /// Every problem found, the unlisted ones summed up in a last one.
+    fn finish(mut self) -> Vec<Problem> {
+        if self.unlisted > 0 {
+            self.problems.push(Problem {
+                line: None,
+                column: None,
+                field: "(file)".into(),
+                problem: format!(
+                    "{} more problems are not listed (vipd lists the first {MAX_PROBLEMS})",
+                    self.unlisted
+                ),
+                fix: "correct the problems above and run `vipd check` again".into(),
+            });
+        }
+        self.problems
+    }
+
     fn position(&self, offset: usize) -> (usize, usize) {
-        let before = &self.src[..offset.min(self.src.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-        (line, column)
+        let offset = offset.min(self.src.len());
+        let before = self.newlines.partition_point(|&n| n < offset);
+        let start = before.checked_sub(1).map_or(0, |i| self.newlines[i] + 1);
+        (before + 1, offset - start + 1)
     }
 
     /// Where `field` is written inside the entry spanning `span`, or the entry itself.
@@ -80,6 +119,10 @@ impl Checker<'_> {
         problem: impl Into<String>,
         fix: impl Into<String>,
     ) {
+        if self.problems.len() >= MAX_PROBLEMS {
+            self.unlisted += 1;
+            return;
+        }
         let (line, column) = self.locate(span, field);
         let full = match field {
             Some(f) => format!("{path}.{f}"),
@@ -316,6 +359,16 @@ impl Checker<'_> {
                 );
                 format!("#{index}")
             }
+            Some(n) if n.len() > MAX_NAME => {
+                self.report(
+                    span,
+                    path,
+                    Some("name"),
+                    format!("the name is {} bytes long", n.len()),
+                    format!("give it a name of at most {MAX_NAME} bytes"),
+                );
+                format!("#{index}")
+            }
             Some(n) => {
                 if !seen.insert(n.clone()) {
                     self.report(
@@ -380,6 +433,27 @@ const DAY: Duration = Duration::from_secs(86_400);
 /// health checker would wake the process hundreds of times a second.
 const SHORTEST: Duration = Duration::from_millis(100);
 
+/// Longest section name: names are copied into every error, log line,
+/// metric label and table that refers to the section, so a 1.5 MB name
+/// cost gigabytes.
+const MAX_NAME: usize = 128;
+
+/// Longest host name, and label, as DNS allows (RFC 1035 2.3.4).
+const MAX_HOST: usize = 253;
+const MAX_LABEL: usize = 63;
+
+/// Most `routes` of a vhost: a request is compared with each prefix in
+/// turn (100 000 of them cost almost a millisecond per request).
+const MAX_ROUTES_PER_VHOST: usize = 10_000;
+
+/// Most `upgrades` of a listener: a request's `Upgrade` header may offer
+/// thousands of protocols, each compared with the whole list.
+const MAX_UPGRADES: usize = 32;
+
+/// Most `trusted_proxies` of a listener: the list is scanned per
+/// connection and per request.
+const MAX_TRUSTED: usize = 1000;
+
 /// Largest connection cap (global, per listener, per client): far above
 /// what one host's file descriptors allow, far below tokio's semaphore limit.
 const MAX_CONNECTIONS: usize = 10_000_000;
@@ -441,10 +515,7 @@ pub(super) fn validate(src: &str, path: &Path) -> Result<Config, ConfigError> {
     let skeleton: Skeleton = match toml::from_str(src) {
         Ok(s) => s,
         Err(e) => {
-            let mut c = Checker {
-                src,
-                problems: Vec::new(),
-            };
+            let mut c = Checker::new(src);
             let (line, column) = e.span().map_or((None, None), |s| {
                 let (l, col) = c.position(s.start);
                 (Some(l), Some(col))
@@ -462,18 +533,15 @@ pub(super) fn validate(src: &str, path: &Path) -> Result<Config, ConfigError> {
                 problem: msg,
                 fix: fix.into(),
             });
-            return Err(invalid(c.problems));
+            return Err(invalid(c.finish()));
         }
     };
-    let mut c = Checker {
-        src,
-        problems: Vec::new(),
-    };
+    let mut c = Checker::new(src);
     let config = build(&mut c, &skeleton, path);
     if c.problems.is_empty() {
         Ok(config)
     } else {
-        Err(invalid(c.problems))
+        Err(invalid(c.finish()))
     }
 }
 
@@ -490,6 +558,7 @@ fn build(c: &mut Checker<'_>, s: &Skeleton, path: &Path) -> Config {
         .enumerate()
         .map(|(i, t)| pool(c, t, i, &mut names))
         .collect();
+    let pool_names = Defined::new(&pools, |p| p.name.as_str());
     let mut names = HashSet::new();
     let persistence: Vec<PersistenceGroup> = s
         .persistence
@@ -497,26 +566,43 @@ fn build(c: &mut Checker<'_>, s: &Skeleton, path: &Path) -> Config {
         .enumerate()
         .map(|(i, t)| persistence(c, t, i, &mut names))
         .collect();
+    check_clients_total(c, s, &persistence);
+    let groups = Defined::new(&persistence, |g| g.name.as_str());
     let mut names = HashSet::new();
     let vhosts: Vec<Vhost> = s
         .vhost
         .iter()
         .enumerate()
-        .map(|(i, t)| vhost(c, t, i, &mut names, &pools))
+        .map(|(i, t)| vhost(c, t, i, &mut names, &pool_names))
         .collect();
+    let vhost_names = Defined::new(&vhosts, |v| v.name.as_str());
+    let mut routes = RouteBudget::new(&vhosts);
     let mut names = HashSet::new();
     let listeners: Vec<Listener> = s
         .listener
         .iter()
         .enumerate()
-        .map(|(i, t)| listener(c, t, i, &mut names, &pools, &persistence, &vhosts))
+        .map(|(i, t)| {
+            listener(
+                c,
+                t,
+                i,
+                &mut names,
+                &pool_names,
+                &groups,
+                &vhost_names,
+                &mut routes,
+            )
+        })
         .collect();
     let ipvs_table = s.ipvs.as_ref().map(|t| {
         let start = c.src.find("[ipvs").unwrap_or(0);
         Spanned::new(start..c.src.len(), t.clone())
     });
-    let ipvs = ipvs(c, ipvs_table.as_ref(), &persistence);
+    let ipvs = ipvs(c, ipvs_table.as_ref(), &groups);
     check_binds(c, s, &listeners, admin.as_ref());
+    let ipvs_span = ipvs_table.as_ref().map_or(WHOLE, |t| t.span());
+    check_probe_rate(c, s, &pools, &ipvs, &ipvs_span);
     if let (Some(user), false) = (&global.user, ipvs.services.is_empty()) {
         c.report(
             &s.global.as_ref().map_or(WHOLE, |t| t.span()),
@@ -526,6 +612,7 @@ fn build(c: &mut Checker<'_>, s: &Skeleton, path: &Path) -> Config {
             "remove `user` and run vipd with only the capabilities it needs (systemd: AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE, User=...), or manage IPVS from a separate vipd",
         );
     }
+    let index = Index::new(&listeners, &pools, &persistence, &vhosts);
     Config {
         source: Some(path.to_path_buf()),
         global,
@@ -534,6 +621,7 @@ fn build(c: &mut Checker<'_>, s: &Skeleton, path: &Path) -> Config {
         listeners,
         pools,
         persistence,
+        index,
         vhosts,
         ipvs,
     }
@@ -944,7 +1032,7 @@ fn persistence(
         &p,
         "max_entries",
         raw.max_entries,
-        1..=10_000_000,
+        1..=MAX_CLIENTS,
         "clients",
         1_000_000,
     );
@@ -973,10 +1061,15 @@ fn check_pool_ref(
     path: &str,
     field: &str,
     name: &str,
-    pools: &[Pool],
+    pools: &Defined<Pool>,
 ) {
-    if !pools.iter().any(|p| p.name == name) {
-        let known: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+    if pools.get(name).is_none() {
+        // a few names help; 100 000 of them, once per bad reference, would
+        // fill memory
+        let mut known: Vec<&str> = pools.all.iter().take(10).map(|p| p.name.as_str()).collect();
+        if pools.all.len() > known.len() {
+            known.push("...");
+        }
         c.report(
             span,
             path,
@@ -999,9 +1092,9 @@ fn check_group_ref(
     span: &Range<usize>,
     path: &str,
     name: &str,
-    groups: &[PersistenceGroup],
+    groups: &Defined<PersistenceGroup>,
 ) {
-    if !groups.iter().any(|x| x.name == name) {
+    if groups.get(name).is_none() {
         c.report(
             span,
             path,
@@ -1017,7 +1110,7 @@ fn vhost(
     t: &Spanned<toml::Table>,
     i: usize,
     names: &mut HashSet<String>,
-    pools: &[Pool],
+    pools: &Defined<Pool>,
 ) -> Vhost {
     let span = t.span();
     let raw: RawVhost = c.entry(t, &format!("vhost[{i}]"));
@@ -1028,9 +1121,12 @@ fn vhost(
         let lower = h.to_ascii_lowercase();
         let bare = lower.strip_prefix("*.").unwrap_or(&lower);
         let ok = !bare.is_empty()
+            && bare.len() <= MAX_HOST
             && !bare.contains('*')
             && bare.split('.').all(|l| {
-                !l.is_empty() && l.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
+                !l.is_empty()
+                    && l.len() <= MAX_LABEL
+                    && l.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
             });
         if ok {
             hosts.push(lower);
@@ -1040,7 +1136,7 @@ fn vhost(
                 &p,
                 Some("hosts"),
                 format!("{h:?} is not a host name"),
-                "write exact names (\"www.example.com\") or a leading wildcard (\"*.example.com\"), without port",
+                "write exact names (\"www.example.com\") or a leading wildcard (\"*.example.com\"), without port, of at most 253 bytes and 63 per label",
             );
         }
     }
@@ -1069,7 +1165,19 @@ fn vhost(
         check_pool_ref(c, &span, &p, "pool", pool, pools);
     }
     let mut routes = Vec::new();
-    for (j, r) in raw.routes.iter().enumerate() {
+    if raw.routes.len() > MAX_ROUTES_PER_VHOST {
+        c.report(
+            &span,
+            &p,
+            Some("routes"),
+            format!(
+                "{} routes are listed, more than {MAX_ROUTES_PER_VHOST}: every request is compared with each",
+                raw.routes.len()
+            ),
+            "route by shorter prefixes that cover several paths (\"/api/\" for \"/api/a/\" and \"/api/b/\")",
+        );
+    }
+    for (j, r) in raw.routes.iter().enumerate().take(MAX_ROUTES_PER_VHOST) {
         let rp = format!("{p}.routes[{j}]");
         let prefix = c.required(&span, &rp, "path_prefix", &r.path_prefix, "\"/api/\"");
         let pool = c.required(&span, &rp, "pool", &r.pool, "\"api\"");
@@ -1139,9 +1247,10 @@ fn listener(
     t: &Spanned<toml::Table>,
     i: usize,
     names: &mut HashSet<String>,
-    pools: &[Pool],
-    groups: &[PersistenceGroup],
-    vhosts: &[Vhost],
+    pools: &Defined<Pool>,
+    groups: &Defined<PersistenceGroup>,
+    vhosts: &Defined<Vhost>,
+    routes: &mut RouteBudget,
 ) -> Listener {
     let span = t.span();
     let raw: RawListener = c.entry(t, &format!("listener[{i}]"));
@@ -1200,35 +1309,7 @@ fn listener(
         ),
         (None, _) => {}
     }
-    let mut served = Vec::new();
-    for v in &raw.vhosts {
-        if vhosts.iter().any(|x| &x.name == v) {
-            served.push(v.clone());
-        } else {
-            c.report(
-                &span,
-                &p,
-                Some("vhosts"),
-                format!("no vhost is named {v:?}"),
-                "define a [[vhost]] with that name or remove it from the list",
-            );
-        }
-    }
-    if raw.vhosts.is_empty() && (protocol.is_http() || protocol.is_tls()) {
-        served = vhosts.iter().map(|v| v.name.clone()).collect();
-    }
-    if (protocol.is_http() || protocol.is_tls()) && served.is_empty() && raw.vhosts.is_empty() {
-        c.report(
-            &span,
-            &p,
-            None,
-            format!(
-                "a {} listener needs at least one [[vhost]]",
-                protocol.as_str()
-            ),
-            "define a [[vhost]] (hosts, pool, and certificates for TLS)",
-        );
-    }
+    let served = served_vhosts(c, &span, &p, &raw, protocol, vhosts, routes);
     if protocol == Protocol::Tcp && !raw.vhosts.is_empty() {
         c.report(
             &span,
@@ -1239,10 +1320,7 @@ fn listener(
         );
     }
     if protocol.is_tls() {
-        for v in served
-            .iter()
-            .filter_map(|n| vhosts.iter().find(|x| &x.name == n))
-        {
+        for v in served.iter().filter_map(|n| vhosts.get(n)) {
             if v.certificates.is_empty() {
                 c.report(
                     &span,
@@ -1275,7 +1353,7 @@ fn listener(
         Protocol::Https => vec!["h2".into(), "http/1.1".into()],
         _ => Vec::new(),
     });
-    for a in &alpn {
+    for (i, a) in alpn.iter().enumerate() {
         if !matches!(a.as_str(), "h2" | "http/1.1") || protocol != Protocol::Https {
             c.report(
                 &span,
@@ -1284,10 +1362,32 @@ fn listener(
                 format!("ALPN {a:?} is not served here"),
                 "only https listeners negotiate ALPN, with \"h2\" and \"http/1.1\"",
             );
+        } else if alpn[..i].contains(a) {
+            // each handshake compares the client's list with every entry
+            c.report(
+                &span,
+                &p,
+                Some("alpn"),
+                format!("ALPN {a:?} is listed twice"),
+                "list each protocol once: [\"h2\", \"http/1.1\"]",
+            );
+            break;
         }
     }
     let mut trusted_proxies = Vec::new();
-    for t in &raw.trusted_proxies {
+    if raw.trusted_proxies.len() > MAX_TRUSTED {
+        c.report(
+            &span,
+            &p,
+            Some("trusted_proxies"),
+            format!(
+                "{} networks are listed, more than {MAX_TRUSTED}: every connection and request is compared with each",
+                raw.trusted_proxies.len()
+            ),
+            "list the networks your proxies send from, merged into wider prefixes",
+        );
+    }
+    for t in raw.trusted_proxies.iter().take(MAX_TRUSTED) {
         match t
             .parse::<IpNet>()
             .or_else(|_| t.parse::<IpAddr>().map(IpNet::from))
@@ -1437,8 +1537,20 @@ fn upgrades(
             "remove it, or use protocol \"http\" or \"https\"",
         );
     }
+    if list.len() > MAX_UPGRADES {
+        c.report(
+            span,
+            p,
+            Some("upgrades"),
+            format!(
+                "{} protocols are listed, more than {MAX_UPGRADES}: each one a client offers is compared with every one",
+                list.len()
+            ),
+            "list the protocols your backends speak, e.g. [\"websocket\"]",
+        );
+    }
     let mut out = Vec::new();
-    for name in list {
+    for name in list.iter().take(MAX_UPGRADES) {
         let token = !name.is_empty()
             && name
                 .bytes()
@@ -1559,12 +1671,12 @@ fn transfer_timeouts(
 fn ipvs(
     c: &mut Checker<'_>,
     t: Option<&Spanned<toml::Table>>,
-    groups: &[PersistenceGroup],
+    groups: &Defined<PersistenceGroup>,
 ) -> Ipvs {
     let span = t.map_or(WHOLE, |t| t.span());
     let raw: RawIpvs = t.map(|t| c.entry(t, "ipvs")).unwrap_or_default();
     let mut names = HashSet::new();
-    let mut keys = Vec::new();
+    let mut keys = HashSet::new();
     let mut services = Vec::new();
     for (i, s) in raw.service.iter().enumerate() {
         let name = c.unique_name(
@@ -1737,7 +1849,7 @@ fn ipvs(
             });
         }
         if let Some(v) = virtual_service {
-            if keys.contains(&v) {
+            if !keys.insert(v) {
                 c.report(
                     &span,
                     &p,
@@ -1746,7 +1858,6 @@ fn ipvs(
                     "define each virtual service once",
                 );
             }
-            keys.push(v);
             services.push(IpvsService {
                 name,
                 virtual_service: v,
@@ -1789,11 +1900,12 @@ fn ipvs(
 
 /// Two listeners on one address, or the admin endpoint on a listener's address.
 fn check_binds(c: &mut Checker<'_>, s: &Skeleton, listeners: &[Listener], admin: Option<&Admin>) {
+    let mut bound = HashSet::new();
     for (i, l) in listeners.iter().enumerate() {
         if l.bind.port() == 0 {
             continue;
         }
-        if listeners[..i].iter().any(|o| o.bind == l.bind) {
+        if !bound.insert(l.bind) {
             c.report(
                 &s.listener[i].span(),
                 &format!("listener {:?}", l.name),

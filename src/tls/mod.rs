@@ -20,7 +20,7 @@ pub mod load;
 pub mod reload;
 pub mod resolver;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -186,8 +186,12 @@ impl TlsState {
         let mut warnings = Vec::new();
         let mut certificates = Vec::new();
         let mut per_vhost: HashMap<&str, CertList> = HashMap::new();
+        let over_tls: HashSet<&str> = tls_listeners
+            .iter()
+            .flat_map(|l| l.vhosts.iter().map(String::as_str))
+            .collect();
         for v in &config.vhosts {
-            if !tls_listeners.iter().any(|l| l.vhosts.contains(&v.name)) {
+            if !over_tls.contains(v.name.as_str()) {
                 continue;
             }
             let mut list = Vec::new();
