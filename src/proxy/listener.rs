@@ -136,7 +136,7 @@ impl Caps {
         let snap = Arc::clone(&snap);
         // A listener the new configuration drops keeps its caps until its
         // accept loop is stopped.
-        let Some(cfg) = snap.config.listeners.iter().find(|l| *l.name == *ctx.name) else {
+        let Some(cfg) = snap.config.listener(&ctx.name) else {
             return;
         };
         ctx.global_limit.set_max(snap.config.global.max_connections);
@@ -244,7 +244,7 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 
 async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Context, admission: Arc<Admission>) {
     let snap = ctx.snapshot.load_full();
-    let Some(cfg) = snap.config.listeners.iter().find(|l| *l.name == *ctx.name) else {
+    let Some(cfg) = snap.config.listener(&ctx.name) else {
         warn!("listener removed from the configuration; closing connection");
         return;
     };
