@@ -331,6 +331,34 @@ async fn an_http2_backend_gets_the_routed_host_as_its_authority_too() {
 }
 
 #[tokio::test]
+async fn an_absolute_form_target_of_another_scheme_is_a_400() {
+    let (a, b, proxy) = setup("").await;
+    for target in ["ftp://a.test/x", "gopher://a.test/", "HTTPX://a.test/"] {
+        let answer = ask(
+            proxy,
+            &format!("GET {target} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{target}: {answer}"
+        );
+        assert_eq!(
+            body_of(&answer),
+            "400 Bad Request: request target scheme is not http or https\n"
+        );
+    }
+    assert_eq!((a.requests(), b.requests()), (0, 0));
+    // The scheme is case-insensitive (RFC 3986 3.1).
+    let answer = ask(
+        proxy,
+        "GET HTTP://a.test/x HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+}
+
+#[tokio::test]
 async fn an_asterisk_form_target_outside_options_is_a_400() {
     let (a, b, proxy) = setup("").await;
     let answer = ask(

@@ -247,6 +247,14 @@ fn request_host<B>(
     if req.version() < Version::HTTP_2 && uri.scheme().is_none() && uri.authority().is_some() {
         return Err("400 Bad Request: authority-form request target outside CONNECT\n");
     }
+    // A proxy for http and https only: `ftp://a.test/` is not a request
+    // for a site vipd serves.
+    if uri
+        .scheme_str()
+        .is_some_and(|s| !s.eq_ignore_ascii_case("http") && !s.eq_ignore_ascii_case("https"))
+    {
+        return Err("400 Bad Request: request target scheme is not http or https\n");
+    }
     // RFC 9112 3.2.4: `*` is for OPTIONS only (HTTP/2 lets it through).
     if uri.path_and_query().is_some_and(|p| p.as_str() == "*") && req.method() != Method::OPTIONS {
         return Err("400 Bad Request: asterisk-form request target outside OPTIONS\n");
