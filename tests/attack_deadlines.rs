@@ -1,7 +1,10 @@
 //! Hostile clients and backends against the deadlines of a proxied
 //! request: a backend that answers before it has taken the upload and then
 //! never reads again must not hold the proxy's connection (and the client's
-//! upload) for ever.
+//! upload) for ever; zero-length HTTP/2 DATA frames are no progress; an
+//! upload paused longer than `response_timeout` between bytes is the
+//! client's time, even with `passive_fall = 1`; a WebSocket tunnel lives by
+//! `idle_timeout`, not by the request deadlines.
 
 mod http_support;
 mod support;
@@ -136,4 +139,196 @@ async fn a_backend_that_answers_early_and_never_reads_the_upload_has_its_connect
         drained < 64 << 20,
         "the proxy went on writing the upload to the backend: {drained} bytes"
     );
+}
+
+/// An HTTP/2 frame: length, type, flags, stream, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Frames the server sent on `stream` that end or answer it (HEADERS,
+/// RST_STREAM) or end the connection (GOAWAY), read until `limit`.
+async fn h2_answer(r: &mut tokio::net::tcp::OwnedReadHalf, stream: u32, limit: Instant) -> Option<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while buf.len() >= 9 {
+            let len = (buf[0] as usize) << 16 | (buf[1] as usize) << 8 | buf[2] as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let kind = buf[3];
+            let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            buf.drain(..9 + len);
+            if kind == 7 || (id == stream && (kind == 1 || kind == 3)) {
+                return Some(kind);
+            }
+        }
+        match tokio::time::timeout_at(limit, r.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn zero_length_http2_data_frames_do_not_keep_a_stalled_upload_alive() {
+    let b = RawBackend::start(Act::Listen).await;
+    let (_running, proxy) = start_web(&site_config(
+        &[b.addr],
+        "request_body_timeout = \"400ms\"",
+        "response_timeout = \"30s\"",
+    ))
+    .await;
+    let s = TcpStream::connect(proxy).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let (mut r, mut w) = s.into_split();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(4, 0, 0, &[]));
+    // POST / for site.test, content-length 100, no END_STREAM.
+    let mut block = vec![0x83, 0x86, 0x84, 0x41, 9];
+    block.extend_from_slice(b"site.test");
+    block.extend_from_slice(&[0x5c, 3]);
+    block.extend_from_slice(b"100");
+    hello.extend(h2_frame(1, 0x4, 1, &block));
+    w.write_all(&hello).await.unwrap();
+    // An empty DATA frame every 100 ms, for longer than the answer may take.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..60 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if w.write_all(&h2_frame(0, 0, 1, &[])).await.is_err() {
+                return;
+            }
+        }
+    });
+    let started = Instant::now();
+    let answer = h2_answer(&mut r, 1, started + Duration::from_secs(4)).await;
+    let waited = started.elapsed();
+    trickle.abort();
+    assert_eq!(answer, Some(1), "no answer to the stalled stream in {waited:?}");
+    assert!(waited >= Duration::from_millis(350), "{waited:?}");
+    assert!(
+        eventually(Duration::from_secs(3), || b.closed() == 1).await,
+        "the backend connection stays open"
+    );
+}
+
+/// Wait until `f` holds, for up to `limit`.
+async fn eventually(limit: Duration, f: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}
+
+#[tokio::test]
+async fn uploads_pausing_longer_than_response_timeout_never_mark_a_backend_down() {
+    let b = Backend::start("one").await;
+    let (running, proxy) = start_web(&site_config(
+        &[b.addr],
+        "request_body_timeout = \"5s\"",
+        "response_timeout = \"300ms\"\npassive_fall = 1\npassive_cooldown = \"60s\"\n\
+         on_all_down = \"refuse\"",
+    ))
+    .await;
+    // Three uploads, each pausing 700 ms (over twice response_timeout)
+    // before each of its 3 bytes; one of them chunked, pausing inside a
+    // chunk-size line and before its last chunk.
+    let mut uploads = Vec::new();
+    for i in 0..3 {
+        uploads.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(proxy).await.unwrap();
+            s.set_nodelay(true).unwrap();
+            let pieces: Vec<&[u8]> = if i == 0 {
+                vec![
+                    b"POST /up HTTP/1.1\r\nHost: site.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    b"2",
+                    b"\r\nab\r\n",
+                    b"1\r\nc\r\n",
+                    b"0\r\n\r\n",
+                ]
+            } else {
+                vec![
+                    b"POST /up HTTP/1.1\r\nHost: site.test\r\nContent-Length: 3\r\n\r\n",
+                    b"a",
+                    b"b",
+                    b"c",
+                ]
+            };
+            for p in pieces {
+                s.write_all(p).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(700)).await;
+            }
+            let mut out = vec![0u8; 8192];
+            let mut got = Vec::new();
+            while !String::from_utf8_lossy(&got).contains("body-bytes: ") {
+                let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut out))
+                    .await
+                    .expect("an answer in time")
+                    .unwrap();
+                assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&out[..n]);
+            }
+            String::from_utf8_lossy(&got).into_owned()
+        }));
+    }
+    for u in uploads {
+        let answer = u.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.contains("\nbody-bytes: 3"), "{answer}");
+    }
+    let snap = running.snapshot();
+    assert!(snap.pools.get("p").unwrap().backends[0].healthy());
+    let (status, _, _) = send(&h1_client(), get(proxy, "site.test", "/")).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_websocket_tunnel_outlives_the_request_deadlines_and_closes_after_idle_timeout() {
+    let b = Backend::start("ws").await;
+    let (_running, proxy) = start_web(&site_config(
+        &[b.addr],
+        "request_body_timeout = \"300ms\"\nsend_timeout = \"300ms\"\nidle_timeout = \"2s\"",
+        "response_timeout = \"300ms\"",
+    ))
+    .await;
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: site.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1);
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+    // Silent for over three times every request deadline, then still
+    // echoed.
+    for round in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        s.write_all(b"ping").await.unwrap();
+        let mut echo = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo))
+            .await
+            .unwrap_or_else(|_| panic!("no echo in round {round}"))
+            .unwrap_or_else(|e| panic!("closed in round {round}: {e}"));
+        assert_eq!(&echo, b"ping");
+    }
+    // Then idle_timeout closes it.
+    let started = Instant::now();
+    let rest = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert_eq!(rest, Some(Vec::new()));
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(1500), "{waited:?}");
 }
