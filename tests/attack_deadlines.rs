@@ -152,7 +152,11 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 
 /// Frames the server sent on `stream` that end or answer it (HEADERS,
 /// RST_STREAM) or end the connection (GOAWAY), read until `limit`.
-async fn h2_answer(r: &mut tokio::net::tcp::OwnedReadHalf, stream: u32, limit: Instant) -> Option<u8> {
+async fn h2_answer(
+    r: &mut tokio::net::tcp::OwnedReadHalf,
+    stream: u32,
+    limit: Instant,
+) -> Option<u8> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -209,7 +213,11 @@ async fn zero_length_http2_data_frames_do_not_keep_a_stalled_upload_alive() {
     let answer = h2_answer(&mut r, 1, started + Duration::from_secs(4)).await;
     let waited = started.elapsed();
     trickle.abort();
-    assert_eq!(answer, Some(1), "no answer to the stalled stream in {waited:?}");
+    assert_eq!(
+        answer,
+        Some(1),
+        "no answer to the stalled stream in {waited:?}"
+    );
     assert!(waited >= Duration::from_millis(350), "{waited:?}");
     assert!(
         eventually(Duration::from_secs(3), || b.closed() == 1).await,
@@ -331,4 +339,198 @@ async fn a_websocket_tunnel_outlives_the_request_deadlines_and_closes_after_idle
     assert_eq!(rest, Some(Vec::new()));
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+}
+
+#[tokio::test]
+async fn a_backend_that_never_reads_the_upload_nor_answers_gets_504_and_its_connection_closed() {
+    let b = EarlyAnswer::start(b"", Duration::from_secs(3)).await;
+    let (running, proxy) = start_web(&site_config(
+        &[b.addr],
+        "request_body_timeout = \"30s\"",
+        "response_timeout = \"500ms\"\npassive_fall = 1\npassive_cooldown = \"60s\"",
+    ))
+    .await;
+    let mut r = uploader(proxy, 256 << 20).await;
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.ends_with(b"504 Gateway Timeout\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), r.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 504 Gateway Timeout\r\n"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The backend's own fault: it counts.
+    let snap = running.snapshot();
+    assert!(!snap.pools.get("p").unwrap().backends[0].healthy());
+    let done = Instant::now() + Duration::from_secs(12);
+    while b.closed.load(Ordering::SeqCst) == 0 && Instant::now() < done {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drained = b.drained.load(Ordering::SeqCst);
+    assert_eq!(
+        b.closed.load(Ordering::SeqCst),
+        1,
+        "still open after {drained} bytes"
+    );
+    assert!(drained < 64 << 20, "the upload went on: {drained} bytes");
+}
+
+#[tokio::test]
+async fn expect_100_continue_then_no_body_gets_408_after_request_body_timeout() {
+    let b = RawBackend::start(Act::Listen).await;
+    let (running, proxy) = start_web(&site_config(
+        &[b.addr],
+        "request_body_timeout = \"400ms\"",
+        "response_timeout = \"30s\"\npassive_fall = 1\npassive_cooldown = \"60s\"",
+    ))
+    .await;
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(
+        b"POST /up HTTP/1.1\r\nHost: site.test\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let got = read_until_closed(&mut s, Duration::from_secs(10))
+        .await
+        .expect("the proxy closes the connection");
+    let got = String::from_utf8_lossy(&got).into_owned();
+    let waited = started.elapsed();
+    let answer = got.trim_start_matches("HTTP/1.1 100 Continue\r\n\r\n");
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{got}"
+    );
+    assert!(answer.ends_with("\r\n\r\n408 Request Timeout\n"), "{got}");
+    assert!(waited >= Duration::from_millis(350), "{waited:?}");
+    assert!(
+        eventually(Duration::from_secs(3), || b.closed() == 1).await,
+        "the backend connection stays open"
+    );
+    let snap = running.snapshot();
+    assert!(snap.pools.get("p").unwrap().backends[0].healthy());
+}
+
+#[tokio::test]
+async fn an_http2_stream_reset_during_its_upload_does_not_count_against_the_backend() {
+    let b = RawBackend::start(Act::Listen).await;
+    let (running, proxy) = start_web(&site_config(
+        &[b.addr],
+        "",
+        "response_timeout = \"30s\"\npassive_fall = 1\npassive_cooldown = \"60s\"",
+    ))
+    .await;
+    let s = TcpStream::connect(proxy).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(4, 0, 0, &[]));
+    let mut block = vec![0x83, 0x86, 0x84, 0x41, 9];
+    block.extend_from_slice(b"site.test");
+    block.extend_from_slice(&[0x5c, 3]);
+    block.extend_from_slice(b"100");
+    hello.extend(h2_frame(1, 0x4, 1, &block));
+    hello.extend(h2_frame(0, 0, 1, b"hello"));
+    w.write_all(&hello).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || b.heads().len() == 1).await,
+        "the request never reached the backend"
+    );
+    // RST_STREAM CANCEL mid-upload.
+    w.write_all(&h2_frame(3, 0, 1, &8u32.to_be_bytes()))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || b.closed() == 1).await,
+        "the backend connection stays open"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let snap = running.snapshot();
+    assert!(snap.pools.get("p").unwrap().backends[0].healthy());
+    // Only the stream ended, not the connection.
+    let ended = h2_answer(&mut r, 1, Instant::now() + Duration::from_millis(300)).await;
+    assert_eq!(ended, None);
+}
+
+/// A client socket with a 4 KiB receive buffer.
+async fn small_window_client(proxy: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&proxy.into()).unwrap();
+    s.set_nonblocking(true).unwrap();
+    TcpStream::from_std(s.into()).unwrap()
+}
+
+#[tokio::test]
+async fn a_client_reading_one_byte_just_under_send_timeout_is_still_closed() {
+    let b = RawBackend::start(Act::Stream(64 << 20)).await;
+    let (_running, proxy) = start_web(&site_config(
+        &[b.addr],
+        "send_timeout = \"500ms\"",
+        "response_timeout = \"30s\"",
+    ))
+    .await;
+    let mut s = small_window_client(proxy).await;
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: site.test\r\n\r\n")
+        .await
+        .unwrap();
+    // One byte every 400 ms for 3 s: never a gap of send_timeout between
+    // two reads, but far too little for the proxy's writes to progress.
+    let mut byte = [0u8; 1];
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1);
+    }
+    // Then read fast: the proxy has closed (after what was already in the
+    // sockets' buffers), instead of going on with the 64 MiB.
+    let rest = read_until_closed(&mut s, Duration::from_secs(10))
+        .await
+        .expect("the proxy kept the connection open");
+    assert!(rest.len() < 32 << 20, "{} bytes arrived", rest.len());
+    assert!(
+        eventually(Duration::from_secs(3), || b.closed() == 1).await,
+        "the backend connection stays open"
+    );
+}
+
+#[tokio::test]
+async fn an_http2_client_flooding_pings_without_reading_is_closed_after_send_timeout() {
+    let b = RawBackend::start(Act::Listen).await;
+    let (_running, proxy) = start_web(&site_config(
+        &[b.addr],
+        "send_timeout = \"500ms\"\nheader_timeout = \"30s\"\nidle_timeout = \"30s\"",
+        "",
+    ))
+    .await;
+    let mut s = small_window_client(proxy).await;
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(4, 0, 0, &[]));
+    s.write_all(&hello).await.unwrap();
+    let ping = h2_frame(6, 0, 0, &[7; 8]);
+    let pings: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 1000)
+        .collect();
+    let started = Instant::now();
+    // Write pings (bounded: 17 MB at most) until the proxy stops taking them.
+    let mut sent = 0;
+    while sent < 1000 {
+        match tokio::time::timeout(Duration::from_millis(500), s.write_all(&pings)).await {
+            Ok(Ok(())) => sent += 1,
+            _ => break,
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rest = read_until_closed(&mut s, Duration::from_secs(3)).await;
+    assert!(
+        rest.is_some(),
+        "open {:?} after the proxy stopped taking pings",
+        started.elapsed()
+    );
 }
