@@ -534,3 +534,72 @@ async fn an_http2_client_flooding_pings_without_reading_is_closed_after_send_tim
         started.elapsed()
     );
 }
+
+/// An HTTP/2 (and HTTP/1) backend on hyper: `/big` answers 16 MiB, any
+/// other path `ok`.
+async fn big_h2_backend() -> SocketAddr {
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let big = bytes::Bytes::from(vec![b'x'; 16 << 20]);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let big = big.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let body = if req.uri().path() == "/big" {
+                            big.clone()
+                        } else {
+                            bytes::Bytes::from_static(b"ok")
+                        };
+                        async move {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
+                        }
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn clients_that_do_not_read_cannot_starve_other_clients_of_a_shared_http2_backend() {
+    let b = big_h2_backend().await;
+    let (_running, proxy) = start_web(&site_config(
+        &[b],
+        "send_timeout = \"30s\"",
+        "http2 = true\nresponse_timeout = \"1s\"",
+    ))
+    .await;
+    // Four clients ask for a large body each and never read it.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        let mut s = small_window_client(proxy).await;
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: site.test\r\n\r\n")
+            .await
+            .unwrap();
+        idle.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Everyone else is still served in full.
+    for round in 0..3 {
+        let answer = raw(
+            proxy,
+            b"GET /small HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK\r\n"),
+            "round {round}: {answer}"
+        );
+        assert!(answer.ends_with("\r\n\r\nok"), "round {round}: {answer}");
+    }
+    drop(idle);
+}

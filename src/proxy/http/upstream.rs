@@ -35,6 +35,15 @@ type HashMap<K, V> = std::collections::HashMap<K, V, FnvBuildHasher>;
 /// next request after its last response ended (normally no time at all).
 const READY_WAIT: Duration = Duration::from_millis(100);
 
+/// HTTP/2 backends: the most response data one stream may have in flight
+/// unread (what a client that does not read its response holds), and far
+/// more for the connection, which every client shares: with hyper's
+/// defaults (2 MiB and 5 MiB) three clients that did not read used up the
+/// connection's window and stalled every other response on it. Now it
+/// takes 8192 such streams at once, each still cut off by `send_timeout`.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+
 /// The settings that shape a pool's connections; a reload that keeps them
 /// keeps the pool's open connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -387,6 +396,8 @@ impl Conns {
         let io = self.connect(addr).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
             .handshake(io)
             .await
             .map_err(handshake_failed(addr))?;
