@@ -603,3 +603,66 @@ async fn clients_that_do_not_read_cannot_starve_other_clients_of_a_shared_http2_
     }
     drop(idle);
 }
+
+#[tokio::test]
+async fn a_hundred_stalled_http2_uploads_on_one_connection_each_get_408_and_free_their_backends() {
+    let b = RawBackend::start(Act::Listen).await;
+    let (running, proxy) = start_web(&site_config(
+        &[b.addr],
+        "request_body_timeout = \"500ms\"",
+        "response_timeout = \"30s\"\npassive_fall = 1\npassive_cooldown = \"60s\"",
+    ))
+    .await;
+    let s = TcpStream::connect(proxy).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(4, 0, 0, &[]));
+    let streams: Vec<u32> = (0..100).map(|i| 2 * i + 1).collect();
+    for (i, &id) in streams.iter().enumerate() {
+        // The first request indexes :authority and content-length; the
+        // others refer to them (dynamic table entries 63 and 62).
+        let block = if i == 0 {
+            let mut b = vec![0x83, 0x86, 0x84, 0x41, 9];
+            b.extend_from_slice(b"site.test");
+            b.extend_from_slice(&[0x5c, 3]);
+            b.extend_from_slice(b"100");
+            b
+        } else {
+            vec![0x83, 0x86, 0x84, 0x80 | 63, 0x80 | 62]
+        };
+        out.extend(h2_frame(1, 0x4, id, &block));
+        out.extend(h2_frame(0, 0, id, b"hello"));
+    }
+    w.write_all(&out).await.unwrap();
+    // Every stream is answered (HEADERS) within a few seconds.
+    let limit = Instant::now() + Duration::from_secs(8);
+    let mut answered = std::collections::HashSet::new();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    while answered.len() < streams.len() {
+        match tokio::time::timeout_at(limit, r.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            other => panic!("{} of 100 answered: {other:?}", answered.len()),
+        }
+        while buf.len() >= 9 {
+            let len = (buf[0] as usize) << 16 | (buf[1] as usize) << 8 | buf[2] as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            assert_ne!(buf[3], 7, "GOAWAY");
+            if buf[3] == 1 {
+                answered.insert(id);
+            }
+            buf.drain(..9 + len);
+        }
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || b.closed() == 100).await,
+        "{} of 100 backend connections closed",
+        b.closed()
+    );
+    let snap = running.snapshot();
+    assert!(snap.pools.get("p").unwrap().backends[0].healthy());
+    drop(w);
+}
