@@ -1,10 +1,16 @@
 //! Hostile clients and backends against the deadlines of a proxied
-//! request: a backend that answers before it has taken the upload and then
-//! never reads again must not hold the proxy's connection (and the client's
-//! upload) for ever; zero-length HTTP/2 DATA frames are no progress; an
-//! upload paused longer than `response_timeout` between bytes is the
-//! client's time, even with `passive_fall = 1`; a WebSocket tunnel lives by
-//! `idle_timeout`, not by the request deadlines.
+//! request. Backends: one that answers before it has taken the upload and
+//! then never reads again must not hold the proxy's connection (and the
+//! client's upload) for ever; one that takes neither the upload nor
+//! answers gets a 504. Clients: stalls inside chunk-size lines, trailers
+//! and after `Expect: 100-continue`; zero-length HTTP/2 DATA frames; an
+//! upload paused longer than `response_timeout` between bytes (the
+//! client's time, even with `passive_fall = 1`); RST_STREAM mid-upload; a
+//! hundred stalled streams; readers taking one byte (or opening their
+//! HTTP/2 window one byte) at a time; a PING flood that never reads;
+//! clients that do not read cannot starve a shared HTTP/2 backend
+//! connection. A WebSocket tunnel lives by `idle_timeout`, not by the
+//! request deadlines.
 
 mod http_support;
 mod support;
@@ -665,4 +671,172 @@ async fn a_hundred_stalled_http2_uploads_on_one_connection_each_get_408_and_free
     let snap = running.snapshot();
     assert!(snap.pools.get("p").unwrap().backends[0].healthy());
     drop(w);
+}
+
+/// An HTTP/2-only backend on hyper that allows `streams` concurrent
+/// streams and answers `ok` after reading each request body.
+async fn few_streams_h2_backend(streams: u32) -> SocketAddr {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let _ = req.into_body().collect().await;
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            bytes::Bytes::from_static(b"ok"),
+                        )))
+                    },
+                );
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .max_concurrent_streams(streams)
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn slow_uploads_filling_an_http2_backends_streams_do_not_mark_it_down() {
+    let b = few_streams_h2_backend(4).await;
+    let (running, proxy) = start_web(&site_config(
+        &[b],
+        "request_body_timeout = \"5s\"",
+        "http2 = true\nresponse_timeout = \"500ms\"\npassive_fall = 1\npassive_cooldown = \"60s\"\n\
+         on_all_down = \"refuse\"",
+    ))
+    .await;
+    let mut uploads = Vec::new();
+    for _ in 0..4 {
+        uploads.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(proxy).await.unwrap();
+            s.set_nodelay(true).unwrap();
+            s.write_all(b"POST /up HTTP/1.1\r\nHost: site.test\r\nContent-Length: 8\r\n\r\n")
+                .await
+                .unwrap();
+            for _ in 0..8 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                s.write_all(b"a").await.unwrap();
+            }
+            let mut got = vec![0u8; 4096];
+            let n = s.read(&mut got).await.unwrap();
+            String::from_utf8_lossy(&got[..n]).into_owned()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = raw(
+        proxy,
+        b"GET / HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let snap = running.snapshot();
+    let healthy = snap.pools.get("p").unwrap().backends[0].healthy();
+    for u in uploads {
+        let a = u.await.unwrap();
+        assert!(a.starts_with("HTTP/1.1 200 OK\r\n"), "{a}");
+    }
+    assert!(healthy, "marked down; the other client got: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+}
+
+#[tokio::test]
+async fn an_http2_client_opening_its_window_one_byte_at_a_time_is_closed_after_send_timeout() {
+    let b = RawBackend::start(Act::Stream(64 << 20)).await;
+    let (_running, proxy) = start_web(&site_config(
+        &[b.addr],
+        "send_timeout = \"500ms\"",
+        "response_timeout = \"30s\"",
+    ))
+    .await;
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(4, 0, 0, &[]));
+    let mut block = vec![0x82, 0x86, 0x84, 0x41, 9];
+    block.extend_from_slice(b"site.test");
+    hello.extend(h2_frame(1, 0x5, 1, &block));
+    s.write_all(&hello).await.unwrap();
+    let one = 1u32.to_be_bytes();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let started = Instant::now();
+    let (mut data, mut buf, mut chunk) = (0usize, Vec::new(), vec![0u8; 65536]);
+    let ended = 'read: loop {
+        if started.elapsed() > Duration::from_secs(10) {
+            break None;
+        }
+        tokio::select! {
+            n = s.read(&mut chunk) => match n {
+                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => break Some("closed"),
+            },
+            _ = tick.tick() => {
+                // Once the first window is used up, open it one byte at a
+                // time, for the stream and the connection.
+                if data >= 65_535 {
+                    let mut w = h2_frame(8, 0, 0, &one);
+                    w.extend(h2_frame(8, 0, 1, &one));
+                    if s.write_all(&w).await.is_err() {
+                        break Some("closed");
+                    }
+                }
+            }
+        }
+        while buf.len() >= 9 {
+            let len = (buf[0] as usize) << 16 | (buf[1] as usize) << 8 | buf[2] as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            match buf[3] {
+                0 => data += len,
+                7 => break 'read Some("closed"),
+                _ => {}
+            }
+            buf.drain(..9 + len);
+        }
+    };
+    assert_eq!(ended, Some("closed"), "open after {data} bytes");
+    assert!(data < 1 << 20, "{data}");
+    assert!(
+        eventually(Duration::from_secs(3), || b.closed() == 1).await,
+        "the backend connection stays open"
+    );
+}
+
+#[tokio::test]
+async fn chunked_uploads_stalled_inside_a_chunk_size_line_or_the_trailers_get_408() {
+    let b = RawBackend::start(Act::Listen).await;
+    let (running, proxy) = start_web(&site_config(
+        &[b.addr],
+        "request_body_timeout = \"400ms\"",
+        "response_timeout = \"30s\"\npassive_fall = 1\npassive_cooldown = \"60s\"",
+    ))
+    .await;
+    let head = "POST /up HTTP/1.1\r\nHost: site.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+    for stall in ["5\r\nhello\r\n00", "5\r\nhello\r\n0\r\nx-trailer: 1"] {
+        let mut s = TcpStream::connect(proxy).await.unwrap();
+        s.write_all(format!("{head}{stall}").as_bytes())
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let got = read_until_closed(&mut s, Duration::from_secs(10))
+            .await
+            .expect("the proxy closes the connection");
+        let got = String::from_utf8_lossy(&got).into_owned();
+        assert!(
+            got.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{stall:?}: {got}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(350));
+    }
+    assert!(
+        eventually(Duration::from_secs(3), || b.closed() == 2).await,
+        "a backend connection stays open"
+    );
+    let snap = running.snapshot();
+    assert!(snap.pools.get("p").unwrap().backends[0].healthy());
 }
