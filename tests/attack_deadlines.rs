@@ -147,15 +147,6 @@ async fn a_backend_that_answers_early_and_never_reads_the_upload_has_its_connect
     );
 }
 
-/// An HTTP/2 frame: length, type, flags, stream, payload.
-fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
 /// Frames the server sent on `stream` that end or answer it (HEADERS,
 /// RST_STREAM) or end the connection (GOAWAY), read until `limit`.
 async fn h2_answer(
@@ -229,18 +220,6 @@ async fn zero_length_http2_data_frames_do_not_keep_a_stalled_upload_alive() {
         eventually(Duration::from_secs(3), || b.closed() == 1).await,
         "the backend connection stays open"
     );
-}
-
-/// Wait until `f` holds, for up to `limit`.
-async fn eventually(limit: Duration, f: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    f()
 }
 
 #[tokio::test]
@@ -460,15 +439,6 @@ async fn an_http2_stream_reset_during_its_upload_does_not_count_against_the_back
     // Only the stream ended, not the connection.
     let ended = h2_answer(&mut r, 1, Instant::now() + Duration::from_millis(300)).await;
     assert_eq!(ended, None);
-}
-
-/// A client socket with a 4 KiB receive buffer.
-async fn small_window_client(proxy: SocketAddr) -> TcpStream {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.set_recv_buffer_size(4096).unwrap();
-    s.connect(&proxy.into()).unwrap();
-    s.set_nonblocking(true).unwrap();
-    TcpStream::from_std(s.into()).unwrap()
 }
 
 #[tokio::test]
