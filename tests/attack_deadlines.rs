@@ -810,3 +810,49 @@ async fn chunked_uploads_stalled_inside_a_chunk_size_line_or_the_trailers_get_40
     let snap = running.snapshot();
     assert!(snap.pools.get("p").unwrap().backends[0].healthy());
 }
+
+#[tokio::test]
+async fn a_backend_refusing_a_large_upload_early_and_closing_is_not_marked_down() {
+    // Like nginx over client_max_body_size: 413 after the head, close.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_head(&mut s).await.is_some() {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig")
+                        .await;
+                }
+            });
+        }
+    });
+    let (running, proxy) = start_web(&site_config(
+        &[addr],
+        "",
+        "passive_fall = 1\npassive_cooldown = \"60s\"",
+    ))
+    .await;
+    for round in 0..3 {
+        let mut r = uploader(proxy, 64 << 20).await;
+        let got = read_until_closed(&mut r, Duration::from_secs(10))
+            .await
+            .expect("the proxy closes the connection");
+        let got = String::from_utf8_lossy(&got).into_owned();
+        // The 413 is (almost always) lost to the reset: the client gets a
+        // 502, blamed on the backend in the log, but no passive check
+        // failure.
+        assert!(
+            got.starts_with("HTTP/1.1 502 Bad Gateway\r\n")
+                || got.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+            "{got}"
+        );
+        let snap = running.snapshot();
+        assert!(
+            snap.pools.get("p").unwrap().backends[0].healthy(),
+            "round {round}: marked down"
+        );
+    }
+    let (status, _, _) = send(&h1_client(), get(proxy, "site.test", "/")).await;
+    assert_eq!(status, 413);
+}

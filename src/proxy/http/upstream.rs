@@ -188,14 +188,22 @@ impl Upstream {
                     req = back;
                 }
                 request => {
-                    let mut error = ForwardError::classify(e.error(), addr);
+                    let error = ForwardError::classify(e.error(), addr);
                     // An HTTP/2 backend stream reset because the body failed
                     // does not carry the body's error: the client's fault
                     // still is the client's.
                     let phase = progress.as_ref().map(|p| p.phase().0);
-                    if let (Some(Phase::Failed(fault)), "backend") = (phase, error.side()) {
-                        error = fault.into();
-                    }
+                    let error = match (phase, error) {
+                        (Some(Phase::Failed(fault)), e) if e.side() == "backend" => fault.into(),
+                        // The backend dropped the connection mid-upload: it
+                        // may be refusing that upload (a 413 lost to the
+                        // reset), which any client can provoke.
+                        (
+                            Some(Phase::Sending | Phase::WaitingForClient),
+                            ForwardError::Backend { addr, reason },
+                        ) => ForwardError::UploadAborted { addr, reason },
+                        (_, e) => e,
+                    };
                     return Err(Failed { error, request });
                 }
             }
@@ -581,6 +589,13 @@ pub enum ForwardError {
     /// The backend reset, closed, or sent something that is not HTTP (backend).
     #[error("backend {addr}: {reason}")]
     Backend { addr: SocketAddr, reason: String },
+    /// The backend closed or reset the connection before it had taken the
+    /// whole request body (backend, but no passive check failure: a backend
+    /// refusing an upload, as nginx over `client_max_body_size` answers 413
+    /// and closes, loses its answer to the reset, and any client could
+    /// provoke that at will).
+    #[error("backend {addr} dropped the connection during the upload: {reason}")]
+    UploadAborted { addr: SocketAddr, reason: String },
 }
 
 impl ForwardError {
@@ -615,7 +630,9 @@ impl ForwardError {
             Self::ClientBody(_) => S::BAD_REQUEST,
             Self::ClientBodyTimeout { .. } => S::REQUEST_TIMEOUT,
             Self::ConnectTimeout { .. } | Self::ResponseTimeout { .. } => S::GATEWAY_TIMEOUT,
-            Self::Connect { .. } | Self::Backend { .. } => S::BAD_GATEWAY,
+            Self::Connect { .. } | Self::Backend { .. } | Self::UploadAborted { .. } => {
+                S::BAD_GATEWAY
+            }
         }
     }
 
