@@ -21,18 +21,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// Wait until `f` holds, for up to `limit`.
-async fn eventually(limit: Duration, f: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    f()
-}
-
 /// A [`RawBackend`] acting as `act`, behind listener `web` (with `listener`
 /// settings) and pool `p` (with `pool` settings) of a proxy.
 async fn raw_site(
@@ -158,16 +146,6 @@ impl hyper::body::Body for Stalled {
             None => std::task::Poll::Pending,
         }
     }
-}
-
-/// A client socket with a small receive buffer, as a client that reads
-/// nothing would leave it.
-async fn small_window_client(proxy: SocketAddr) -> TcpStream {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.set_recv_buffer_size(4096).unwrap();
-    s.connect(&proxy.into()).unwrap();
-    s.set_nonblocking(true).unwrap();
-    TcpStream::from_std(s.into()).unwrap()
 }
 
 /// `GET /big` from a [`small_window_client`]; the answer is not yet read.

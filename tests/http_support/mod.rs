@@ -23,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 
 /// A backend that answers every request with its name (header
 /// `x-backend`) and a body listing what it received: the request line,
@@ -491,4 +492,35 @@ pub async fn read_until_closed<S: AsyncRead + Unpin>(
             Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
         }
     }
+}
+
+/// Wait until `f` holds, for up to `limit`.
+pub async fn eventually(limit: Duration, f: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}
+
+/// A client socket with a 4 KiB receive buffer, as a client that reads
+/// nothing would leave it.
+pub async fn small_window_client(proxy: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&proxy.into()).unwrap();
+    s.set_nonblocking(true).unwrap();
+    TcpStream::from_std(s.into()).unwrap()
+}
+
+/// An HTTP/2 frame: length, type, flags, stream, payload.
+pub fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
 }

@@ -355,10 +355,11 @@ impl BackendBody {
 
 impl Drop for BackendBody {
     fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
         if self.ended || self.body.is_end_stream() {
-            if let Some(conn) = self.conn.take() {
-                conn.release();
-            }
+            conn.release();
+        } else {
+            conn.close();
         }
     }
 }

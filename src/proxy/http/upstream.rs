@@ -22,6 +22,7 @@ use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Request, Response, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -33,6 +34,15 @@ type HashMap<K, V> = std::collections::HashMap<K, V, FnvBuildHasher>;
 /// How long a pooled HTTP/1.1 connection may take to become ready for its
 /// next request after its last response ended (normally no time at all).
 const READY_WAIT: Duration = Duration::from_millis(100);
+
+/// HTTP/2 backends: the most response data one stream may have in flight
+/// unread (what a client that does not read its response holds), and far
+/// more for the connection, which every client shares: with hyper's
+/// defaults (2 MiB and 5 MiB) three clients that did not read used up the
+/// connection's window and stalled every other response on it. Now it
+/// takes 8192 such streams at once, each still cut off by `send_timeout`.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 
 /// The settings that shape a pool's connections; a reload that keeps them
 /// keeps the pool's open connections.
@@ -145,8 +155,9 @@ impl Upstream {
             let mut e = match sent {
                 Ok(Ok(resp)) => {
                     let give_back = match sender {
-                        Sender::H1(s) => Some(Reusable {
-                            sender: s,
+                        Sender::H1(conn) => Some(Reusable {
+                            conn,
+                            progress,
                             addr,
                             conns: Arc::downgrade(&self.conns),
                         }),
@@ -177,14 +188,22 @@ impl Upstream {
                     req = back;
                 }
                 request => {
-                    let mut error = ForwardError::classify(e.error(), addr);
+                    let error = ForwardError::classify(e.error(), addr);
                     // An HTTP/2 backend stream reset because the body failed
                     // does not carry the body's error: the client's fault
                     // still is the client's.
                     let phase = progress.as_ref().map(|p| p.phase().0);
-                    if let (Some(Phase::Failed(fault)), "backend") = (phase, error.side()) {
-                        error = fault.into();
-                    }
+                    let error = match (phase, error) {
+                        (Some(Phase::Failed(fault)), e) if e.side() == "backend" => fault.into(),
+                        // The backend dropped the connection mid-upload: it
+                        // may be refusing that upload (a 413 lost to the
+                        // reset), which any client can provoke.
+                        (
+                            Some(Phase::Sending | Phase::WaitingForClient),
+                            ForwardError::Backend { addr, reason },
+                        ) => ForwardError::UploadAborted { addr, reason },
+                        (_, e) => e,
+                    };
                     return Err(Failed { error, request });
                 }
             }
@@ -246,8 +265,16 @@ struct Checkout {
 }
 
 enum Sender {
-    H1(http1::SendRequest<RequestBody>),
+    H1(H1),
     H2(http2::SendRequest<RequestBody>),
+}
+
+/// An HTTP/1.1 backend connection: its sender, and the task that drives it,
+/// to close the connection when it must not live on (hyper would otherwise
+/// go on writing a request body to a backend that has stopped reading).
+struct H1 {
+    sender: http1::SendRequest<RequestBody>,
+    task: AbortHandle,
 }
 
 type TrySendError = hyper::client::conn::TrySendError<Request<RequestBody>>;
@@ -258,32 +285,55 @@ impl Sender {
         req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, TrySendError> {
         match self {
-            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H1(c) => c.sender.try_send_request(req).await,
             Sender::H2(s) => s.try_send_request(req).await,
         }
     }
 }
 
-/// An HTTP/1.1 connection that carried a response; dropping it after the
-/// response body ended puts it back in its pool, otherwise closes it.
+/// An HTTP/1.1 connection that carried a response: once the response body
+/// has been read to its end it goes back to its pool ([`Self::release`]),
+/// otherwise it is closed ([`Self::close`]).
 pub struct Reusable {
-    sender: http1::SendRequest<RequestBody>,
+    conn: H1,
+    /// The request body's progress (None: the request had no body).
+    progress: Option<Arc<Progress>>,
     addr: SocketAddr,
     conns: Weak<Conns>,
 }
 
 impl Reusable {
-    /// Put the connection back in its pool (the response was read in full).
+    /// Put the connection back in its pool: the response was read in full.
+    /// If the backend answered before it had taken the whole request body,
+    /// close it instead: hyper would go on writing the rest of the upload
+    /// to a backend that has answered and may never read again, holding
+    /// the connection and the client's body without a deadline.
     pub fn release(self) {
-        if let Some(conns) = self.conns.upgrade() {
-            conns.put_idle(self.addr, self.sender);
+        let sent = self
+            .progress
+            .as_ref()
+            .is_none_or(|p| p.phase().0 == Phase::Done);
+        match self.conns.upgrade() {
+            Some(conns) if sent => conns.put_idle(self.addr, self.conn),
+            _ => {
+                if !sent {
+                    debug!(backend = %self.addr, "backend answered before taking the whole request body; closing its connection");
+                }
+                self.close();
+            }
         }
+    }
+
+    /// Close the connection now, whatever it is doing (a response body cut
+    /// off, or an upload the backend no longer takes).
+    pub fn close(self) {
+        self.conn.task.abort();
     }
 }
 
 /// An idle HTTP/1.1 connection.
 struct Idle {
-    sender: http1::SendRequest<RequestBody>,
+    conn: H1,
     since: Instant,
 }
 
@@ -312,19 +362,21 @@ impl Conns {
         if self.settings.http2 {
             return self.checkout_h2(addr).await;
         }
-        while let Some(mut sender) = self.take_idle(addr) {
-            let ready = sender.is_ready()
-                || (!sender.is_closed()
+        while let Some(mut conn) = self.take_idle(addr) {
+            let s = &mut conn.sender;
+            let ready = s.is_ready()
+                || (!s.is_closed()
                     && matches!(
-                        tokio::time::timeout(READY_WAIT, sender.ready()).await,
+                        tokio::time::timeout(READY_WAIT, s.ready()).await,
                         Ok(Ok(()))
                     ));
             if ready {
                 return Ok(Checkout {
-                    sender: Sender::H1(sender),
+                    sender: Sender::H1(conn),
                     reused: true,
                 });
             }
+            conn.task.abort();
         }
         let io = self.connect(addr).await?;
         let (sender, conn) = http1::Builder::new()
@@ -334,9 +386,9 @@ impl Conns {
             .handshake(io)
             .await
             .map_err(handshake_failed(addr))?;
-        drive(addr, conn.with_upgrades());
+        let task = drive(addr, conn.with_upgrades());
         Ok(Checkout {
-            sender: Sender::H1(sender),
+            sender: Sender::H1(H1 { sender, task }),
             reused: false,
         })
     }
@@ -352,6 +404,8 @@ impl Conns {
         let io = self.connect(addr).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
             .handshake(io)
             .await
             .map_err(handshake_failed(addr))?;
@@ -381,7 +435,7 @@ impl Conns {
     }
 
     /// The newest idle connection to `addr` that has not expired.
-    fn take_idle(&self, addr: SocketAddr) -> Option<http1::SendRequest<RequestBody>> {
+    fn take_idle(&self, addr: SocketAddr) -> Option<H1> {
         let mut idle = self.lock_idle();
         let list = idle.get_mut(&addr)?;
         let newest = list.pop()?;
@@ -390,11 +444,11 @@ impl Conns {
             list.clear();
             return None;
         }
-        Some(newest.sender)
+        Some(newest.conn)
     }
 
-    fn put_idle(self: &Arc<Self>, addr: SocketAddr, sender: http1::SendRequest<RequestBody>) {
-        if sender.is_closed() || self.settings.max_idle == 0 {
+    fn put_idle(self: &Arc<Self>, addr: SocketAddr, conn: H1) {
+        if conn.sender.is_closed() || self.settings.max_idle == 0 {
             return;
         }
         let mut idle = self.lock_idle();
@@ -404,7 +458,7 @@ impl Conns {
             list.remove(0);
         }
         list.push(Idle {
-            sender,
+            conn,
             since: Instant::now(),
         });
         drop(idle);
@@ -429,7 +483,7 @@ impl Conns {
                 let Some(conns) = weak.upgrade() else { return };
                 let limit = conns.settings.idle_timeout;
                 conns.lock_idle().retain(|_, list| {
-                    list.retain(|i| i.since.elapsed() < limit && !i.sender.is_closed());
+                    list.retain(|i| i.since.elapsed() < limit && !i.conn.sender.is_closed());
                     !list.is_empty()
                 });
             }
@@ -456,8 +510,9 @@ fn handshake_failed(addr: SocketAddr) -> impl FnOnce(hyper::Error) -> ForwardErr
     }
 }
 
-/// Run a backend connection (hyper's connection future) in its own task.
-fn drive<F>(addr: SocketAddr, conn: F)
+/// Run a backend connection (hyper's connection future) in its own task;
+/// aborting the task closes the connection.
+fn drive<F>(addr: SocketAddr, conn: F) -> AbortHandle
 where
     F: std::future::Future<Output = hyper::Result<()>> + Send + 'static,
 {
@@ -465,7 +520,8 @@ where
         if let Err(e) = conn.await {
             debug!(backend = %addr, error = %e, "backend connection ended with an error");
         }
-    });
+    })
+    .abort_handle()
 }
 
 /// The connection pools of every pool, by pool name.
@@ -533,6 +589,13 @@ pub enum ForwardError {
     /// The backend reset, closed, or sent something that is not HTTP (backend).
     #[error("backend {addr}: {reason}")]
     Backend { addr: SocketAddr, reason: String },
+    /// The backend closed or reset the connection before it had taken the
+    /// whole request body (backend, but no passive check failure: a backend
+    /// refusing an upload, as nginx over `client_max_body_size` answers 413
+    /// and closes, loses its answer to the reset, and any client could
+    /// provoke that at will).
+    #[error("backend {addr} dropped the connection during the upload: {reason}")]
+    UploadAborted { addr: SocketAddr, reason: String },
 }
 
 impl ForwardError {
@@ -567,7 +630,9 @@ impl ForwardError {
             Self::ClientBody(_) => S::BAD_REQUEST,
             Self::ClientBodyTimeout { .. } => S::REQUEST_TIMEOUT,
             Self::ConnectTimeout { .. } | Self::ResponseTimeout { .. } => S::GATEWAY_TIMEOUT,
-            Self::Connect { .. } | Self::Backend { .. } => S::BAD_GATEWAY,
+            Self::Connect { .. } | Self::Backend { .. } | Self::UploadAborted { .. } => {
+                S::BAD_GATEWAY
+            }
         }
     }
 
