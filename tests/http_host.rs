@@ -8,6 +8,10 @@ mod http_support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::{Request, StatusCode};
+
 use http_support::*;
 
 const WAIT: Duration = Duration::from_secs(3);
@@ -326,6 +330,68 @@ async fn an_http2_backend_gets_the_routed_host_as_its_authority_too() {
         "{body}"
     );
     assert_eq!(echoed_values(body, "host"), ["A.test:8080"]);
+    assert_eq!(a.requests(), 1);
+    running.stop().await;
+}
+
+/// A request body of given frames (data, then trailers).
+struct Frames(std::collections::VecDeque<hyper::body::Frame<Bytes>>);
+
+impl hyper::body::Body for Frames {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+#[tokio::test]
+async fn request_trailers_cannot_carry_a_host_or_forwarding_claims_to_an_http2_backend() {
+    use hyper::body::Frame;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let pool_a = format!("backends = [{{ address = \"{}\" }}]", a.addr);
+    let text = config(a.addr, b.addr, "").replace(&pool_a, &format!("{pool_a}\nhttp2 = true"));
+    let (running, proxy) = start_web(&text).await;
+    let mut trailers = hyper::HeaderMap::new();
+    for (name, value) in [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-real-ip", "6.6.6.6"),
+        ("x_forwarded_for", "6.6.6.6"),
+        ("forwarded", "for=6.6.6.6"),
+        ("host", "b.test"),
+        ("x-checksum", "abc"),
+    ] {
+        trailers.insert(name, value.parse().unwrap());
+    }
+    let frames = Frames(
+        [
+            Frame::data(Bytes::from_static(b"hello")),
+            Frame::trailers(trailers),
+        ]
+        .into(),
+    );
+    let (mut tx, _conn) = h2_handshake(proxy).await;
+    let req = Request::builder()
+        .method("POST")
+        .uri("http://a.test/upload")
+        .version(hyper::Version::HTTP_2)
+        .body(frames)
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("body-bytes: 5\n"), "{body}");
+    // The end-to-end trailer arrives; the claims and the routing field do not.
+    assert_eq!(
+        echoed_values(&body, "trailer"),
+        ["x-checksum=abc"],
+        "{body}"
+    );
     assert_eq!(a.requests(), 1);
     running.stop().await;
 }

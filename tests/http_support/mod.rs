@@ -27,7 +27,8 @@ use tokio::time::Instant;
 
 /// A backend that answers every request with its name (header
 /// `x-backend`) and a body listing what it received: the request line,
-/// then each header as `name: value`, then `body-bytes: N`.
+/// then each header as `name: value`, then `body-bytes: N`, then each
+/// trailer as `trailer: name=value`.
 ///
 /// Paths: `/sleep/<ms>` answers after that long; `/ws` accepts an HTTP
 /// upgrade and echoes the upgraded stream; `/hop` answers with hop-by-hop
@@ -108,8 +109,13 @@ async fn answer(
     for (k, v) in req.headers() {
         text.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
     }
-    let body = req.into_body().collect().await.map(|b| b.to_bytes().len());
-    text.push_str(&format!("body-bytes: {}\n", body.unwrap_or(0)));
+    let body = req.into_body().collect().await.ok();
+    let trailers = body.as_ref().and_then(|b| b.trailers().cloned());
+    let bytes = body.map_or(0, |b| b.to_bytes().len());
+    text.push_str(&format!("body-bytes: {bytes}\n"));
+    for (k, v) in trailers.iter().flatten() {
+        text.push_str(&format!("trailer: {}={}\n", k, v.to_str().unwrap_or("?")));
+    }
     let mut resp = Response::builder()
         .header("x-backend", name)
         .body(Full::new(Bytes::from(text)))

@@ -198,8 +198,11 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+            Poll::Ready(Some(Ok(mut frame))) => {
                 this.waiting = false;
+                if let Some(trailers) = frame.trailers_mut() {
+                    super::headers::strip_request_trailers(trailers);
+                }
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     let limit = this.progress.as_ref().map_or(u64::MAX, |p| p.limit);

@@ -154,6 +154,38 @@ fn handled_without_token(token: &[u8]) -> bool {
             .any(|f| token.eq_ignore_ascii_case(f.as_bytes()))
 }
 
+/// Fields a request's trailer section may not carry (RFC 9110 6.5.1):
+/// framing, routing, hop-by-hop and the forwarding fields vipd vouches for
+/// in the head. A backend that merges trailers into the head (some do)
+/// would otherwise take a client's `X-Forwarded-For` or `Host` from them.
+const NOT_IN_TRAILERS: [&str; 8] = [
+    "host",
+    "content-length",
+    "content-type",
+    "te",
+    "upgrade",
+    "forwarded",
+    "via",
+    "authorization",
+];
+
+/// Remove from a request's trailers every field that belongs in the head
+/// only ([`NOT_IN_TRAILERS`], hop-by-hop fields, and every client-address
+/// claim in any spelling), from every client, trusted or not.
+pub fn strip_request_trailers(trailers: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = trailers
+        .keys()
+        .filter(|n| {
+            let n = n.as_str();
+            NOT_IN_TRAILERS.contains(&n) || is_fixed_hop_by_hop(n) || forged(n, false)
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        trailers.remove(name);
+    }
+}
+
 /// Remove hop-by-hop headers: the fixed set, `TE` unless it is exactly
 /// `trailers` (which gRPC needs end to end), and every header the
 /// `Connection` header names. With `upgrade`, `Upgrade` is kept and
