@@ -233,3 +233,43 @@ fn vipd_drops_to_the_configured_user_after_binding() {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     echo_round_trip(&mut s, b"still serving").unwrap();
 }
+
+/// Open a connection from 127.0.0.1 (the trusted balancer) carrying `header`
+/// and answer whether the proxy served it.
+fn proxied_round_trip(to: SocketAddr, header: &[u8]) -> (TcpStream, bool) {
+    let mut s = connect_from([127, 0, 0, 1], to);
+    s.write_all(header).unwrap();
+    let served = echo_round_trip(&mut s, b"hi").is_ok();
+    (s, served)
+}
+
+#[test]
+fn behind_a_trusted_balancer_the_per_client_cap_counts_each_claimed_client_not_the_balancer() {
+    let backend = echo_backend_thread();
+    let extra = "max_connections_per_client = 1\nproxy_protocol = true\n\
+                 trusted_proxies = [\"127.0.0.0/8\"]\nheader_timeout = \"2s\"";
+    let vipd = Vipd::run(&config(backend, extra));
+    let addr = vipd.listening(&["l4"])["l4"];
+    let v1 = |client: &str| format!("PROXY TCP4 {client} 127.0.0.1 4000 80\r\n").into_bytes();
+
+    let (_a, served) = proxied_round_trip(addr, &v1("192.0.2.1"));
+    assert!(served, "the balancer's first client was refused");
+    let (_b, served) = proxied_round_trip(addr, &v1("192.0.2.2"));
+    assert!(
+        served,
+        "a second client of the balancer was capped as the first"
+    );
+    // The same client named as IPv4-mapped IPv6 in a v2 header is the same
+    // client: it does not get a second slot.
+    let mapped = proxy_protocol_v2("[::ffff:192.0.2.1]:4001", "[::ffff:127.0.0.1]:80");
+    let (mut again, served) = proxied_round_trip(addr, &mapped);
+    assert!(
+        !served && closed_without_data(&mut again),
+        "client over its cap was served"
+    );
+    vipd.wait_for("per-client limit", Duration::from_secs(5));
+}
+
+fn proxy_protocol_v2(source: &str, destination: &str) -> Vec<u8> {
+    vipd::proxy::proxy_protocol::encode_v2(source.parse().unwrap(), destination.parse().unwrap())
+}

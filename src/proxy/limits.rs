@@ -125,8 +125,10 @@ impl ClientLimiter {
         self.rate.store(rate, Ordering::Relaxed);
     }
 
-    /// Admit a new connection from `ip`, or say why not.
+    /// Admit a new connection from `ip`, or say why not. An IPv4-mapped
+    /// IPv6 address is the IPv4 client it maps.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ClientPermit, Refused> {
+        let ip = ip.to_canonical();
         let now = Instant::now();
         let (max_active, rate_limit) = (
             self.max_active.load(Ordering::Relaxed),

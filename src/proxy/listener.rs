@@ -121,6 +121,9 @@ pub struct Admission {
 struct Caps {
     limit: Cap,
     per_client: Option<Arc<ClientLimiter>>,
+    /// The listener takes PROXY headers: the per-client limits count the
+    /// client the header names, once it is read, not the balancer.
+    behind_proxy: bool,
     /// The snapshot the caps were last read from.
     seen: Option<Arc<Snapshot>>,
 }
@@ -141,6 +144,7 @@ impl Caps {
         };
         ctx.global_limit.set_max(snap.config.global.max_connections);
         self.limit.set_max(cfg.max_connections);
+        self.behind_proxy = cfg.proxy_protocol;
         let (active, rate) = (
             cfg.max_connections_per_client,
             cfg.connection_rate_per_client,
@@ -165,6 +169,7 @@ pub async fn run(listener: TcpListener, ctx: Context) {
     let mut caps = Caps {
         limit: Cap::new(0),
         per_client: None,
+        behind_proxy: false,
         seen: None,
     };
     let mut backoff = Duration::from_millis(5);
@@ -208,7 +213,11 @@ pub async fn run(listener: TcpListener, ctx: Context) {
         };
         let Some(global) = global else { break };
         caps.follow(&ctx);
-        let client_permit = match caps.per_client.as_ref().map(|l| l.admit(peer.ip())) {
+        // Behind a balancer, the client is known only once its PROXY
+        // header is read: `handle` admits it then.
+        let deferred = caps.per_client.clone().filter(|_| caps.behind_proxy);
+        let limiter = caps.per_client.as_ref().filter(|_| !caps.behind_proxy);
+        let client_permit = match limiter.map(|l| l.admit(peer.ip())) {
             Some(Err(why)) => {
                 info!(listener = %ctx.name, client = %peer, reason = %why, "connection refused: per-client limit");
                 continue;
@@ -219,15 +228,15 @@ pub async fn run(listener: TcpListener, ctx: Context) {
         let _ = stream.set_nodelay(true);
         let ctx2 = ctx.clone();
         let span = info_span!("conn", listener = %ctx.name, client = %peer);
-        let admission = Arc::new(Admission {
+        let admission = Admission {
             _global: global,
             _listener: local,
             _client: client_permit,
             _active: ctx.stats.open(),
-        });
+        };
         ctx.shutdown.spawn(
             async move {
-                handle(stream, peer, ctx2, admission).await;
+                handle(stream, peer, ctx2, admission, deferred).await;
             }
             .instrument(span),
         );
@@ -242,7 +251,15 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
     )
 }
 
-async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Context, admission: Arc<Admission>) {
+/// Serve one accepted connection. `deferred` is the per-client limiter of
+/// a PROXY protocol listener, applied to the client its header names.
+async fn handle(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Context,
+    mut admission: Admission,
+    deferred: Option<Arc<ClientLimiter>>,
+) {
     let snap = ctx.snapshot.load_full();
     let Some(cfg) = snap.config.listener(&ctx.name) else {
         warn!("listener removed from the configuration; closing connection");
@@ -267,6 +284,16 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Context, admission
             None => return,
         }
     }
+    if let Some(limiter) = deferred {
+        match limiter.admit(origin.client.ip()) {
+            Ok(permit) => admission._client = Some(permit),
+            Err(why) => {
+                info!(client = %origin.client, reason = %why, "connection refused: per-client limit");
+                return;
+            }
+        }
+    }
+    let admission = Arc::new(admission);
     let span = info_span!("origin", client = %origin.client);
     let serve = async {
         match cfg.protocol {
