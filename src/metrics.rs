@@ -283,9 +283,12 @@ impl Metrics {
         v
     }
 
-    /// Forget listeners that are no longer configured.
+    /// Forget listeners that are no longer configured, once their last
+    /// connection has closed: a removed listener's tunnels and keep-alive
+    /// connections stay in its gauge (and in the same stats if a reload
+    /// adds it back) until they end.
     pub fn retain_listeners(&self, keep: impl Fn(&str) -> bool) {
-        lock(&self.listeners).retain(|k, _| keep(k));
+        lock(&self.listeners).retain(|k, s| keep(k) || s.active.load(Ordering::Relaxed) > 0);
     }
 
     /// Record the outcome of a reload (SIGHUP or admin API).

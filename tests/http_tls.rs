@@ -285,3 +285,45 @@ async fn an_absolute_form_target_cannot_smuggle_another_host_past_the_sni_check(
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert_eq!((a.requests(), b.requests()), (1, 0));
 }
+
+#[tokio::test]
+async fn http2_streams_for_another_site_than_the_sni_get_421_each_and_the_connection_stays_usable()
+{
+    let (pki, a, b, proxy) = setup().await;
+    let stream = tls(&pki, proxy, "www.a.test", &["h2"]).await;
+    let (tx, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let ask = |authority: &'static str, host: Option<&'static str>| {
+        let mut tx = tx.clone();
+        async move {
+            let mut req = Request::builder()
+                .uri(format!("https://{authority}/"))
+                .version(hyper::Version::HTTP_2);
+            if let Some(h) = host {
+                req = req.header("host", h);
+            }
+            let req = req.body(Full::new(Bytes::new())).unwrap();
+            collect(tx.send_request(req).await.unwrap()).await.0
+        }
+    };
+    // Interleaved on one connection: each stream is judged alone.
+    for _ in 0..3 {
+        let (wrong, right, forged, dotted) = tokio::join!(
+            ask("api.b.test", None),
+            ask("www.a.test", None),
+            ask("www.a.test", Some("api.b.test")),
+            ask("WWW.A.TEST.", None),
+        );
+        assert_eq!(
+            [wrong, right, forged, dotted].map(|s| s.as_u16()),
+            [421, 200, 400, 200]
+        );
+    }
+    assert_eq!((a.requests(), b.requests()), (6, 0));
+    assert_eq!(ask("www.a.test", None).await, 200);
+}

@@ -1,0 +1,175 @@
+//! Attacks that combine features across sections and reloads: tunnels
+//! open across reloads that change or remove their listener, and
+//! timeouts changed by a reload while a client stalls.
+
+mod http_support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http_support::{Act, RawBackend, read_head, read_until_closed, site_config, start_web};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// An admin endpoint, for the gauge.
+const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+
+/// Send a WebSocket upgrade request; return the stream and response head.
+async fn upgrade(proxy: SocketAddr) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: site.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut s).await.expect("a response head");
+    (s, head)
+}
+
+async fn echo(s: &mut TcpStream, msg: &[u8]) {
+    s.write_all(msg).await.unwrap();
+    let mut back = vec![0u8; msg.len()];
+    timeout(Duration::from_secs(5), s.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert_eq!(back, msg);
+}
+
+/// `vipd_listener_connections_active` of listener `web`.
+async fn active_gauge(admin: SocketAddr) -> String {
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    out.lines()
+        .find(|l| l.starts_with("vipd_listener_connections_active{listener=\"web\"}"))
+        .unwrap_or("gauge missing")
+        .to_string()
+}
+
+async fn gauge_reaches(admin: SocketAddr, want: &str) -> String {
+    let mut gauge = String::new();
+    for _ in 0..250 {
+        gauge = active_gauge(admin).await;
+        if gauge == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gauge
+}
+
+fn parse(text: &str) -> vipd::config::Config {
+    vipd::config::parse(text, std::path::Path::new("test.toml")).unwrap()
+}
+
+#[tokio::test]
+async fn tunnels_open_across_reloads_that_drop_their_upgrade_or_their_listener_stay_counted_until_they_close()
+ {
+    let b = RawBackend::start(Act::SwitchAsAsked).await;
+    let other = "[[listener]]\nname = \"other\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\n";
+    let top = format!("{ADMIN}{other}");
+    let text = |listener: &str| format!("{top}\n{}", site_config(&[b.addr], listener, ""));
+    let (running, proxy) = start_web(&text("")).await;
+    let admin = running.admin_addr().await.unwrap();
+    let (mut t1, head) = upgrade(proxy).await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    echo(&mut t1, b"one").await;
+
+    // `upgrades = []`: new upgrades are served as plain requests, the open
+    // tunnel carries on.
+    running.apply(parse(&text("upgrades = []"))).await.unwrap();
+    let (plain, head) = upgrade(proxy).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\n"), "{head}");
+    drop(plain);
+    echo(&mut t1, b"two").await;
+    assert_eq!(
+        gauge_reaches(
+            admin,
+            "vipd_listener_connections_active{listener=\"web\"} 1"
+        )
+        .await,
+        "vipd_listener_connections_active{listener=\"web\"} 1"
+    );
+
+    // The listener removed: it stops accepting, the tunnel carries on and
+    // still holds its global slot and its place in the gauge.
+    let without_web = format!(
+        "{top}\n{}",
+        site_config(&[b.addr], "", "").replace("name = \"web\"", "name = \"web2\"")
+    );
+    running.apply(parse(&without_web)).await.unwrap();
+    echo(&mut t1, b"three").await;
+    assert_eq!(
+        active_gauge(admin).await,
+        "vipd_listener_connections_active{listener=\"web\"} 1"
+    );
+    // Added back (on another port): the tunnel is still one of its
+    // connections.
+    running.apply(parse(&text(""))).await.unwrap();
+    echo(&mut t1, b"four").await;
+    assert_eq!(
+        active_gauge(admin).await,
+        "vipd_listener_connections_active{listener=\"web\"} 1"
+    );
+    drop(t1);
+    assert_eq!(
+        gauge_reaches(
+            admin,
+            "vipd_listener_connections_active{listener=\"web\"} 0"
+        )
+        .await,
+        "vipd_listener_connections_active{listener=\"web\"} 0"
+    );
+    running.stop().await;
+}
+
+/// Start a POST announcing 100 body bytes and send 5 of them.
+async fn stalled_upload(proxy: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: site.test\r\nContent-Length: 100\r\n\r\nhello")
+        .await
+        .unwrap();
+    s
+}
+
+#[tokio::test]
+async fn a_reload_changing_request_body_timeout_applies_to_connections_accepted_after_it() {
+    let b = RawBackend::start(Act::Listen).await;
+    let text = |timeout: &str| {
+        site_config(
+            &[b.addr],
+            &format!("request_body_timeout = \"{timeout}\""),
+            "response_timeout = \"30s\"",
+        )
+    };
+    let (running, proxy) = start_web(&text("600ms")).await;
+    let mut before = stalled_upload(proxy).await;
+    // Lengthened while the upload is stalled: the open connection keeps
+    // the deadline it was accepted with.
+    running.apply(parse(&text("30s"))).await.unwrap();
+    let mut after = stalled_upload(proxy).await;
+    let answer = read_until_closed(&mut before, Duration::from_secs(5))
+        .await
+        .expect("the stalled upload accepted before the reload is cut off");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{answer}"
+    );
+    // The connection accepted after it has the new, longer deadline.
+    let mut buf = [0u8; 64];
+    let early = timeout(Duration::from_millis(1500), after.read(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "the new connection was cut off under the old timeout"
+    );
+    drop(after);
+    running.stop().await;
+}
