@@ -1,8 +1,10 @@
 //! Attacks that combine features across sections and reloads: tunnels
 //! open across reloads that change or remove their listener, and
-//! timeouts changed by a reload while a client stalls.
+//! timeouts changed by a reload while a client stalls, and a PROXY v2
+//! header in front of TLS and HTTP/2.
 
 mod http_support;
+mod tls_support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -171,5 +173,147 @@ async fn a_reload_changing_request_body_timeout_applies_to_connections_accepted_
         "the new connection was cut off under the old timeout"
     );
     drop(after);
+    running.stop().await;
+}
+
+/// From 127.0.0.5 (a trusted PROXY sender), a PROXY v2 header naming
+/// `client`, then TLS with SNI `a.test` and ALPN h2: the HTTP/2 sender.
+async fn proxied_h2(
+    proxy: SocketAddr,
+    client: &str,
+    pki: &tls_support::Pki,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>> {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.5:0".parse().unwrap()).unwrap();
+    let mut tcp = sock.connect(proxy).await.unwrap();
+    let header = vipd::proxy::proxy_protocol::encode_v2(client.parse().unwrap(), proxy);
+    tcp.write_all(&header).await.unwrap();
+    let mut cfg = tls_support::verifying_client(pki);
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    tx
+}
+
+/// A GET for `authority` carrying forged forwarding headers: status and body.
+async fn forged_get(
+    tx: &mut hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    authority: &str,
+) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let req = hyper::Request::builder()
+        .uri(format!("https://{authority}/"))
+        .version(hyper::Version::HTTP_2)
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-real-ip", "6.6.6.6")
+        .header("x-forwarded-proto", "http")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn behind_a_proxy_v2_header_tls_and_http2_streams_keep_the_claimed_client_and_the_sni_check()
+{
+    let pki = tls_support::Pki::new();
+    let dir = tls_support::TempDir::new("combined");
+    let a = tls_support::write_pair(
+        dir.path(),
+        "a",
+        &pki.issue(&["a.test"], tls_support::Alg::Ecdsa),
+    );
+    let b = tls_support::write_pair(
+        dir.path(),
+        "b",
+        &pki.issue(&["b.test"], tls_support::Alg::Ecdsa),
+    );
+    let backend = http_support::Backend::start("app").await;
+    let cert = |p: &(std::path::PathBuf, std::path::PathBuf)| {
+        format!(
+            "[{{ cert = \"{}\", key = \"{}\" }}]",
+            p.0.display(),
+            p.1.display()
+        )
+    };
+    let text = format!(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\n\
+         proxy_protocol = true\ntrusted_proxies = [\"127.0.0.5\"]\nheader_timeout = \"2s\"\n\
+         x_real_ip = true\n\n{}\n\
+         [[vhost]]\nname = \"a\"\nhosts = [\"a.test\"]\npool = \"p\"\ncertificates = {}\n\n\
+         [[vhost]]\nname = \"b\"\nhosts = [\"b.test\"]\npool = \"p\"\ncertificates = {}\n",
+        http_support::pool_section("p", &[backend.addr], ""),
+        cert(&a),
+        cert(&b),
+    );
+    let (running, proxy) = start_web(&text).await;
+    let mut tx = proxied_h2(proxy, "192.0.2.7:4000", &pki).await;
+    for _ in 0..2 {
+        let (status, body) = forged_get(&mut tx, "a.test").await;
+        assert_eq!(status, 200, "{body}");
+        // The sender is trusted, the client it names is not: every claim
+        // of the client is replaced by the address the header carries.
+        assert_eq!(
+            http_support::echoed_values(&body, "x-forwarded-for"),
+            ["192.0.2.7"]
+        );
+        assert_eq!(
+            http_support::echoed_values(&body, "x-real-ip"),
+            ["192.0.2.7"]
+        );
+        assert_eq!(
+            http_support::echoed_values(&body, "x-forwarded-proto"),
+            ["https"]
+        );
+        // A stream for the other site on the same connection: 421, and the
+        // connection serves on.
+        let (status, _) = forged_get(&mut tx, "b.test").await;
+        assert_eq!(status, 421);
+    }
+    assert_eq!(backend.requests(), 2);
+    drop(tx);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn bytes_pipelined_behind_a_408_are_never_read_as_a_request() {
+    let b = RawBackend::start(Act::Listen).await;
+    let text = site_config(
+        &[b.addr],
+        "request_body_timeout = \"400ms\"",
+        "response_timeout = \"30s\"",
+    );
+    let (running, proxy) = start_web(&text).await;
+    let mut s = stalled_upload(proxy).await;
+    let mut head = [0u8; 30];
+    timeout(Duration::from_secs(5), s.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&head[..], b"HTTP/1.1 408 Request Timeout\r\n");
+    // The rest of the body, then a request of its own: too late.
+    let rest = format!(
+        "{}GET /smuggled HTTP/1.1\r\nHost: site.test\r\n\r\n",
+        "x".repeat(95)
+    );
+    let _ = s.write_all(rest.as_bytes()).await;
+    let _ = read_until_closed(&mut s, Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let heads = b.heads();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(heads[0].starts_with("POST /up HTTP/1.1\n"), "{heads:?}");
     running.stop().await;
 }
