@@ -317,3 +317,83 @@ async fn bytes_pipelined_behind_a_408_are_never_read_as_a_request() {
     assert!(heads[0].starts_with("POST /up HTTP/1.1\n"), "{heads:?}");
     running.stop().await;
 }
+
+#[tokio::test]
+async fn a_websocket_tunnel_over_tls_outlives_a_certificate_reload_and_the_removal_of_its_listener()
+{
+    let pki = tls_support::Pki::new();
+    let dir = tls_support::TempDir::new("combined-ws");
+    let pair = tls_support::write_pair(
+        dir.path(),
+        "a",
+        &pki.issue(&["site.test"], tls_support::Alg::Ecdsa),
+    );
+    let b = RawBackend::start(Act::SwitchAsAsked).await;
+    let vhost = format!(
+        "[[vhost]]\nname = \"site\"\nhosts = [\"site.test\"]\npool = \"p\"\n\
+         certificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
+        pair.0.display(),
+        pair.1.display()
+    );
+    let with_listener = |name: &str| {
+        format!(
+            "{ADMIN}[[listener]]\nname = \"{name}\"\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\n\n{}\n{vhost}",
+            http_support::pool_section("p", &[b.addr], "")
+        )
+    };
+    let (running, proxy) = start_web(&with_listener("web")).await;
+    let admin = running.admin_addr().await.unwrap();
+    let cfg = std::sync::Arc::new(tls_support::verifying_client(&pki));
+    let mut t = tls_support::connect(proxy, "site.test", &cfg)
+        .await
+        .unwrap();
+    let first_leaf = tls_support::served_leaf(&t);
+    t.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: site.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = vec![0u8; 4096];
+    let n = timeout(Duration::from_secs(5), t.read(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).into_owned();
+    assert!(
+        head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{head}"
+    );
+    assert_eq!(tls_support::roundtrip(&mut t, b"one").await, b"one");
+
+    // A new certificate: new handshakes get it, the tunnel carries on.
+    tls_support::write_pair(
+        dir.path(),
+        "a",
+        &pki.issue(&["site.test"], tls_support::Alg::Ecdsa),
+    );
+    running.apply(parse(&with_listener("web"))).await.unwrap();
+    let fresh = tls_support::connect(proxy, "site.test", &cfg)
+        .await
+        .unwrap();
+    assert_ne!(tls_support::served_leaf(&fresh), first_leaf);
+    drop(fresh);
+    assert_eq!(tls_support::roundtrip(&mut t, b"two").await, b"two");
+
+    // The listener removed: the tunnel carries on, counted, until it closes.
+    running.apply(parse(&with_listener("web2"))).await.unwrap();
+    assert_eq!(tls_support::roundtrip(&mut t, b"three").await, b"three");
+    assert_eq!(
+        active_gauge(admin).await,
+        "vipd_listener_connections_active{listener=\"web\"} 1"
+    );
+    drop(t);
+    assert_eq!(
+        gauge_reaches(
+            admin,
+            "vipd_listener_connections_active{listener=\"web\"} 0"
+        )
+        .await,
+        "vipd_listener_connections_active{listener=\"web\"} 0"
+    );
+    running.stop().await;
+}
