@@ -397,6 +397,42 @@ async fn request_trailers_cannot_carry_a_host_or_forwarding_claims_to_an_http2_b
 }
 
 #[tokio::test]
+async fn a_refused_request_ends_its_connection_and_what_follows_is_never_served() {
+    let (a, b, proxy) = setup("").await;
+    let follow = "GET /next HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    for (refused, status) in [
+        (
+            "GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
+            "400 Bad Request",
+        ),
+        (
+            "GET http://b.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            "400 Bad Request",
+        ),
+        (
+            "CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n",
+            "405 Method Not Allowed",
+        ),
+    ] {
+        let started = tokio::time::Instant::now();
+        let answer = ask(proxy, &format!("{refused}{follow}")).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+            "{refused}: {answer}"
+        );
+        assert_eq!(
+            answer.matches("HTTP/1.1 ").count(),
+            1,
+            "{refused}: {answer}"
+        );
+        assert!(answer.contains("connection: close\r\n"), "{answer}");
+        // Closed by the proxy, not by the test's read limit.
+        assert!(started.elapsed() < WAIT, "{refused}: not closed");
+    }
+    assert_eq!((a.requests(), b.requests()), (0, 0));
+}
+
+#[tokio::test]
 async fn an_absolute_form_target_of_another_scheme_is_a_400() {
     let (a, b, proxy) = setup("").await;
     for target in ["ftp://a.test/x", "gopher://a.test/", "HTTPX://a.test/"] {

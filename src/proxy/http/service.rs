@@ -47,6 +47,7 @@ pub async fn handle(
         bytes: 0,
         upstream: None,
     };
+    let version = req.version();
     let mut ex = Exchange::begin(conn.clone(), record, snap.config.global.access_log);
     let mut vhost = None;
     let planned = plan(&conn, &snap, &req, &mut vhost);
@@ -55,8 +56,20 @@ pub async fn handle(
             ex.record.vhost = vhost.as_ref().map(|v| v.name.clone());
             forward(&conn, &snap, req, plan, &mut ex).await
         }
-        Err(local) => {
+        Err(mut local) => {
             ex.record.vhost = vhost.as_ref().map(|v| v.name.clone());
+            // A request refused as malformed or ambiguous ends its HTTP/1
+            // connection, as HAProxy and nginx do: nothing that follows on
+            // it can be trusted to be framed the way the client meant.
+            let refused = matches!(
+                local.status(),
+                StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED
+            );
+            if refused && version < Version::HTTP_2 {
+                local
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             local
         }
     };
