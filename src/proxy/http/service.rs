@@ -357,6 +357,8 @@ async fn forward(
         plan.opts,
     );
     let target = origin_form(&parts.uri);
+    // Read before `parts.version` becomes the backend's version below.
+    let client_version = parts.version;
     let authority = plan
         .upstream
         .http2()
@@ -368,7 +370,6 @@ async fn forward(
         Version::HTTP_11
     };
     let attempts = plan.pool.backends.len().clamp(1, 3);
-    let client_version = parts.version;
     let body = RequestBody::new(body, plan.max_body_size, conn.request_body_timeout);
     let mut req = Request::from_parts(parts, body);
     let mut lease = plan.lease;
