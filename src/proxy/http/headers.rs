@@ -173,16 +173,21 @@ const NOT_IN_TRAILERS: [&str; 8] = [
 /// only ([`NOT_IN_TRAILERS`], hop-by-hop fields, and every client-address
 /// claim in any spelling), from every client, trusted or not.
 pub fn strip_request_trailers(trailers: &mut HeaderMap) {
-    let doomed: Vec<HeaderName> = trailers
+    remove_where(trailers, |n| {
+        NOT_IN_TRAILERS.contains(&n) || is_fixed_hop_by_hop(n) || forged(n, false)
+    });
+}
+
+/// Remove every field whose (lower-case) name `doomed` picks, all its
+/// values.
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
+    let names: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| {
-            let n = n.as_str();
-            NOT_IN_TRAILERS.contains(&n) || is_fixed_hop_by_hop(n) || forged(n, false)
-        })
+        .filter(|n| doomed(n.as_str()))
         .cloned()
         .collect();
-    for name in doomed {
-        trailers.remove(name);
+    for name in names {
+        headers.remove(name);
     }
 }
 
@@ -288,14 +293,7 @@ pub fn add_forwarding(
     version: Version,
     opts: Options,
 ) {
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| forged(name.as_str(), opts.trusted))
-        .cloned()
-        .collect();
-    for name in doomed {
-        headers.remove(name);
-    }
+    remove_where(headers, |n| forged(n, opts.trusted));
     if opts.real_ip && !(opts.trusted && headers.contains_key(&X_REAL_IP)) {
         headers.insert(X_REAL_IP.clone(), peer.xff.clone());
     }
