@@ -1,6 +1,8 @@
 //! Header rewriting between client and backend: hop-by-hop headers are
 //! stripped both ways, forwarding headers (`X-Forwarded-*`, RFC 7239
-//! `Forwarded`, `Via`) are added to requests.
+//! `Forwarded`, `Via`, optionally `X-Real-IP`) are added to requests, an
+//! `Upgrade` is kept only for the protocols the listener allows, and
+//! request trailers lose every field that belongs in the head.
 //!
 //! Forwarding headers a client sends are kept (and appended to) only when
 //! the client is a trusted proxy; from anyone else every `X-Forwarded-*`
