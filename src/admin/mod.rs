@@ -50,6 +50,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::config;
 use crate::health::IpvsHealth;
 use crate::metrics::Metrics;
 use crate::proxy::SharedSnapshot;
@@ -148,9 +149,15 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
 /// within `request_timeout` of the accept, or the connection is closed.
 pub async fn run(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
     let addr = listener.local_addr().ok();
+    // Defaults while a reload has removed the `[admin]` section and this
+    // endpoint has not been stopped yet.
     let settings = || {
         state.snapshot.load().config.admin.as_ref().map_or(
-            (64, Duration::from_secs(10), Duration::from_secs(30)),
+            (
+                config::Admin::DEFAULT_MAX_CONNECTIONS,
+                config::Admin::DEFAULT_HEADER_TIMEOUT,
+                config::Admin::DEFAULT_REQUEST_TIMEOUT,
+            ),
             |a| (a.max_connections, a.header_timeout, a.request_timeout),
         )
     };

@@ -54,7 +54,7 @@ pub(super) fn admin(c: &mut Checker<'_>, t: &Spanned<toml::Table>) -> Admin {
         "admin",
         "header_timeout",
         &raw.header_timeout,
-        Duration::from_secs(10),
+        Admin::DEFAULT_HEADER_TIMEOUT,
         timeouts.clone(),
     );
     let request_timeout = c.duration_in(
@@ -62,7 +62,7 @@ pub(super) fn admin(c: &mut Checker<'_>, t: &Spanned<toml::Table>) -> Admin {
         "admin",
         "request_timeout",
         &raw.request_timeout,
-        Duration::from_secs(30),
+        Admin::DEFAULT_REQUEST_TIMEOUT,
         timeouts,
     );
     let max_connections = c.number(
@@ -72,7 +72,7 @@ pub(super) fn admin(c: &mut Checker<'_>, t: &Spanned<toml::Table>) -> Admin {
         raw.max_connections,
         1..=4096,
         "connections",
-        64,
+        Admin::DEFAULT_MAX_CONNECTIONS,
     );
     Admin {
         listen,
