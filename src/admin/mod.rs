@@ -90,21 +90,12 @@ pub enum AdminError {
 /// a regular file of at most 64 KiB is read: a FIFO would hold the reload,
 /// `/dev/zero` would fill memory.
 pub fn read_token(path: &Path) -> Result<String, AdminError> {
-    use std::io::Error;
     const MAX: u64 = 64 * 1024;
-    let read = || -> std::io::Result<String> {
-        let bytes = config::read_bounded(path, MAX).map_err(|e| match e {
-            config::ReadError::Io(e) => e,
-            other => Error::other(other.to_string()),
-        })?;
-        String::from_utf8(bytes).map_err(|_| {
-            Error::new(
-                std::io::ErrorKind::InvalidData,
-                "stream did not contain valid UTF-8",
-            )
-        })
-    };
-    let text = read().map_err(|source| AdminError::TokenRead {
+    let text = config::read_bounded_text(path, MAX).map_err(|e| match e {
+        config::ReadError::Io(e) => e,
+        other => std::io::Error::other(other.to_string()),
+    });
+    let text = text.map_err(|source| AdminError::TokenRead {
         path: path.to_path_buf(),
         source,
     })?;

@@ -51,11 +51,21 @@ pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
     Ok(bytes)
 }
 
+/// [`read_bounded`] for a text file: its bytes must be UTF-8.
+pub fn read_bounded_text(path: &Path, max: u64) -> Result<String, ReadError> {
+    String::from_utf8(read_bounded(path, max)?).map_err(|_| {
+        ReadError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ))
+    })
+}
+
 /// Read and validate the configuration file at `path` (a regular file of
 /// at most [`MAX_FILE`] bytes, see [`read_bounded`]).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let read = |path: &Path| -> std::io::Result<String> {
-        let bytes = read_bounded(path, MAX_FILE).map_err(|e| match e {
+        read_bounded_text(path, MAX_FILE).map_err(|e| match e {
             ReadError::Io(e) => e,
             ReadError::NotRegular => std::io::Error::other(
                 "not a regular file (name the TOML file itself, not a FIFO, device or directory)",
@@ -63,12 +73,6 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             ReadError::TooLarge(max) => {
                 std::io::Error::other(format!("the file is larger than {max} bytes"))
             }
-        })?;
-        String::from_utf8(bytes).map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "stream did not contain valid UTF-8",
-            )
         })
     };
     let src = read(path).map_err(|source| ConfigError::Read {
