@@ -428,10 +428,8 @@ async fn forward(
         lease.state().stats.responses.record(resp.status().as_u16());
     }
     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if switched {
-        if let Err(refused) = start_tunnel(conn, upgrade.as_ref(), client_upgrade, &mut resp, ex) {
-            return refused;
-        }
+    if switched && !start_tunnel(conn, upgrade.as_ref(), client_upgrade, &mut resp, ex) {
+        return error_response(StatusCode::BAD_GATEWAY);
     }
     // An upgraded connection belongs to the tunnel, never to the pool.
     let reusable = reusable.filter(|_| !switched);
@@ -476,19 +474,19 @@ fn passive_check(
 /// Splice the client's connection to the backend's after a `101`, in a
 /// task of its own. A backend may only switch to a protocol the client
 /// offered (`asked`) and the listener allows: anything else (h2c above all)
-/// is never tunnelled, and `Err` is the 502 to answer instead.
+/// is never tunnelled, and false says to answer 502 instead.
 fn start_tunnel(
     conn: &Conn,
     asked: Option<&HeaderValue>,
     client: Option<OnUpgrade>,
     resp: &mut Response<Incoming>,
     ex: &mut Exchange,
-) -> Result<(), Response<Source>> {
+) -> bool {
     let agreed = asked.is_some_and(|asked| headers::upgrade_agreed(resp.headers(), asked));
     let (Some(client), true) = (client, agreed) else {
         warn!(side = "backend", upgrade = ?resp.headers().get(header::UPGRADE),
             "backend switched protocols to an upgrade the client did not offer; answering 502");
-        return Err(error_response(StatusCode::BAD_GATEWAY));
+        return false;
     };
     let backend = hyper::upgrade::on(resp);
     let lease = ex.lease.take();
@@ -497,7 +495,7 @@ fn start_tunnel(
     let admission = conn.admission.clone();
     conn.shutdown
         .spawn(tunnel(client, backend, lease, conn.idle_timeout, admission));
-    Ok(())
+    true
 }
 
 /// The answer to a request that failed after reaching a backend. When the
