@@ -150,19 +150,11 @@ fn plan(
         Err(why) => return Err(bad_request(why)),
     };
     let vhost = routes.vhosts.lookup(&name);
-    if let Some(sni) = conn.sni.as_deref() {
-        let by_sni = routes.vhosts.lookup(sni);
-        let same = match (by_sni, vhost) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        };
-        if !same {
-            return Err(local(
-                StatusCode::MISDIRECTED_REQUEST,
-                "421 Misdirected Request: the Host header names a different site than TLS SNI\n",
-            ));
-        }
+    if !sni_agrees(routes, conn.sni.as_deref(), vhost) {
+        return Err(local(
+            StatusCode::MISDIRECTED_REQUEST,
+            "421 Misdirected Request: the Host header names a different site than TLS SNI\n",
+        ));
     }
     let Some(vhost) = vhost else {
         return Err(local(
@@ -224,6 +216,18 @@ fn plan(
             real_ip: routes.real_ip,
         },
     })
+}
+
+/// Whether the TLS SNI, if any, leads to the same site as the request's
+/// host did (`vhost`): otherwise a client could reach one vhost over a
+/// handshake made for another (RFC 9110 7.4: 421).
+fn sni_agrees(routes: &ListenerRoutes, sni: Option<&str>, vhost: Option<&Arc<VhostRoute>>) -> bool {
+    let Some(sni) = sni else { return true };
+    match (routes.vhosts.lookup(sni), vhost) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 /// A backend of `pool` for `client`, through the persistence table if any.
