@@ -250,10 +250,7 @@ pub struct Peer {
 impl Peer {
     /// Values for a client at `ip`, connected over `https` or not.
     pub fn new(ip: IpAddr, https: bool) -> Self {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = ip.to_canonical();
         let node = match ip {
             IpAddr::V4(v4) => v4.to_string(),
             IpAddr::V6(v6) => format!("\"[{v6}]\""),
