@@ -29,7 +29,10 @@ pub struct Authority<'a> {
     port: Option<u16>,
 }
 
-/// Why bytes are not an authority.
+/// Why bytes are not an authority. The bytes always come from a client
+/// (Host, `:authority`, request target, SNI, an admin request's Origin), so
+/// the client is the side at fault: the proxy answers 400 (logged with
+/// `side = "client"`), SNI selection falls back to the default certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Invalid {
     #[error("empty host")]
@@ -90,14 +93,6 @@ impl<'a> Authority<'a> {
     pub fn same_as(&self, other: &Authority<'_>, default_port: u16) -> bool {
         self.host == other.host
             && self.port.unwrap_or(default_port) == other.port.unwrap_or(default_port)
-    }
-
-    /// A copy that borrows nothing.
-    pub fn into_owned(self) -> Authority<'static> {
-        Authority {
-            host: Cow::Owned(self.host.into_owned()),
-            port: self.port,
-        }
     }
 }
 

@@ -6,9 +6,11 @@
 //! # Layout
 //! - [`config`]: parse and validate the TOML file into a typed model.
 //! - [`authority`]: the one validator and normal form of host names
-//!   (Host, `:authority`, SNI), a leaf used by [`tls`] and [`proxy`].
+//!   (Host, `:authority`, SNI), a leaf used by [`tls`], [`proxy`] and
+//!   [`admin`].
 //! - [`balance`]: schedulers and pools (pure selection, no I/O).
-//! - [`proxy`]: listeners, accept loops, L4 forwarding.
+//! - [`proxy`]: listeners, accept loops, connection caps, L4 forwarding,
+//!   the HTTP proxy.
 //! - [`tls`]: certificates, SNI resolution, rustls acceptors, reload, gen-cert.
 //! - [`health`]: active health checks (and the IPVS health board).
 //! - [`metrics`]: counters the data path increments.

@@ -573,3 +573,26 @@ send_timeout = \"5s\"
         ]
     );
 }
+
+#[tokio::test]
+async fn a_stalled_http1_upload_to_an_http2_backend_is_answered_with_connection_close() {
+    // The 408 must announce the close to the HTTP/1.1 client, whatever
+    // version the backend speaks.
+    let b = Backend::start("h2").await;
+    let (_running, proxy) = start_web(&site_config(
+        &[b.addr],
+        "request_body_timeout = \"400ms\"",
+        "http2 = true",
+    ))
+    .await;
+    let mut s = stalled_upload(proxy).await;
+    let answer = read_until_closed(&mut s, Duration::from_secs(10))
+        .await
+        .expect("the proxy closes the connection");
+    let answer = text(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+}

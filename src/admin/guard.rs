@@ -6,10 +6,12 @@
 //! the admin address) and cross-site requests from a browser that can
 //! reach the endpoint (CSRF), whether or not a token is set.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use hyper::HeaderMap;
 use hyper::header::{HOST, ORIGIN};
+
+use crate::authority::Authority;
 
 /// Why a request was refused; the text is the body of the 403.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,7 +71,7 @@ pub(super) fn check(
 fn own_names(local: SocketAddr) -> Vec<String> {
     let ip = local.ip().to_canonical();
     let mut names = vec![match ip {
-        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        IpAddr::V6(v6) => format!("[{v6}]"),
         v4 => v4.to_string(),
     }];
     if ip.is_loopback() {
@@ -78,34 +80,25 @@ fn own_names(local: SocketAddr) -> Vec<String> {
     names
 }
 
-/// `(name, port)` of an authority `host[:port]`: name lower case without a
-/// final dot, IPv6 literals in canonical form and brackets, port 80 when
-/// absent. None if it has anything else (a path, user info, bad port).
-pub(super) fn authority(text: &str) -> Option<(String, u16)> {
-    let (name, port) = if let Some(rest) = text.strip_prefix('[') {
-        let (v6, after) = rest.split_once(']')?;
-        let v6: std::net::Ipv6Addr = v6.parse().ok()?;
-        let name = match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => format!("[{v6}]"),
-        };
-        (name, after)
-    } else {
-        match text.find(':') {
-            Some(i) => (text[..i].to_string(), &text[i..]),
-            None => (text.to_string(), ""),
-        }
+/// `(name, port)` of an authority `host[:port]` in the proxy's normal form
+/// ([`crate::authority`]: the same characters refused, lower case, no final
+/// dot, canonical IPv6), with two admin twists: an IPv4-mapped IPv6 literal
+/// becomes its IPv4 address (as [`own_names`] writes a mapped local
+/// address), and an absent port is 80. None if it is not an authority.
+fn authority(text: &str) -> Option<(String, u16)> {
+    let parsed = Authority::parse(text.as_bytes()).ok()?;
+    let port = parsed.port().unwrap_or(80);
+    let host = parsed.into_host();
+    let mapped = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .and_then(|h| h.parse::<Ipv6Addr>().ok())
+        .and_then(|v6| v6.to_ipv4_mapped());
+    let name = match mapped {
+        Some(v4) => v4.to_string(),
+        None => host.into_owned(),
     };
-    let port = match port {
-        "" => 80,
-        p => p.strip_prefix(':')?.parse().ok()?,
-    };
-    let name = name.strip_suffix('.').unwrap_or(&name).to_ascii_lowercase();
-    let valid = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
-    valid.then_some((name, port))
+    Some((name, port))
 }
 
 #[cfg(test)]

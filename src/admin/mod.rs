@@ -50,6 +50,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::config;
 use crate::health::IpvsHealth;
 use crate::metrics::Metrics;
 use crate::proxy::SharedSnapshot;
@@ -89,22 +90,12 @@ pub enum AdminError {
 /// a regular file of at most 64 KiB is read: a FIFO would hold the reload,
 /// `/dev/zero` would fill memory.
 pub fn read_token(path: &Path) -> Result<String, AdminError> {
-    use std::io::{Error, Read};
     const MAX: u64 = 64 * 1024;
-    let read = || -> std::io::Result<String> {
-        if !std::fs::metadata(path)?.is_file() {
-            return Err(Error::other("not a regular file"));
-        }
-        let mut text = String::new();
-        std::fs::File::open(path)?
-            .take(MAX + 1)
-            .read_to_string(&mut text)?;
-        if text.len() as u64 > MAX {
-            return Err(Error::other(format!("larger than {MAX} bytes")));
-        }
-        Ok(text)
-    };
-    let text = read().map_err(|source| AdminError::TokenRead {
+    let text = config::read_bounded_text(path, MAX).map_err(|e| match e {
+        config::ReadError::Io(e) => e,
+        other => std::io::Error::other(other.to_string()),
+    });
+    let text = text.map_err(|source| AdminError::TokenRead {
         path: path.to_path_buf(),
         source,
     })?;
@@ -148,9 +139,15 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
 /// within `request_timeout` of the accept, or the connection is closed.
 pub async fn run(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
     let addr = listener.local_addr().ok();
+    // Defaults while a reload has removed the `[admin]` section and this
+    // endpoint has not been stopped yet.
     let settings = || {
         state.snapshot.load().config.admin.as_ref().map_or(
-            (64, Duration::from_secs(10), Duration::from_secs(30)),
+            (
+                config::Admin::DEFAULT_MAX_CONNECTIONS,
+                config::Admin::DEFAULT_HEADER_TIMEOUT,
+                config::Admin::DEFAULT_REQUEST_TIMEOUT,
+            ),
             |a| (a.max_connections, a.header_timeout, a.request_timeout),
         )
     };

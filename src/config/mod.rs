@@ -20,27 +20,60 @@ pub const DEMO_CONFIG: &str = include_str!("../demo.toml");
 /// a path naming `/dev/zero` must not fill memory.
 const MAX_FILE: u64 = 16 * 1024 * 1024;
 
-/// Read and validate the configuration file at `path`. Only a regular file
-/// is read: a FIFO would hold `vipd check`, or a reload and every signal
-/// after it, until someone writes to it.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
+/// Why [`read_bounded`] read nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a regular file")]
+    NotRegular,
+    #[error("larger than {0} bytes")]
+    TooLarge(u64),
+}
+
+/// The bytes of `path` if it is a regular file of at most `max` bytes: how
+/// every file the configuration names (itself, certificates, keys, the
+/// admin token) is read. A FIFO would hold `vipd check`, or a reload and
+/// every signal after it, until someone writes to it; `/dev/zero` would be
+/// read until memory runs out.
+pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
     use std::io::Read;
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(ReadError::NotRegular);
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(ReadError::TooLarge(max));
+    }
+    Ok(bytes)
+}
+
+/// [`read_bounded`] for a text file: its bytes must be UTF-8.
+pub fn read_bounded_text(path: &Path, max: u64) -> Result<String, ReadError> {
+    String::from_utf8(read_bounded(path, max)?).map_err(|_| {
+        ReadError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ))
+    })
+}
+
+/// Read and validate the configuration file at `path` (a regular file of
+/// at most [`MAX_FILE`] bytes, see [`read_bounded`]).
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let read = |path: &Path| -> std::io::Result<String> {
-        if !std::fs::metadata(path)?.is_file() {
-            return Err(std::io::Error::other(
+        read_bounded_text(path, MAX_FILE).map_err(|e| match e {
+            ReadError::Io(e) => e,
+            ReadError::NotRegular => std::io::Error::other(
                 "not a regular file (name the TOML file itself, not a FIFO, device or directory)",
-            ));
-        }
-        let mut src = String::new();
-        std::fs::File::open(path)?
-            .take(MAX_FILE + 1)
-            .read_to_string(&mut src)?;
-        if src.len() as u64 > MAX_FILE {
-            return Err(std::io::Error::other(format!(
-                "the file is larger than {MAX_FILE} bytes"
-            )));
-        }
-        Ok(src)
+            ),
+            ReadError::TooLarge(max) => {
+                std::io::Error::other(format!("the file is larger than {max} bytes"))
+            }
+        })
     };
     let src = read(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),

@@ -151,6 +151,16 @@ pub struct Admin {
     pub max_connections: usize,
 }
 
+impl Admin {
+    /// `header_timeout` when the file sets none.
+    pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `request_timeout` when the file sets none.
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+    /// `max_connections` when the file sets none: a few dashboards and
+    /// scrapers, not a crowd.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+}
+
 /// TLS settings shared by all TLS listeners.
 #[derive(Debug, Clone)]
 pub struct TlsSettings {

@@ -1,18 +1,27 @@
 //! The L7 HTTP proxy of `http` and `https` listeners.
 //!
 //! Clients speak HTTP/1.1 (keep-alive, pipelining) or HTTP/2 (ALPN on TLS,
-//! prior knowledge on plain TCP). Each request is routed by Host to a vhost
-//! (exact name, then `*.` wildcard, then the listener's default) and by path
-//! prefix to a pool, rewritten (hop-by-hop headers out, forwarding headers
-//! in), and sent over a pooled keep-alive connection to a backend chosen by
-//! the pool's scheduler.
+//! prior knowledge on plain TCP). Each request names exactly one host (the
+//! target's authority, else Host, in [`crate::authority`]'s normal form;
+//! two that disagree are a 400), which must agree with the TLS SNI and
+//! routes it to a vhost (exact name, then `*.` wildcard, then the
+//! listener's default); its path prefix picks a pool. It is rewritten
+//! (hop-by-hop headers and an untrusted client's address claims out,
+//! forwarding headers in, that one host as the only Host) and sent over a
+//! pooled keep-alive connection to a backend chosen by the pool's
+//! scheduler. Every phase has a deadline (request head, request body,
+//! send, response head, response body, idle), the side that misses it is
+//! the one logged, and only failures the backend caused count in its
+//! passive checks.
 //!
 //! - [`route`]: vhost and path tables, rebuilt per configuration.
 //! - [`upstream`]: the per-pool backend clients, kept across reloads.
-//! - [`conn`]: one client connection, its timeouts and shutdown.
-//! - [`service`]: the request path.
-//! - [`headers`]: hop-by-hop and forwarding headers.
-//! - [`body`]: body limits, byte counts, the end of an exchange.
+//! - [`conn`]: one client connection, its header, send and idle deadlines,
+//!   and shutdown.
+//! - [`service`]: the request path: one host, plan, forward, tunnels.
+//! - [`headers`]: hop-by-hop, forwarding and upgrade headers, trailers.
+//! - [`body`]: body limits and idle deadlines, byte counts, the end of an
+//!   exchange.
 //! - [`access`]: the access log.
 
 pub mod access;

@@ -6,7 +6,6 @@
 //! and the fix; all problems of a pair are reported, not just the first.
 
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -261,35 +260,25 @@ type Failure = (String, &'static str);
 /// certificates takes about 20 KiB.
 const MAX_PEM_FILE: u64 = 1024 * 1024;
 
-/// Read a PEM file of at most [`MAX_PEM_FILE`] bytes. Only regular files
-/// are opened: a FIFO would block the reload until someone writes to it,
-/// and `/dev/zero` would be read until memory runs out.
-fn read_pem(path: &Path, what: &str) -> Result<(std::fs::File, Vec<u8>), Failure> {
+/// Read a PEM file of at most [`MAX_PEM_FILE`] bytes, a regular file only
+/// (see [`crate::config::read_bounded`]).
+fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, Failure> {
     const FIX: &str = "check the path (relative paths start at the configuration file's directory) and the file's permissions";
-    let cannot = |e: std::io::Error| (format!("cannot read the {what} file: {e}"), FIX);
-    let meta = std::fs::metadata(path).map_err(cannot)?;
-    if !meta.is_file() {
-        return Err((
+    crate::config::read_bounded(path, MAX_PEM_FILE).map_err(|e| match e {
+        crate::config::ReadError::Io(e) => (format!("cannot read the {what} file: {e}"), FIX),
+        crate::config::ReadError::NotRegular => (
             format!("the {what} file is not a regular file"),
             "name a PEM file (not a device, FIFO or directory)",
-        ));
-    }
-    let file = std::fs::File::open(path).map_err(cannot)?;
-    let mut bytes = Vec::new();
-    Read::take(&file, MAX_PEM_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(cannot)?;
-    if bytes.len() as u64 > MAX_PEM_FILE {
-        return Err((
-            format!("the {what} file is larger than {MAX_PEM_FILE} bytes"),
+        ),
+        crate::config::ReadError::TooLarge(max) => (
+            format!("the {what} file is larger than {max} bytes"),
             "name the PEM file itself; a certificate chain or key takes a few KiB",
-        ));
-    }
-    Ok((file, bytes))
+        ),
+    })
 }
 
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Failure> {
-    let (_, bytes) = read_pem(path, "certificate")?;
+    let bytes = read_pem(path, "certificate")?;
     let chain: Result<Vec<_>, _> = rustls_pemfile::certs(&mut &bytes[..]).collect();
     match chain {
         Ok(c) if !c.is_empty() => Ok(c),
@@ -306,8 +295,8 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Failure> {
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, Failure> {
     const FIX: &str = "the file must hold one private key in PEM: PRIVATE KEY (PKCS#8), RSA PRIVATE KEY or EC PRIVATE KEY";
-    let (file, bytes) = read_pem(path, "key")?;
-    warn_if_readable_by_others(path, &file);
+    let bytes = read_pem(path, "key")?;
+    warn_if_readable_by_others(path);
     match rustls_pemfile::private_key(&mut &bytes[..]) {
         Ok(Some(k)) => Ok(k),
         Ok(None) => Err(("no PEM private key block found".into(), FIX)),
@@ -317,9 +306,9 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, Failure> {
 
 /// A private key that group or others may read is a leak waiting to
 /// happen: say so (the key is still used, as nginx does).
-fn warn_if_readable_by_others(path: &Path, file: &std::fs::File) {
+fn warn_if_readable_by_others(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = file.metadata() {
+    if let Ok(meta) = std::fs::metadata(path) {
         let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
             tracing::warn!(

@@ -54,7 +54,7 @@ pub(super) fn admin(c: &mut Checker<'_>, t: &Spanned<toml::Table>) -> Admin {
         "admin",
         "header_timeout",
         &raw.header_timeout,
-        Duration::from_secs(10),
+        Admin::DEFAULT_HEADER_TIMEOUT,
         timeouts.clone(),
     );
     let request_timeout = c.duration_in(
@@ -62,7 +62,7 @@ pub(super) fn admin(c: &mut Checker<'_>, t: &Spanned<toml::Table>) -> Admin {
         "admin",
         "request_timeout",
         &raw.request_timeout,
-        Duration::from_secs(30),
+        Admin::DEFAULT_REQUEST_TIMEOUT,
         timeouts,
     );
     let max_connections = c.number(
@@ -72,7 +72,7 @@ pub(super) fn admin(c: &mut Checker<'_>, t: &Spanned<toml::Table>) -> Admin {
         raw.max_connections,
         1..=4096,
         "connections",
-        64,
+        Admin::DEFAULT_MAX_CONNECTIONS,
     );
     Admin {
         listen,
@@ -86,6 +86,9 @@ pub(super) fn admin(c: &mut Checker<'_>, t: &Spanned<toml::Table>) -> Admin {
 
 /// An `admin.hosts` entry as Host names are compared: lower case, final dot
 /// removed, IPv6 literals in brackets. None if it is not a name or an IP.
+/// Not `crate::authority`: config imports no other module, and an
+/// operator's entry is held to DNS rules (letters, digits, `-`, labels of at
+/// most 63), stricter than what a client may send.
 fn host_name(text: &str) -> Option<String> {
     let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']'));
     if let Ok(v6) = bare.unwrap_or(text).parse::<Ipv6Addr>() {

@@ -347,7 +347,9 @@ pub(super) fn upgrades(
 pub(super) const HEADER_BYTES: (usize, usize) = (8192, 1024 * 1024);
 pub(super) const HEADER_COUNT: (usize, usize) = (1, 1000);
 
-/// `max_header_bytes` and `max_headers` of a listener (HTTP only).
+/// `max_header_bytes` and `max_headers` of a listener (HTTP only). A value
+/// refused is reported and replaced by its default, as
+/// [`Checker::number`] does.
 pub(super) fn header_limits(
     c: &mut Checker<'_>,
     span: &Range<usize>,
@@ -355,26 +357,28 @@ pub(super) fn header_limits(
     raw: &RawListener,
     protocol: Protocol,
 ) -> (usize, usize) {
-    let bytes = raw.max_header_bytes.unwrap_or(64 * 1024);
-    let count = raw.max_headers.unwrap_or(100);
     let checks = [
         (
             "max_header_bytes",
             raw.max_header_bytes,
             HEADER_BYTES,
             "bytes",
-            "65536",
+            64 * 1024,
         ),
         (
             "max_headers",
             raw.max_headers,
             HEADER_COUNT,
             "header fields",
-            "100",
+            100,
         ),
     ];
-    for (field, set, (min, max), unit, default) in checks {
-        let Some(v) = set else { continue };
+    let mut out = [0; 2];
+    for (slot, (field, set, (min, max), unit, default)) in out.iter_mut().zip(checks) {
+        *slot = default;
+        if set.is_none() {
+            continue;
+        }
         if !protocol.is_http() {
             c.report(
                 span,
@@ -383,17 +387,11 @@ pub(super) fn header_limits(
                 format!("`{field}` limits HTTP requests, and this listener does not speak HTTP"),
                 "remove it, or use protocol \"http\" or \"https\"",
             );
-        } else if !(min..=max).contains(&v) {
-            c.report(
-                span,
-                p,
-                Some(field),
-                format!("{v} is outside {min}..={max} {unit}"),
-                format!("set `{field}` between {min} and {max} (default {default})"),
-            );
+            continue;
         }
+        *slot = c.number(span, p, field, set, min..=max, unit, default);
     }
-    (bytes, count)
+    (out[0], out[1])
 }
 
 /// `request_body_timeout` and `send_timeout` of a listener (HTTP only),

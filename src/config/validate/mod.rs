@@ -485,6 +485,14 @@ const MAX_MH_TABLE: u32 = 131_071;
 /// Largest request body limit: 1 TiB.
 const MAX_BODY_SIZE: u64 = 1 << 40;
 
+/// Most tokio worker threads: far more than any host's cores, while 100000
+/// of them took 254 MB of thread stacks before serving anything.
+const MAX_WORKERS: usize = 1024;
+
+/// Largest TLS session cache: rustls allocates it up front, about 90 bytes
+/// a session (9 MiB here; `1e9` aborted vipd).
+const MAX_SESSION_CACHE: usize = 100_000;
+
 /// Write a duration back in the unit an operator would use ("100ms", "5m").
 fn show(d: Duration) -> String {
     let ms = d.as_millis();
@@ -647,7 +655,15 @@ fn global(c: &mut Checker<'_>, t: Option<&Spanned<toml::Table>>) -> Global {
     let raw: RawGlobal = t.map(|t| c.entry(t, "global")).unwrap_or_default();
     let p = "global";
     Global {
-        workers: c.number(&span, p, "workers", raw.workers, 0..=1024, "threads", 0),
+        workers: c.number(
+            &span,
+            p,
+            "workers",
+            raw.workers,
+            0..=MAX_WORKERS,
+            "threads",
+            0,
+        ),
         grace_period: c.duration(
             &span,
             p,
@@ -706,7 +722,7 @@ fn tls_settings(c: &mut Checker<'_>, t: Option<&Spanned<toml::Table>>) -> TlsSet
             "tls",
             "session_cache_size",
             raw.session_cache_size,
-            0..=100_000,
+            0..=MAX_SESSION_CACHE,
             "sessions",
             20_480,
         ),

@@ -36,7 +36,7 @@ impl<'a, T> Defined<'a, T> {
 /// listener keeps its own table of the host names it serves (a TLS one also
 /// its own certificate resolver): 5 000 listeners serving 5 000 vhosts each,
 /// a 600 KB file, took gigabytes.
-const MAX_ROUTES: usize = 1_000_000;
+const MAX_LISTENER_HOSTS: usize = 1_000_000;
 
 /// How many routes the listeners checked so far left for the next ones.
 pub(super) struct RouteBudget {
@@ -50,7 +50,7 @@ pub(super) struct RouteBudget {
 impl RouteBudget {
     pub(super) fn new(vhosts: &[Vhost]) -> Self {
         Self {
-            left: MAX_ROUTES,
+            left: MAX_LISTENER_HOSTS,
             over: false,
             all: vhosts.iter().map(|v| v.hosts.len()).sum(),
         }
@@ -105,7 +105,7 @@ pub(super) fn served_vhosts(
                 p,
                 Some("vhosts"),
                 format!(
-                    "the listeners together serve over {MAX_ROUTES} host names (this one adds {hosts}); each keeps its own table of the names it serves"
+                    "the listeners together serve over {MAX_LISTENER_HOSTS} host names (this one adds {hosts}); each keeps its own table of the names it serves"
                 ),
                 "list in `vhosts` only the vhosts each listener serves, or serve them from fewer listeners",
             );

@@ -119,6 +119,45 @@ impl Progress {
     }
 }
 
+/// The idle deadline of a body in transit: it starts when the body is
+/// polled and the other side has nothing for it, and a frame resets it, so
+/// only time spent waiting on that side counts. Its timer is allocated on
+/// the first wait and reused after.
+#[derive(Default)]
+struct StallClock {
+    sleep: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
+}
+
+impl StallClock {
+    /// A frame came: the next wait starts a fresh deadline.
+    fn progressed(&mut self) {
+        self.waiting = false;
+    }
+
+    /// Nothing came: start a deadline of `limit` if this wait is a new one
+    /// (calling `started`), and be Ready once it has passed.
+    fn poll_expired(
+        &mut self,
+        cx: &mut Context<'_>,
+        limit: Duration,
+        started: impl FnOnce(),
+    ) -> Poll<()> {
+        use std::future::Future as _;
+        if !self.waiting {
+            self.waiting = true;
+            started();
+            let deadline = Instant::now() + limit;
+            match self.sleep.as_mut() {
+                Some(s) => s.as_mut().reset(deadline),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        let sleep = self.sleep.as_mut().expect("armed above");
+        sleep.as_mut().poll(cx)
+    }
+}
+
 /// A client's request body on its way to a backend, cut off at a size
 /// limit, and failed when the client sends nothing for
 /// `request_body_timeout` while the backend connection waits for it.
@@ -129,8 +168,7 @@ pub struct RequestBody {
     /// has nothing to track.
     progress: Option<Arc<Progress>>,
     /// Runs while the backend connection waits on the client.
-    stall: Option<Pin<Box<Sleep>>>,
-    waiting: bool,
+    stall: StallClock,
 }
 
 impl RequestBody {
@@ -142,8 +180,7 @@ impl RequestBody {
             inner,
             seen: 0,
             progress: (!done).then(|| Arc::new(Progress::new(limit.unwrap_or(u64::MAX), timeout))),
-            stall: None,
-            waiting: false,
+            stall: StallClock::default(),
         }
     }
 
@@ -162,22 +199,15 @@ impl RequestBody {
     /// The client is late: arm the clock on the first wait, and fail once
     /// it runs out.
     fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<BodyError> {
-        use std::future::Future as _;
-        let Some(timeout) = self.progress.as_ref().map(|p| p.timeout) else {
+        let Some(progress) = &self.progress else {
             // An empty body is never waited for.
             return Poll::Pending;
         };
-        if !self.waiting {
-            self.waiting = true;
-            self.enter(WAITING);
-            let deadline = Instant::now() + timeout;
-            match self.stall.as_mut() {
-                Some(s) => s.as_mut().reset(deadline),
-                None => self.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
-        }
-        let stall = self.stall.as_mut().expect("armed above");
-        std::task::ready!(stall.as_mut().poll(cx));
+        let timeout = progress.timeout;
+        std::task::ready!(
+            self.stall
+                .poll_expired(cx, timeout, || progress.enter(WAITING))
+        );
         self.enter(TIMEOUT);
         warn!(
             side = "client",
@@ -199,7 +229,7 @@ impl Body for RequestBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(mut frame))) => {
-                this.waiting = false;
+                this.stall.progressed();
                 if let Some(trailers) = frame.trailers_mut() {
                     super::headers::strip_request_trailers(trailers);
                 }
@@ -294,8 +324,7 @@ pub struct BackendBody {
     idle: Duration,
     /// Runs only while hyper waits on the backend, never while hyper has
     /// not asked for more because the client is slow.
-    stall: Option<Pin<Box<Sleep>>>,
-    waiting: bool,
+    stall: StallClock,
 }
 
 impl BackendBody {
@@ -308,8 +337,7 @@ impl BackendBody {
             ended: false,
             addr,
             idle,
-            stall: None,
-            waiting: false,
+            stall: StallClock::default(),
         }
     }
 
@@ -317,7 +345,6 @@ impl BackendBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ResponseError>>> {
-        use std::future::Future as _;
         let addr = self.addr;
         match Pin::new(&mut self.body).poll_frame(cx) {
             Poll::Ready(None) => {
@@ -325,7 +352,7 @@ impl BackendBody {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Ok(frame))) => {
-                self.waiting = false;
+                self.stall.progressed();
                 self.ended = self.body.is_end_stream();
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -333,17 +360,8 @@ impl BackendBody {
                 Poll::Ready(Some(Err(ResponseError::Backend { addr, source })))
             }
             Poll::Pending => {
-                if !self.waiting {
-                    self.waiting = true;
-                    let deadline = Instant::now() + self.idle;
-                    match self.stall.as_mut() {
-                        Some(s) => s.as_mut().reset(deadline),
-                        None => self.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
-                    }
-                }
-                let stall = self.stall.as_mut().expect("armed above");
-                std::task::ready!(stall.as_mut().poll(cx));
                 let timeout = self.idle;
+                std::task::ready!(self.stall.poll_expired(cx, timeout, || {}));
                 warn!(
                     side = "backend",
                     backend = %addr,

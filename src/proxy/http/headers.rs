@@ -1,6 +1,8 @@
 //! Header rewriting between client and backend: hop-by-hop headers are
 //! stripped both ways, forwarding headers (`X-Forwarded-*`, RFC 7239
-//! `Forwarded`, `Via`) are added to requests.
+//! `Forwarded`, `Via`, optionally `X-Real-IP`) are added to requests, an
+//! `Upgrade` is kept only for the protocols the listener allows, and
+//! request trailers lose every field that belongs in the head.
 //!
 //! Forwarding headers a client sends are kept (and appended to) only when
 //! the client is a trusted proxy; from anyone else every `X-Forwarded-*`
@@ -173,16 +175,21 @@ const NOT_IN_TRAILERS: [&str; 8] = [
 /// only ([`NOT_IN_TRAILERS`], hop-by-hop fields, and every client-address
 /// claim in any spelling), from every client, trusted or not.
 pub fn strip_request_trailers(trailers: &mut HeaderMap) {
-    let doomed: Vec<HeaderName> = trailers
+    remove_where(trailers, |n| {
+        NOT_IN_TRAILERS.contains(&n) || is_fixed_hop_by_hop(n) || forged(n, false)
+    });
+}
+
+/// Remove every field whose (lower-case) name `doomed` picks, all its
+/// values.
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
+    let names: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| {
-            let n = n.as_str();
-            NOT_IN_TRAILERS.contains(&n) || is_fixed_hop_by_hop(n) || forged(n, false)
-        })
+        .filter(|n| doomed(n.as_str()))
         .cloned()
         .collect();
-    for name in doomed {
-        trailers.remove(name);
+    for name in names {
+        headers.remove(name);
     }
 }
 
@@ -243,10 +250,7 @@ pub struct Peer {
 impl Peer {
     /// Values for a client at `ip`, connected over `https` or not.
     pub fn new(ip: IpAddr, https: bool) -> Self {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = ip.to_canonical();
         let node = match ip {
             IpAddr::V4(v4) => v4.to_string(),
             IpAddr::V6(v6) => format!("\"[{v6}]\""),
@@ -288,14 +292,7 @@ pub fn add_forwarding(
     version: Version,
     opts: Options,
 ) {
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| forged(name.as_str(), opts.trusted))
-        .cloned()
-        .collect();
-    for name in doomed {
-        headers.remove(name);
-    }
+    remove_where(headers, |n| forged(n, opts.trusted));
     if opts.real_ip && !(opts.trusted && headers.contains_key(&X_REAL_IP)) {
         headers.insert(X_REAL_IP.clone(), peer.xff.clone());
     }

@@ -171,10 +171,7 @@ impl ListenerRoutes {
     /// cannot forge headers through it, not even one it cannot name.
     pub fn trusts(&self, client: IpAddr, arrival: Arrival) -> bool {
         let trusted = |ip: IpAddr| {
-            let ip = match ip {
-                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-                v4 => v4,
-            };
+            let ip = ip.to_canonical();
             self.trusted_proxies.iter().any(|n| n.contains(&ip))
         };
         match arrival {

@@ -1,11 +1,13 @@
-//! The request path: route by Host and path, answer locally when the proxy
-//! must (redirect, 4xx, 503), otherwise forward to a backend of the chosen
-//! pool and stream its response back. Upgrades the listener allows
-//! (WebSocket by default) become a tunnel that keeps the connection's slot.
+//! The request path: find the request's one host (target authority or
+//! Host, which must agree), route by it and the path, answer locally when
+//! the proxy must (redirect, 4xx, 503), otherwise forward to a backend of
+//! the chosen pool and stream its response back. Upgrades the listener
+//! allows (WebSocket by default) become a tunnel that keeps the
+//! connection's slot.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +27,7 @@ use super::headers::{self, Options};
 use super::route::{ListenerRoutes, VhostRoute};
 use super::upstream::{ForwardError, Upstream};
 use crate::authority::Authority;
-use crate::balance::{Lease, PersistenceTable, Pool};
+use crate::balance::{BackendState, Lease, PersistenceTable, Pool};
 use crate::proxy::Snapshot;
 use crate::proxy::listener::Admission;
 
@@ -161,19 +163,11 @@ fn plan(
         Err(why) => return Err(bad_request(why)),
     };
     let vhost = routes.vhosts.lookup(&name);
-    if let Some(sni) = conn.sni.as_deref() {
-        let by_sni = routes.vhosts.lookup(sni);
-        let same = match (by_sni, vhost) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        };
-        if !same {
-            return Err(local(
-                StatusCode::MISDIRECTED_REQUEST,
-                "421 Misdirected Request: the Host header names a different site than TLS SNI\n",
-            ));
-        }
+    if !sni_agrees(routes, conn.sni.as_deref(), vhost) {
+        return Err(local(
+            StatusCode::MISDIRECTED_REQUEST,
+            "421 Misdirected Request: the Host header names a different site than TLS SNI\n",
+        ));
     }
     let Some(vhost) = vhost else {
         return Err(local(
@@ -235,6 +229,18 @@ fn plan(
             real_ip: routes.real_ip,
         },
     })
+}
+
+/// Whether the TLS SNI, if any, leads to the same site as the request's
+/// host did (`vhost`): otherwise a client could reach one vhost over a
+/// handshake made for another (RFC 9110 7.4: 421).
+fn sni_agrees(routes: &ListenerRoutes, sni: Option<&str>, vhost: Option<&Arc<VhostRoute>>) -> bool {
+    let Some(sni) = sni else { return true };
+    match (routes.vhosts.lookup(sni), vhost) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 /// A backend of `pool` for `client`, through the persistence table if any.
@@ -370,6 +376,8 @@ async fn forward(
         plan.opts,
     );
     let target = origin_form(&parts.uri);
+    // Read before `parts.version` becomes the backend's version below.
+    let client_version = parts.version;
     let authority = plan
         .upstream
         .http2()
@@ -381,7 +389,6 @@ async fn forward(
         Version::HTTP_11
     };
     let attempts = plan.pool.backends.len().clamp(1, 3);
-    let client_version = parts.version;
     let body = RequestBody::new(body, plan.max_body_size, conn.request_body_timeout);
     let mut req = Request::from_parts(parts, body);
     let mut lease = plan.lease;
@@ -412,26 +419,7 @@ async fn forward(
             // (A stalled body has logged itself.)
             warn!(side = e.side(), error = %e, attempt, "request failed");
         }
-        // Passive check: connect failures and backend failures after
-        // connecting (reset, closed, no response head in time) count.
-        let counted = snap
-            .config
-            .pool(&plan.pool.name)
-            .filter(|_| e.is_connect() || e.is_backend_failure());
-        if let Some(cfg) = counted {
-            let down = if e.is_connect() {
-                state.connect_failed(cfg)
-            } else {
-                state.passive_failure(cfg)
-            };
-            if down {
-                let cause = format!(
-                    "passive check: {} consecutive failures; last: {e}",
-                    cfg.passive_fall
-                );
-                plan.pool.log_flip(addr, false, &cause);
-            }
-        }
+        passive_check(snap, &plan.pool, addr, &state, &e);
         if !e.is_connect() {
             return failure_response(&e, client_version);
         }
@@ -457,25 +445,8 @@ async fn forward(
         lease.state().stats.responses.record(resp.status().as_u16());
     }
     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if switched {
-        // A backend may only switch to a protocol the client offered and the
-        // listener allows: anything else (h2c above all) is never tunnelled.
-        let agreed = upgrade
-            .as_ref()
-            .is_some_and(|asked| headers::upgrade_agreed(resp.headers(), asked));
-        let (Some(client), true) = (client_upgrade, agreed) else {
-            warn!(side = "backend", upgrade = ?resp.headers().get(header::UPGRADE),
-                "backend switched protocols to an upgrade the client did not offer; answering 502");
-            return error_response(StatusCode::BAD_GATEWAY);
-        };
-        let backend = hyper::upgrade::on(&mut resp);
-        let lease = ex.lease.take();
-        // The tunnel keeps the connection's slot under the listener's caps
-        // (and in its active gauge) until it closes.
-        let admission = conn.admission.clone();
-        let idle = conn.idle_timeout;
-        conn.shutdown
-            .spawn(tunnel(client, backend, lease, idle, admission));
+    if switched && !start_tunnel(conn, upgrade.as_ref(), client_upgrade, &mut resp, ex) {
+        return error_response(StatusCode::BAD_GATEWAY);
     }
     // An upgraded connection belongs to the tunnel, never to the pool.
     let reusable = reusable.filter(|_| !switched);
@@ -486,6 +457,62 @@ async fn forward(
     }
     let idle = plan.upstream.response_timeout;
     resp.map(|body| Source::Backend(BackendBody::new(body, reusable, addr, idle)))
+}
+
+/// Passive check: a connect failure, or a failure the backend caused after
+/// connecting (reset, closed, no response head in time), counts against
+/// `addr`; a failure of the client's (a stalled upload) never does.
+fn passive_check(
+    snap: &Snapshot,
+    pool: &Pool,
+    addr: SocketAddr,
+    state: &BackendState,
+    e: &ForwardError,
+) {
+    let counted = snap
+        .config
+        .pool(&pool.name)
+        .filter(|_| e.is_connect() || e.is_backend_failure());
+    let Some(cfg) = counted else { return };
+    let down = if e.is_connect() {
+        state.connect_failed(cfg)
+    } else {
+        state.passive_failure(cfg)
+    };
+    if down {
+        let cause = format!(
+            "passive check: {} consecutive failures; last: {e}",
+            cfg.passive_fall
+        );
+        pool.log_flip(addr, false, &cause);
+    }
+}
+
+/// Splice the client's connection to the backend's after a `101`, in a
+/// task of its own. A backend may only switch to a protocol the client
+/// offered (`asked`) and the listener allows: anything else (h2c above all)
+/// is never tunnelled, and false says to answer 502 instead.
+fn start_tunnel(
+    conn: &Conn,
+    asked: Option<&HeaderValue>,
+    client: Option<OnUpgrade>,
+    resp: &mut Response<Incoming>,
+    ex: &mut Exchange,
+) -> bool {
+    let agreed = asked.is_some_and(|asked| headers::upgrade_agreed(resp.headers(), asked));
+    let (Some(client), true) = (client, agreed) else {
+        warn!(side = "backend", upgrade = ?resp.headers().get(header::UPGRADE),
+            "backend switched protocols to an upgrade the client did not offer; answering 502");
+        return false;
+    };
+    let backend = hyper::upgrade::on(resp);
+    let lease = ex.lease.take();
+    // The tunnel keeps the connection's slot under the listener's caps
+    // (and in its active gauge) until it closes.
+    let admission = conn.admission.clone();
+    conn.shutdown
+        .spawn(tunnel(client, backend, lease, conn.idle_timeout, admission));
+    true
 }
 
 /// The answer to a request that failed after reaching a backend. When the
