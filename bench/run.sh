@@ -13,7 +13,7 @@
 #   --quick | --smoke          see above
 #   --reps N --duration S      runs per figure (median reported), seconds each
 #   --workers "1 2"            worker/thread counts to test
-#   --tests "a b"              subset of: mem mem_tls mem_tcp https_h1 https_h2 http_ka hs_full
+#   --tests "a b"              subset of: mem mem_noreq mem_tls mem_tcp https_h1 https_h2 http_ka hs_full
 #                              hs_resume hs_full_tls hs_resume_tls tcp_bulk tcp_cps
 #                              tls_bulk lat_https lat_tcp
 #   --proxies "haproxy nginx vipd"   contestants
@@ -28,8 +28,7 @@
 #   VIPD_LOG=warn        RUST_LOG of vipd (the peers log nothing per connection)
 #   CONNS=64 HS_CONNS=32 H2_CONNS=16 H2_STREAMS=16 BULK_CONNS=4
 #   LAT_CONNS=16 LAT_DELAY_MS=10   fixed-load latency test (~1,500 req/s)
-#   MEM_CONNS=10000 MEM_REQUEST=0  idle TLS connections for the memory test;
-#                                  MEM_REQUEST=1 sends one request on each first
+#   MEM_CONNS=10000      idle TLS connections for the memory tests
 #   PROXY_CPU, LOAD_CPU             CPU placement (defaults: see cpu_plan)
 #   BASE_PORT=19000      backends BASE+1, BASE+2; instance i: BASE+100*(i+1)+k
 #
@@ -48,8 +47,10 @@
 #              keep-alive connections, each pausing LAT_DELAY_MS between
 #              requests (wrk Lua delay(); closed loop, not wrk2's open loop)
 #   lat_tcp    the same through the L4 tcp listener
-#   mem        VmRSS growth of the proxy per idle TLS connection (KiB/conn),
-#              MEM_CONNS connections, on the fresh process before any load
+#   mem        VmRSS growth of the proxy per idle TLS keep-alive connection
+#              after one request on each (KiB/conn), as real keep-alive
+#              connections are: MEM_CONNS connections, on a fresh process
+#   mem_noreq  the same for TLS connections that never sent a request
 #   mem_tls    the same through the `tls` listener (TLS terminated, one backend
 #              connection each), after one request per connection
 #   mem_tcp    the same for idle L4 tcp connections that carried one request
@@ -67,7 +68,7 @@ TPL=$HERE/templates
 CMDLINE="bash bench/run.sh $*"
 
 QUICK=0 SMOKE=0 INSTALL=1 BUILD=1 RESULTS_FILE=
-ALL_TESTS="mem mem_tls mem_tcp https_h1 https_h2 http_ka hs_full hs_resume hs_full_tls hs_resume_tls tcp_bulk tcp_cps tls_bulk lat_https lat_tcp"
+ALL_TESTS="mem mem_noreq mem_tls mem_tcp https_h1 https_h2 http_ka hs_full hs_resume hs_full_tls hs_resume_tls tcp_bulk tcp_cps tls_bulk lat_https lat_tcp"
 while [[ $# -gt 0 ]]; do
   case $1 in
     --quick) QUICK=1 ;;
@@ -97,7 +98,6 @@ WORKERS_LIST=${WORKERS_LIST:-"1 2"}
 TESTS=${TESTS:-$ALL_TESTS}
 PROXIES=${PROXIES:-"haproxy nginx vipd"}
 MEM_CONNS=${MEM_CONNS:-10000}
-MEM_REQUEST=${MEM_REQUEST:-0}
 CONNS=${CONNS:-64}
 HS_CONNS=${HS_CONNS:-32}
 H2_CONNS=${H2_CONNS:-16}
@@ -419,7 +419,7 @@ check_instance() { # functional checks: both backends used, resumption on/off, A
 # ------------------------------------------------------------------- tests
 needs_mode() {
   case $1 in
-    http_ka) echo http ;; https_h1|hs_full|hs_resume|lat_https|mem) echo https ;;
+    http_ka) echo http ;; https_h1|hs_full|hs_resume|lat_https|mem|mem_noreq) echo https ;;
     https_h2) echo h2 ;; tcp_bulk|tcp_cps|lat_tcp|mem_tcp) echo tcp ;; tls_bulk|mem_tls|hs_*_tls) echo tls ;;
   esac
 }
@@ -452,7 +452,8 @@ skip() { # skip TEST PROXY REASON
 }
 
 mem_test() { # mem_test INSTANCE TEST
-  local i=$1 t=$2 n=$MEM_CONNS port req=$MEM_REQUEST plain=0
+  local i=$1 t=$2 n=$MEM_CONNS port req=1 plain=0
+  [[ $t == mem_noreq ]] && req=0
   port=$(port_of "$i" https)
   if [[ $t == mem_tcp || $t == mem_tls ]]; then
     # every idle L4 connection also holds a backend connection: 2 fds in the
@@ -536,7 +537,7 @@ write_results() {
     echo "- $(haproxy -v | head -1)"
     echo "- $(nginx -v 2>&1)"
     echo "- $(openssl version); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); h2load $(h2load --version | awk '{print $2}')"
-    echo "- settings: DURATION=${DURATION}s REPS=$REPS WORKERS='$WORKERS_LIST' CONNS=$CONNS HS_CONNS=$HS_CONNS H2=${H2_CONNS}x$H2_STREAMS BULK_CONNS=$BULK_CONNS LAT=${LAT_CONNS}conns/${LAT_DELAY_MS}ms MEM_CONNS=$MEM_CONNS MEM_REQUEST=$MEM_REQUEST"
+    echo "- settings: DURATION=${DURATION}s REPS=$REPS WORKERS='$WORKERS_LIST' CONNS=$CONNS HS_CONNS=$HS_CONNS H2=${H2_CONNS}x$H2_STREAMS BULK_CONNS=$BULK_CONNS LAT=${LAT_CONNS}conns/${LAT_DELAY_MS}ms MEM_CONNS=$MEM_CONNS"
     echo "- CPU placement: 1-worker proxies on CPU ${PROXY_CPU:-any}, load generator + backend nginx on CPU ${LOAD_CPU:-any}; 2-worker proxies on ${PROXY_CPUS2:-all CPUs (unpinned, shared with the load generator)}"
     echo
     echo "Method: wrk 4.1 (HTTP/1.1, OpenSSL client, TLS 1.3) and h2load (HTTP/2) against 127.0.0.1; each load run is"
@@ -577,7 +578,6 @@ main() {
     log "MEM_CONNS lowered from $MEM_CONNS to $((FD_LIMIT - 2000)): the fd limit is $FD_LIMIT (ulimit -Hn)"
     MEM_CONNS=$((FD_LIMIT - 2000))
   fi
-  ((MEM_REQUEST)) && ((2 * MEM_CONNS > FD_LIMIT - 1000)) && log "WARNING: MEM_REQUEST=1 may need 2 fds per connection in the proxy (fd limit $FD_LIMIT)"
   cpu_plan
   LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
   mkdir -p "$OUT/raw"

@@ -338,7 +338,8 @@ TESTS = [
     ('tls_bulk', 'tls termination -> tcp, 10 MiB body', 'MB/s', True, None),
     ('lat_https', 'p99 latency, HTTPS/1.1 at fixed moderate load', 'ms', False, 1.0),
     ('lat_tcp', 'p99 latency, L4 tcp at fixed moderate load', 'ms', False, 1.0),
-    ('mem', 'RSS per idle TLS connection', 'KiB/conn', False, 1.0),
+    ('mem', 'RSS per idle TLS keep-alive connection (after one request)', 'KiB/conn', False, 1.0),
+    ('mem_noreq', 'RSS per idle TLS connection (no request yet)', 'KiB/conn', False, None),
     ('mem_tls', 'RSS per idle `tls` connection (after one request)', 'KiB/conn', False, None),
     ('mem_tcp', 'RSS per idle L4 tcp connection (after one request)', 'KiB/conn', False, None),
 ]
