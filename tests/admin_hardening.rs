@@ -209,6 +209,24 @@ async fn a_request_whose_host_is_not_the_admin_address_is_refused_with_403_even_
 }
 
 #[tokio::test]
+async fn an_ipv4_mapped_admin_hosts_entry_matches_the_host_in_either_spelling() {
+    let a = TestBackend::start("a").await;
+    let (running, admin) = start(&a, "hosts = [\"::ffff:192.0.2.5\"]").await;
+    for host in ["192.0.2.5", "[::ffff:192.0.2.5]:9100"] {
+        let (status, body) =
+            exchange(admin, "GET", "/api/status", &format!("Host: {host}\r\n")).await;
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    assert_eq!(
+        exchange(admin, "GET", "/api/status", "Host: 192.0.2.6\r\n")
+            .await
+            .0,
+        403
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
 async fn a_hundred_idle_admin_connections_are_closed_at_header_timeout_and_a_legit_request_is_served()
  {
     let a = TestBackend::start("a").await;

@@ -92,7 +92,11 @@ pub(super) fn admin(c: &mut Checker<'_>, t: &Spanned<toml::Table>) -> Admin {
 fn host_name(text: &str) -> Option<String> {
     let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']'));
     if let Ok(v6) = bare.unwrap_or(text).parse::<Ipv6Addr>() {
-        return Some(format!("[{v6}]"));
+        // The admin guard compares an IPv4-mapped Host as its IPv4 address.
+        return Some(match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("[{v6}]"),
+        });
     }
     if let Ok(ip) = text.parse::<IpAddr>() {
         return Some(ip.to_string());
