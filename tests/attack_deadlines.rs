@@ -92,8 +92,9 @@ async fn uploader(proxy: SocketAddr, len: usize) -> tokio::net::tcp::OwnedReadHa
             }
             left -= n;
         }
-        // Keep the write half open: the client is not the one that stops.
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        // Keep the write half open for the rest of the test: the client is
+        // not the one that stops.
+        std::future::pending::<()>().await;
         drop(w);
     });
     r
@@ -446,8 +447,9 @@ async fn a_large_early_answer_reaches_a_slow_reader_in_full_before_the_close() {
                 if read_head(&mut s).await.is_some() {
                     s.write_all(ANSWER).await.unwrap();
                     s.write_all(&vec![b'x'; 4 << 20]).await.unwrap();
-                    // Never read the upload; stay open.
-                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    // Never read the upload; stay open for the rest of
+                    // the test.
+                    std::future::pending::<()>().await;
                 }
             });
         }

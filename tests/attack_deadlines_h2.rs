@@ -162,6 +162,10 @@ async fn an_http2_client_flooding_pings_without_reading_is_closed_after_send_tim
             _ => break,
         }
     }
+    // Go on not reading for 4x send_timeout: the proxy must close the
+    // connection in that window (reading earlier would take its pending
+    // writes and let it go on; no backend is involved to signal the close,
+    // and header/idle timeouts are 30 s, so only send_timeout can close it).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rest = read_until_closed(&mut s, Duration::from_secs(3)).await;
     assert!(

@@ -166,8 +166,13 @@ async fn a_client_that_never_reads_a_large_response_is_closed_after_send_timeout
     )
     .await;
     let mut s = get_big_with_small_window(proxy).await;
-    // Read nothing while the proxy's writes stall, then see it closed.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Read nothing while the proxy's writes stall: it gives up on the
+    // exchange (the backend connection closes), then see the client closed.
+    // Reading earlier would unblock the writes.
+    assert!(
+        backend_closed(&b, 1).await,
+        "the backend connection stays open"
+    );
     let got = read_until_closed(&mut s, Duration::from_secs(10))
         .await
         .expect("the proxy closes the connection");
@@ -215,7 +220,11 @@ async fn an_https_client_that_never_reads_a_large_response_is_closed_after_send_
     s.write_all(b"GET /big HTTP/1.1\r\nHost: site.test\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // As above: wait, without reading, until the proxy gives up.
+    assert!(
+        backend_closed(&b, 1).await,
+        "the backend connection stays open"
+    );
     let got = read_until_closed(&mut s, Duration::from_secs(10))
         .await
         .expect("the proxy kept the TLS connection open");
