@@ -8,78 +8,12 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::Vipd;
-
-/// Address space allowed to `vipd check`, as in `config_bounds`.
-const CHECK_MEMORY_KIB: u64 = 1024 * 1024;
-
-/// `vipd check -c path` under a [`CHECK_MEMORY_KIB`] address-space limit,
-/// killed after `limit`: exit code (None if killed) and all it printed.
-fn check_within(path: &Path, limit: Duration) -> (Option<i32>, String) {
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -v {CHECK_MEMORY_KIB} && exec \"$0\" check -c \"$1\" 2>&1"
-        ))
-        .arg(env!("CARGO_BIN_EXE_vipd"))
-        .arg(path)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stdout.read_to_end(&mut text);
-        text
-    });
-    let deadline = Instant::now() + limit;
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let text = reader.join().unwrap();
-    (code, String::from_utf8_lossy(&text).into_owned())
-}
-
-/// A TCP echo server on 127.0.0.1.
-fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for mut s in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut buf = [0; 1024];
-                while let Ok(n @ 1..) = s.read(&mut buf) {
-                    if s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-fn echo_through(addr: SocketAddr) -> Vec<u8> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"ping").unwrap();
-    let mut got = [0; 4];
-    s.read_exact(&mut got).unwrap();
-    got.to_vec()
-}
+use support::{Vipd, check_within, echo_thread, echo_through};
 
 /// A tcp listener "web" on port 0 to the echo server at `echo`.
 fn served(echo: SocketAddr) -> String {
@@ -130,7 +64,7 @@ fn a_file_of_20000_bad_entries_is_checked_in_seconds_and_lists_the_first_200() {
 
 #[test]
 fn a_reload_with_20000_bad_entries_is_refused_in_seconds_and_the_old_file_keeps_serving() {
-    let echo = echo_server();
+    let echo = echo_thread();
     let base = served(echo);
     let mut vipd = Vipd::run(&base);
     let addr = vipd.listening(&["web"])["web"];
@@ -205,7 +139,7 @@ fn listeners_that_together_serve_over_a_million_host_names_are_refused_once() {
 
 #[test]
 fn thirty_thousand_pools_and_vhosts_are_checked_and_reloaded_in_seconds() {
-    let echo = echo_server();
+    let echo = echo_thread();
     let mut config = served(echo);
     for i in 0..30_000 {
         config += &format!(
@@ -252,7 +186,7 @@ fn thirty_thousand_pools_and_vhosts_are_checked_and_reloaded_in_seconds() {
 
 #[test]
 fn a_configuration_path_that_became_a_fifo_fails_the_check_and_the_reload_at_once() {
-    let echo = echo_server();
+    let echo = echo_thread();
     let mut vipd = Vipd::run(&served(echo));
     let addr = vipd.listening(&["web"])["web"];
     let path = vipd.dir.join("vipd.toml");
@@ -330,7 +264,7 @@ fn a_vhost_host_name_longer_than_dns_allows_is_refused() {
 
 #[test]
 fn an_admin_reload_of_a_large_file_leaves_a_single_worker_serving_meanwhile() {
-    let echo = echo_server();
+    let echo = echo_thread();
     let base = format!(
         "[global]\nworkers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
         served(echo)

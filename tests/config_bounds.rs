@@ -14,69 +14,17 @@
 mod bounds_table;
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bounds_table::{FIELDS, Field, declared_fields, render, rounds, with_certificate};
-use support::Vipd;
+use support::{Vipd, check_within, echo_thread, echo_through, fifo};
 
-/// A FIFO at `path` (nothing ever writes to it).
-fn fifo(path: &Path) {
-    let ok = Command::new("mkfifo").arg(path).status().unwrap().success();
-    assert!(ok, "mkfifo {}", path.display());
-}
-
-/// A TCP echo server on 127.0.0.1, one thread per connection.
-fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for mut s in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut buf = [0; 1024];
-                while let Ok(n @ 1..) = s.read(&mut buf) {
-                    if s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-/// One exchange through the "web" listener.
-fn echo_through(addr: SocketAddr) -> Vec<u8> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"ping").unwrap();
-    let mut got = [0; 4];
-    s.read_exact(&mut got).unwrap();
-    got.to_vec()
-}
-
-/// Address space allowed to `vipd check`: any allocation near it aborts
-/// the check, which the tests see.
-const CHECK_MEMORY_KIB: u64 = 1024 * 1024;
-
-/// `vipd check -c path` under a [`CHECK_MEMORY_KIB`] address-space limit:
-/// exit code and everything it printed.
+/// `vipd check -c path` under the address-space limit of
+/// [`check_within`], with a generous deadline.
 fn vipd_check(path: &Path) -> (Option<i32>, String) {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -v {CHECK_MEMORY_KIB} && exec \"$0\" check -c \"$1\""
-        ))
-        .arg(env!("CARGO_BIN_EXE_vipd"))
-        .arg(path)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), text)
+    check_within(path, Duration::from_secs(60))
 }
 
 /// Peak and current resident memory of `pid`, in KiB.
@@ -150,7 +98,7 @@ fn vipd_check_accepts_every_value_in_range_and_names_the_field_of_every_other_wi
 #[test]
 fn no_reload_takes_vipd_down_whatever_number_the_new_file_carries() {
     let started = Instant::now();
-    let echo = echo_server();
+    let echo = echo_thread();
     let mut vipd = Vipd::run(&render(echo, &[], false));
     let addr = vipd.listening(&["web", "spare"])["web"];
     assert_eq!(echo_through(addr), b"ping");

@@ -4,7 +4,7 @@
 #![allow(unreachable_pub)] // `pub` here means "for the test files", which the lint cannot see
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -231,4 +231,79 @@ pub fn tempdir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vipd-test-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Address space allowed to `vipd check` in the configuration tests: any
+/// allocation near it aborts the check, which the tests see.
+pub const CHECK_MEMORY_KIB: u64 = 1024 * 1024;
+
+/// `vipd check -c path` under a [`CHECK_MEMORY_KIB`] address-space limit,
+/// killed after `limit`: exit code (None if killed) and all it printed.
+pub fn check_within(path: &Path, limit: Duration) -> (Option<i32>, String) {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v {CHECK_MEMORY_KIB} && exec \"$0\" check -c \"$1\" 2>&1"
+        ))
+        .arg(env!("CARGO_BIN_EXE_vipd"))
+        .arg(path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stdout.read_to_end(&mut text);
+        text
+    });
+    let deadline = std::time::Instant::now() + limit;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = reader.join().unwrap();
+    (code, String::from_utf8_lossy(&text).into_owned())
+}
+
+/// A TCP echo server on 127.0.0.1 on plain threads (for tests without a
+/// runtime), one thread per connection.
+pub fn echo_thread() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0; 1024];
+                while let Ok(n @ 1..) = s.read(&mut buf) {
+                    if s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// One exchange through an L4 listener in front of [`echo_thread`].
+pub fn echo_through(addr: SocketAddr) -> Vec<u8> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"ping").unwrap();
+    let mut got = [0; 4];
+    s.read_exact(&mut got).unwrap();
+    got.to_vec()
+}
+
+/// A FIFO at `path` (nothing ever writes to it).
+pub fn fifo(path: &Path) {
+    let ok = Command::new("mkfifo").arg(path).status().unwrap().success();
+    assert!(ok, "mkfifo {}", path.display());
 }
