@@ -582,6 +582,41 @@ fn table_vipd_run_reconciles_at_start_periodically_on_sighup_and_removes_on_shut
         |t| has(web)(t) && !has(api)(t),
     );
 
+    // A reload carrying an out-of-range value changes neither tier: the
+    // api service stays removed and the weights stay, through the periodic
+    // passes that follow the refusal too.
+    let before = s.services().unwrap();
+    let bad = run_config(true).replace("weight = 2", "weight = 70000");
+    std::fs::write(&cfg, bad).unwrap();
+    run("kill", &["-HUP", &pid]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("reload failed")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed reload logged"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("weight"), "the error names the field: {text}");
+    // Two reconcile intervals (1 s) later the table is still the old one.
+    std::thread::sleep(Duration::from_millis(2500));
+    let keys = |t: &[vipd::ipvs::KernelService]| {
+        t.iter()
+            .map(|s| {
+                (
+                    s.key,
+                    s.dests.iter().map(|d| d.dest.weight).collect::<Vec<_>>(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&s.services().unwrap()), keys(&before));
+    assert!(child.try_wait().unwrap().is_none(), "vipd exited: {text}");
+
     run("kill", &["-TERM", &pid]);
     let status = child.wait().unwrap();
     let log = std::fs::read_to_string(&log).unwrap_or_default();
