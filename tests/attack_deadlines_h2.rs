@@ -59,8 +59,7 @@ async fn zero_length_http2_data_frames_do_not_keep_a_stalled_upload_alive() {
     let s = TcpStream::connect(proxy).await.unwrap();
     s.set_nodelay(true).unwrap();
     let (mut r, mut w) = s.into_split();
-    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    hello.extend(h2_frame(4, 0, 0, &[]));
+    let mut hello = h2_preface();
     // POST / for site.test, content-length 100, no END_STREAM.
     let mut block = vec![0x83, 0x86, 0x84, 0x41, 9];
     block.extend_from_slice(b"site.test");
@@ -87,10 +86,7 @@ async fn zero_length_http2_data_frames_do_not_keep_a_stalled_upload_alive() {
         "no answer to the stalled stream in {waited:?}"
     );
     assert!(waited >= Duration::from_millis(350), "{waited:?}");
-    assert!(
-        eventually(Duration::from_secs(3), || b.closed() == 1).await,
-        "the backend connection stays open"
-    );
+    assert!(b.closed_soon(1).await, "the backend connection stays open");
 }
 
 #[tokio::test]
@@ -104,8 +100,7 @@ async fn an_http2_stream_reset_during_its_upload_does_not_count_against_the_back
     .await;
     let s = TcpStream::connect(proxy).await.unwrap();
     let (mut r, mut w) = s.into_split();
-    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    hello.extend(h2_frame(4, 0, 0, &[]));
+    let mut hello = h2_preface();
     let mut block = vec![0x83, 0x86, 0x84, 0x41, 9];
     block.extend_from_slice(b"site.test");
     block.extend_from_slice(&[0x5c, 3]);
@@ -121,10 +116,7 @@ async fn an_http2_stream_reset_during_its_upload_does_not_count_against_the_back
     w.write_all(&h2_frame(3, 0, 1, &8u32.to_be_bytes()))
         .await
         .unwrap();
-    assert!(
-        eventually(Duration::from_secs(3), || b.closed() == 1).await,
-        "the backend connection stays open"
-    );
+    assert!(b.closed_soon(1).await, "the backend connection stays open");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let snap = running.snapshot();
     assert!(snap.pools.get("p").unwrap().backends[0].healthy());
@@ -143,8 +135,7 @@ async fn an_http2_client_flooding_pings_without_reading_is_closed_after_send_tim
     ))
     .await;
     let mut s = small_window_client(proxy).await;
-    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    hello.extend(h2_frame(4, 0, 0, &[]));
+    let hello = h2_preface();
     s.write_all(&hello).await.unwrap();
     let ping = h2_frame(6, 0, 0, &[7; 8]);
     let pings: Vec<u8> = ping
@@ -255,8 +246,7 @@ async fn a_hundred_stalled_http2_uploads_on_one_connection_each_get_408_and_free
     .await;
     let s = TcpStream::connect(proxy).await.unwrap();
     let (mut r, mut w) = s.into_split();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(h2_frame(4, 0, 0, &[]));
+    let mut out = h2_preface();
     let streams: Vec<u32> = (0..100).map(|i| 2 * i + 1).collect();
     for (i, &id) in streams.iter().enumerate() {
         // The first request indexes :authority and content-length; the
@@ -389,8 +379,7 @@ async fn an_http2_client_opening_its_window_one_byte_at_a_time_is_closed_after_s
     ))
     .await;
     let mut s = TcpStream::connect(proxy).await.unwrap();
-    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    hello.extend(h2_frame(4, 0, 0, &[]));
+    let mut hello = h2_preface();
     let mut block = vec![0x82, 0x86, 0x84, 0x41, 9];
     block.extend_from_slice(b"site.test");
     hello.extend(h2_frame(1, 0x5, 1, &block));
@@ -435,8 +424,5 @@ async fn an_http2_client_opening_its_window_one_byte_at_a_time_is_closed_after_s
     };
     assert_eq!(ended, Some("closed"), "open after {data} bytes");
     assert!(data < 1 << 20, "{data}");
-    assert!(
-        eventually(Duration::from_secs(3), || b.closed() == 1).await,
-        "the backend connection stays open"
-    );
+    assert!(b.closed_soon(1).await, "the backend connection stays open");
 }

@@ -33,11 +33,6 @@ async fn raw_site(
     (b, running, proxy)
 }
 
-/// Whether the proxy has closed `n` connections to `b`, within 3 s.
-async fn backend_closed(b: &RawBackend, n: usize) -> bool {
-    eventually(Duration::from_secs(3), || b.closed() == n).await
-}
-
 /// Send a POST announcing 100 body bytes, then only 5 of them; returns the
 /// stream with the answer not yet read.
 async fn stalled_upload(proxy: SocketAddr) -> TcpStream {
@@ -96,10 +91,7 @@ async fn a_stalled_upload_gets_408_and_both_connections_are_closed_after_request
     assert!(waited >= Duration::from_millis(350), "{waited:?}");
     assert!(waited < Duration::from_secs(5), "{waited:?}");
     assert_eq!(b.accepted(), 1);
-    assert!(
-        backend_closed(&b, 1).await,
-        "the backend connection stays open"
-    );
+    assert!(b.closed_soon(1).await, "the backend connection stays open");
 }
 
 #[tokio::test]
@@ -125,10 +117,7 @@ async fn an_http2_upload_that_stalls_gets_408_after_request_body_timeout() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "408 Request Timeout\n");
     assert!(waited >= Duration::from_millis(350), "{waited:?}");
-    assert!(
-        backend_closed(&b, 1).await,
-        "the backend connection stays open"
-    );
+    assert!(b.closed_soon(1).await, "the backend connection stays open");
 }
 
 /// A request body that sends one chunk and then never another.
@@ -169,10 +158,7 @@ async fn a_client_that_never_reads_a_large_response_is_closed_after_send_timeout
     // Read nothing while the proxy's writes stall: it gives up on the
     // exchange (the backend connection closes), then see the client closed.
     // Reading earlier would unblock the writes.
-    assert!(
-        backend_closed(&b, 1).await,
-        "the backend connection stays open"
-    );
+    assert!(b.closed_soon(1).await, "the backend connection stays open");
     let got = read_until_closed(&mut s, Duration::from_secs(10))
         .await
         .expect("the proxy closes the connection");
@@ -182,10 +168,7 @@ async fn a_client_that_never_reads_a_large_response_is_closed_after_send_timeout
         text(&got[..12])
     );
     assert!(got.len() < 64 << 20, "the whole response arrived");
-    assert!(
-        backend_closed(&b, 1).await,
-        "the backend connection stays open"
-    );
+    assert!(b.closed_soon(1).await, "the backend connection stays open");
 }
 
 #[tokio::test]
@@ -221,19 +204,13 @@ async fn an_https_client_that_never_reads_a_large_response_is_closed_after_send_
         .await
         .unwrap();
     // As above: wait, without reading, until the proxy gives up.
-    assert!(
-        backend_closed(&b, 1).await,
-        "the backend connection stays open"
-    );
+    assert!(b.closed_soon(1).await, "the backend connection stays open");
     let got = read_until_closed(&mut s, Duration::from_secs(10))
         .await
         .expect("the proxy kept the TLS connection open");
     assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
     assert!(got.len() < 64 << 20, "the whole response arrived");
-    assert!(
-        backend_closed(&b, 1).await,
-        "the backend connection stays open"
-    );
+    assert!(b.closed_soon(1).await, "the backend connection stays open");
 }
 
 #[tokio::test]
@@ -297,7 +274,7 @@ async fn a_backend_that_stalls_mid_body_is_cut_off_after_response_timeout_and_no
         assert!(waited >= Duration::from_millis(450), "{waited:?}");
         assert!(waited < Duration::from_secs(5), "{waited:?}");
         assert!(
-            backend_closed(&b, round).await,
+            b.closed_soon(round).await,
             "the backend connection stays open"
         );
         // The broken connection was not pooled: each request opened one.
@@ -323,10 +300,7 @@ async fn an_http2_stream_whose_window_the_client_never_opens_is_closed_after_sen
     let waited = started.elapsed();
     assert!(ended.is_ok(), "the proxy kept the HTTP/2 connection open");
     assert!(waited >= Duration::from_millis(400), "{waited:?}");
-    assert!(
-        backend_closed(&b, 1).await,
-        "the backend connection stays open"
-    );
+    assert!(b.closed_soon(1).await, "the backend connection stays open");
     drop(resp);
 }
 
@@ -412,10 +386,7 @@ async fn an_http2_stream_starved_while_a_decoy_stream_moves_still_closes_the_con
     assert!(waited < Duration::from_secs(4), "{waited:?}");
     let read = reader.await.unwrap();
     assert!(read > 0, "the decoy stream never moved");
-    assert!(
-        backend_closed(&b, 2).await,
-        "a backend connection stays open"
-    );
+    assert!(b.closed_soon(2).await, "a backend connection stays open");
     drop(starved);
 }
 
@@ -457,10 +428,7 @@ async fn a_response_head_timeout_closes_the_backend_connection() {
     let (status, _, body) = send(&h1_client(), get(proxy, "site.test", "/")).await;
     assert_eq!(status, 504);
     assert_eq!(body, "504 Gateway Timeout\n");
-    assert!(
-        backend_closed(&b, 1).await,
-        "the backend connection stays open"
-    );
+    assert!(b.closed_soon(1).await, "the backend connection stays open");
 }
 
 #[tokio::test]

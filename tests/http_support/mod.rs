@@ -377,6 +377,12 @@ impl RawBackend {
     pub fn closed(&self) -> usize {
         self.closed.load(Ordering::SeqCst)
     }
+
+    /// Whether the proxy has closed `n` connections to this backend,
+    /// within 3 s.
+    pub async fn closed_soon(&self, n: usize) -> bool {
+        eventually(Duration::from_secs(3), || self.closed() == n).await
+    }
 }
 
 /// Serve one connection; returns when it is closed.
@@ -520,6 +526,14 @@ pub async fn small_window_client(proxy: SocketAddr) -> TcpStream {
     s.connect(&proxy.into()).unwrap();
     s.set_nonblocking(true).unwrap();
     TcpStream::from_std(s.into()).unwrap()
+}
+
+/// The HTTP/2 client preface and an empty SETTINGS frame, the start of
+/// every hand-written HTTP/2 connection.
+pub fn h2_preface() -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(4, 0, 0, &[]));
+    out
 }
 
 /// An HTTP/2 frame: length, type, flags, stream, payload.
