@@ -9,7 +9,9 @@ mod tls_support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http_support::{Act, RawBackend, read_head, read_until_closed, site_config, start_web};
+use http_support::{
+    Act, RawBackend, active_gauge, read_head, read_until_closed, site_config, start_web,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -37,22 +39,6 @@ async fn echo(s: &mut TcpStream, msg: &[u8]) {
         .expect("echo in time")
         .unwrap();
     assert_eq!(back, msg);
-}
-
-/// `vipd_listener_connections_active` of listener `web`.
-async fn active_gauge(admin: SocketAddr) -> String {
-    let mut s = TcpStream::connect(admin).await.unwrap();
-    let req = format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    timeout(Duration::from_secs(5), s.read_to_string(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    out.lines()
-        .find(|l| l.starts_with("vipd_listener_connections_active{listener=\"web\"}"))
-        .unwrap_or("gauge missing")
-        .to_string()
 }
 
 async fn gauge_reaches(admin: SocketAddr, want: &str) -> String {

@@ -8,7 +8,7 @@ mod http_support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http_support::{Act, RawBackend, read_head, site_config, start_web};
+use http_support::{Act, RawBackend, active_gauge, read_head, site_config, start_web};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
@@ -72,23 +72,6 @@ async fn plain_get(proxy: SocketAddr, wait: Duration) -> (TcpStream, String) {
         Err(_) => "no answer".to_string(),
     };
     (s, text)
-}
-
-/// `vipd_listener_connections_active` of listener `web`, read from the
-/// admin endpoint's /metrics.
-async fn active_gauge(admin: SocketAddr) -> String {
-    let mut s = TcpStream::connect(admin).await.unwrap();
-    let req = format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    timeout(Duration::from_secs(5), s.read_to_string(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    out.lines()
-        .find(|l| l.starts_with("vipd_listener_connections_active{listener=\"web\"}"))
-        .unwrap_or("gauge missing")
-        .to_string()
 }
 
 #[tokio::test]

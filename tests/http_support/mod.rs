@@ -544,3 +544,20 @@ pub fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f.extend_from_slice(payload);
     f
 }
+
+/// `vipd_listener_connections_active` of listener `web`, read from the
+/// admin endpoint's /metrics.
+pub async fn active_gauge(admin: SocketAddr) -> String {
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    out.lines()
+        .find(|l| l.starts_with("vipd_listener_connections_active{listener=\"web\"}"))
+        .unwrap_or("gauge missing")
+        .to_string()
+}
