@@ -349,7 +349,11 @@ async fn big_backend() -> SocketAddr {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    let n: usize = req.uri().path().strip_prefix("/big/").map_or(0, |n| n.parse().unwrap());
+                    let n: usize = req
+                        .uri()
+                        .path()
+                        .strip_prefix("/big/")
+                        .map_or(0, |n| n.parse().unwrap());
                     let got = req.into_body().collect().await.unwrap().to_bytes();
                     let intact = got[..] == pattern(got.len())[..];
                     let resp = hyper::Response::builder()
@@ -384,13 +388,17 @@ fn big_request(uri: String, version: hyper::Version) -> Request<Full<Bytes>> {
 /// What an answer to [`big_request`] must be: 200, the whole upload seen
 /// intact by the backend, and the whole 1 MiB answer intact.
 async fn assert_big_answer(resp: hyper::Response<hyper::body::Incoming>) {
-    let (status, h, _) = (resp.status(), resp.headers().clone(), ());
+    let status = resp.status();
+    let h = resp.headers().clone();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(status, 200);
     assert_eq!(h.get("x-got").unwrap(), &BIG.to_string()[..]);
     assert_eq!(h.get("x-intact").unwrap(), "true");
     assert_eq!(body.len(), BIG);
-    assert!(body[..] == pattern(BIG)[..], "the 1 MiB answer arrived altered");
+    assert!(
+        body[..] == pattern(BIG)[..],
+        "the 1 MiB answer arrived altered"
+    );
 }
 
 #[tokio::test]
@@ -411,7 +419,10 @@ async fn a_tls_http1_connection_that_sat_idle_after_a_request_serves_a_1_mib_upl
         .unwrap();
     let first = tx.send_request(small).await.unwrap();
     assert_eq!(first.status(), 200);
-    assert_eq!(first.into_body().collect().await.unwrap().to_bytes().len(), 10);
+    assert_eq!(
+        first.into_body().collect().await.unwrap().to_bytes().len(),
+        10
+    );
     // Idle, as a keep-alive connection waits for its next request.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let resp = tx
@@ -450,12 +461,20 @@ async fn a_tls_http2_connection_that_sat_idle_after_a_request_serves_1_mib_uploa
         .unwrap();
     let first = tx.clone().send_request(small).await.unwrap();
     assert_eq!(first.status(), 200);
-    assert_eq!(first.into_body().collect().await.unwrap().to_bytes().len(), 10);
+    assert_eq!(
+        first.into_body().collect().await.unwrap().to_bytes().len(),
+        10
+    );
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     // Two large streams at once on the idle connection.
     let (r1, r2) = tokio::join!(
-        tx.clone().send_request(big_request(uri(BIG), hyper::Version::HTTP_2)),
-        tx.clone().send_request(big_request(uri(BIG), hyper::Version::HTTP_2)),
+        tx.clone()
+            .send_request(big_request(uri(BIG), hyper::Version::HTTP_2)),
+        tx.clone()
+            .send_request(big_request(uri(BIG), hyper::Version::HTTP_2)),
     );
-    tokio::join!(assert_big_answer(r1.unwrap()), assert_big_answer(r2.unwrap()));
+    tokio::join!(
+        assert_big_answer(r1.unwrap()),
+        assert_big_answer(r2.unwrap())
+    );
 }
