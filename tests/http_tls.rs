@@ -85,9 +85,16 @@ fn cert_entry(paths: &(PathBuf, PathBuf)) -> String {
 
 async fn setup() -> (Pki, Backend, Backend, SocketAddr) {
     let pki = Pki::new();
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let proxy = start_sites(&pki, a.addr, b.addr).await;
+    (pki, a, b, proxy)
+}
+
+/// An `https` listener with site `www.a.test` (pool `a`, HSTS) and
+/// `*.b.test` (pool `b`); returns its address.
+async fn start_sites(pki: &Pki, a: SocketAddr, b: SocketAddr) -> SocketAddr {
     let www = pki.leaf("www", &["www.a.test"]);
     let wild = pki.leaf("wild", &["*.b.test"]);
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let text = format!(
         r#"
 [[listener]]
@@ -117,15 +124,13 @@ hosts = ["*.b.test"]
 pool = "b"
 certificates = {wild}
 "#,
-        a = a.addr,
-        b = b.addr,
         www = cert_entry(&www),
         wild = cert_entry(&wild),
     );
     let running = start_proxy(&text).await;
     let proxy = running.local_addr("web").await.unwrap();
     std::mem::forget(running);
-    (pki, a, b, proxy)
+    proxy
 }
 
 type Tls = tokio_rustls::client::TlsStream<TcpStream>;
@@ -326,4 +331,150 @@ async fn http2_streams_for_another_site_than_the_sni_get_421_each_and_the_connec
     }
     assert_eq!((a.requests(), b.requests()), (6, 0));
     assert_eq!(ask("www.a.test", None).await, 200);
+}
+
+/// The bytes of a large test body: a pattern that a dropped, repeated or
+/// reordered piece would break.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// A backend that takes the whole upload, checks its pattern, and answers
+/// `/big/<n>` with `x-got: <bytes received>` and `n` pattern bytes.
+async fn big_backend() -> SocketAddr {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let n: usize = req
+                        .uri()
+                        .path()
+                        .strip_prefix("/big/")
+                        .map_or(0, |n| n.parse().unwrap());
+                    let got = req.into_body().collect().await.unwrap().to_bytes();
+                    let intact = got[..] == pattern(got.len())[..];
+                    let resp = hyper::Response::builder()
+                        .header("x-got", got.len())
+                        .header("x-intact", intact.to_string())
+                        .body(Full::new(Bytes::from(pattern(n))))
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+const BIG: usize = 1 << 20;
+
+/// A 1 MiB upload to `/big/<BIG>` on an open client.
+fn big_request(uri: String, version: hyper::Version) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method("POST")
+        .uri(uri)
+        .version(version)
+        .header("host", "www.a.test")
+        .body(Full::new(Bytes::from(pattern(BIG))))
+        .unwrap()
+}
+
+/// What an answer to [`big_request`] must be: 200, the whole upload seen
+/// intact by the backend, and the whole 1 MiB answer intact.
+async fn assert_big_answer(resp: hyper::Response<hyper::body::Incoming>) {
+    let status = resp.status();
+    let h = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(status, 200);
+    assert_eq!(h.get("x-got").unwrap(), &BIG.to_string()[..]);
+    assert_eq!(h.get("x-intact").unwrap(), "true");
+    assert_eq!(body.len(), BIG);
+    assert!(
+        body[..] == pattern(BIG)[..],
+        "the 1 MiB answer arrived altered"
+    );
+}
+
+#[tokio::test]
+async fn a_tls_http1_connection_that_sat_idle_after_a_request_serves_a_1_mib_upload_and_answer() {
+    let pki = Pki::new();
+    let big = big_backend().await;
+    let proxy = start_sites(&pki, big, big).await;
+    let stream = tls(&pki, proxy, "www.a.test", &["http/1.1"]).await;
+    let (mut tx, conn) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let small = Request::builder()
+        .uri("/big/10")
+        .header("host", "www.a.test")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let first = tx.send_request(small).await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(
+        first.into_body().collect().await.unwrap().to_bytes().len(),
+        10
+    );
+    // Idle, as a keep-alive connection waits for its next request.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let resp = tx
+        .send_request(big_request(format!("/big/{BIG}"), hyper::Version::HTTP_11))
+        .await
+        .unwrap();
+    assert_big_answer(resp).await;
+    // And the connection is still good for the next one.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let resp = tx
+        .send_request(big_request(format!("/big/{BIG}"), hyper::Version::HTTP_11))
+        .await
+        .unwrap();
+    assert_big_answer(resp).await;
+}
+
+#[tokio::test]
+async fn a_tls_http2_connection_that_sat_idle_after_a_request_serves_1_mib_uploads_and_answers() {
+    let pki = Pki::new();
+    let big = big_backend().await;
+    let proxy = start_sites(&pki, big, big).await;
+    let stream = tls(&pki, proxy, "www.a.test", &["h2"]).await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (tx, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let uri = |n: usize| format!("https://www.a.test/big/{n}");
+    let small = Request::builder()
+        .uri(uri(10))
+        .version(hyper::Version::HTTP_2)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let first = tx.clone().send_request(small).await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(
+        first.into_body().collect().await.unwrap().to_bytes().len(),
+        10
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Two large streams at once on the idle connection.
+    let (r1, r2) = tokio::join!(
+        tx.clone()
+            .send_request(big_request(uri(BIG), hyper::Version::HTTP_2)),
+        tx.clone()
+            .send_request(big_request(uri(BIG), hyper::Version::HTTP_2)),
+    );
+    tokio::join!(
+        assert_big_answer(r1.unwrap()),
+        assert_big_answer(r2.unwrap())
+    );
 }

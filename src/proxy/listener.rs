@@ -297,11 +297,16 @@ async fn handle(
     let span = info_span!("origin", client = %origin.client);
     let serve = async {
         match cfg.protocol {
+            // Boxed: the task is as large as the largest arm, and an idle
+            // HTTP connection should not carry the L4 arms' state.
             config::Protocol::Tcp => {
-                super::l4::forward(stream, origin, cfg, &snap, &ctx.stats).await
+                Box::pin(super::l4::forward(stream, origin, cfg, &snap, &ctx.stats)).await
             }
             config::Protocol::Tls => {
-                super::terminate::forward(stream, origin, cfg, &snap, &ctx.stats).await
+                Box::pin(super::terminate::forward(
+                    stream, origin, cfg, &snap, &ctx.stats,
+                ))
+                .await
             }
             config::Protocol::Http | config::Protocol::Https => {
                 let accepted = super::http::Accepted {
