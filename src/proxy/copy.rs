@@ -147,7 +147,8 @@ impl Half {
         loop {
             if let Some(buf) = &self.pending {
                 while self.pos < buf.len() {
-                    let n = ready!(w.as_mut().poll_write(cx, &buf[self.pos..])).map_err(write_err)?;
+                    let n =
+                        ready!(w.as_mut().poll_write(cx, &buf[self.pos..])).map_err(write_err)?;
                     if n == 0 {
                         return Poll::Ready(Err(write_err(io::ErrorKind::WriteZero.into())));
                     }

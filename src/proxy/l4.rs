@@ -216,7 +216,10 @@ fn finish(
     started: Instant,
 ) {
     stats.add_bytes(moved.upstream, moved.downstream);
-    lease.state().stats.add_bytes(moved.upstream, moved.downstream);
+    lease
+        .state()
+        .stats
+        .add_bytes(moved.upstream, moved.downstream);
     let ms = started.elapsed().as_millis() as u64;
     let (up, down) = (moved.upstream, moved.downstream);
     match end {

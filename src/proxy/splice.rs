@@ -240,8 +240,20 @@ pub async fn splice_both(
     let end = {
         let both = async {
             tokio::try_join!(
-                carry(client, backend, (Side::Client, Side::Backend), &mut up, &activity),
-                carry(backend, client, (Side::Backend, Side::Client), &mut down, &activity),
+                carry(
+                    client,
+                    backend,
+                    (Side::Client, Side::Backend),
+                    &mut up,
+                    &activity
+                ),
+                carry(
+                    backend,
+                    client,
+                    (Side::Backend, Side::Client),
+                    &mut down,
+                    &activity
+                ),
             )
         };
         tokio::select! {
