@@ -282,3 +282,65 @@ where
         (_, Err(e)) => Err(io::Error::other(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    #[tokio::test]
+    async fn bytes_cross_a_writer_that_takes_a_few_at_a_time_in_order() {
+        // 64-byte pipes on both hops: nearly every write is partial.
+        let (mut client, mut a) = duplex(64);
+        let (mut b, mut backend) = duplex(64);
+        let copier =
+            tokio::spawn(async move { copy_both(&mut a, &mut b, Duration::from_secs(30)).await });
+        let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let up = sent.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&up).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.unwrap();
+            back
+        });
+        let mut got = Vec::new();
+        backend.read_to_end(&mut got).await.unwrap();
+        assert!(got == sent, "client to backend differs");
+        backend.write_all(b"done").await.unwrap();
+        backend.shutdown().await.unwrap();
+        assert_eq!(writer.await.unwrap(), b"done");
+        let (moved, end) = copier.await.unwrap();
+        assert!(end.is_ok(), "{end:?}");
+        assert_eq!(
+            moved,
+            Transferred {
+                upstream: 200_000,
+                downstream: 4
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_moving_either_way_ends_with_the_idle_timeout_and_the_bytes_so_far() {
+        let (mut client, mut a) = duplex(1024);
+        let (mut b, mut backend) = duplex(1024);
+        let copier =
+            tokio::spawn(async move { copy_both(&mut a, &mut b, Duration::from_secs(5)).await });
+        client.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 5];
+        backend.read_exact(&mut buf).await.unwrap();
+        let (moved, end) = copier.await.unwrap();
+        assert!(
+            matches!(end, Err(Ended::Idle(d)) if d == Duration::from_secs(5)),
+            "{end:?}"
+        );
+        assert_eq!(
+            moved,
+            Transferred {
+                upstream: 5,
+                downstream: 0
+            }
+        );
+    }
+}
