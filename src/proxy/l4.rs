@@ -97,7 +97,6 @@ async fn connect_with(
             break;
         };
         let addr = lease.address;
-        let state = lease.state().clone();
         let began = Instant::now();
         let connected = tokio::time::timeout(pool_cfg.connect_timeout, async {
             let mut stream = TcpStream::connect(addr).await?;
@@ -112,6 +111,7 @@ async fn connect_with(
         match connected {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
+                let state = lease.state();
                 state.stats.connect_latency.observe(began.elapsed());
                 if state.connect_succeeded() {
                     pool.log_flip(
@@ -134,10 +134,11 @@ async fn connect_with(
                 };
             }
         }
+        let went_down = lease.state().connect_failed(pool_cfg);
         // A persistent client is rescheduled rather than sent back to a
         // backend that just refused it.
         lease.connect_failed();
-        if state.connect_failed(pool_cfg) {
+        if went_down {
             let cause = format!(
                 "passive check: {} consecutive connect failures; last: {last}",
                 pool_cfg.passive_fall
