@@ -7,10 +7,10 @@
 //! an idle connection holds neither a pipe nor a buffer. Empty pipes wait
 //! in a small per-thread pool for the next burst of any connection (a new
 //! connection costs no pipe(2) call in steady state). Pipes are file
-//! descriptors: at most a quarter of the process's descriptor limit is
-//! spent on them (HAProxy's `maxpipes` is a quarter of `maxconn`); past
-//! that, or when pipe(2) fails, a direction copies through a user-space
-//! buffer for the burst instead.
+//! descriptors: at most a quarter of the process's descriptor limit (and
+//! at most 4096 pipes) is spent on them (HAProxy's `maxpipes` is a quarter
+//! of `maxconn`); past that, or when pipe(2) fails, a direction copies
+//! through a user-space buffer for the burst instead.
 
 use std::cell::RefCell;
 use std::io;
@@ -40,15 +40,21 @@ thread_local! {
     static SPARE: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Most pipes at once whatever the descriptor limit: a pipe that a
+/// non-reading peer keeps full pins up to 64 KiB of kernel memory, so this
+/// bounds that to 256 MiB.
+const MAX_PIPES: u64 = 4096;
+
 /// Pipes the process may hold open at once: a quarter of RLIMIT_NOFILE's
-/// soft limit in descriptors (two per pipe), read once.
+/// soft limit in descriptors (two per pipe), at most [`MAX_PIPES`]; read
+/// once.
 pub fn budget() -> usize {
     static BUDGET: OnceLock<usize> = OnceLock::new();
     *BUDGET.get_or_init(|| {
         let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map(|(soft, _)| soft)
             .unwrap_or(1024);
-        usize::try_from(soft / 8).unwrap_or(usize::MAX)
+        usize::try_from((soft / 8).min(MAX_PIPES)).unwrap_or(0)
     })
 }
 
