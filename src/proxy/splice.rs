@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nix::fcntl::{OFlag, SpliceFFlags, splice};
@@ -119,13 +119,15 @@ fn splice_fd(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
 }
 
 /// Move everything `from` sends to `to` until `from` ends its side, then
-/// shut `to`'s write side. `total` counts the bytes that reached `to`.
+/// pass the end on (see [`Ends::pass_on`]). `total` counts the bytes that
+/// reached `to`.
 async fn carry(
     from: &TcpStream,
     to: &TcpStream,
     sides: (Side, Side),
     total: &mut u64,
     activity: &Activity,
+    ends: &Ends,
 ) -> Result<(), Ended> {
     let read_err = |source| Ended::Failed {
         side: sides.0,
@@ -141,7 +143,7 @@ async fn carry(
         from.readable().await.map_err(read_err)?;
         let Some(pipe) = Pipe::take() else {
             if copy_burst(from, to, sides, total, activity).await? {
-                shut_write(to);
+                ends.pass_on(to);
                 return Ok(());
             }
             continue;
@@ -152,7 +154,7 @@ async fn carry(
             let n = match from.try_io(Interest::READABLE, || splice_fd(from, &pipe.write, CHUNK)) {
                 Ok(0) => {
                     pipe.give_back();
-                    shut_write(to);
+                    ends.pass_on(to);
                     return Ok(());
                 }
                 Ok(n) => n,
@@ -227,10 +229,20 @@ async fn copy_burst(
     }
 }
 
-/// Pass an EOF on. The peer may already be gone; the other direction
-/// reports that.
-fn shut_write(to: &TcpStream) {
-    let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+/// How many directions of a connection have seen their EOF.
+struct Ends(AtomicBool);
+
+impl Ends {
+    /// Pass an EOF on to `to` as a write shutdown (half-close), unless the
+    /// other direction ended already: then both sockets are closed next,
+    /// and closing them sends the FIN (both receive queues are empty, so
+    /// it is a FIN, not a reset), one shutdown(2) fewer per connection.
+    /// The peer may already be gone; the other direction reports that.
+    fn pass_on(&self, to: &TcpStream) {
+        if !self.0.swap(true, Ordering::Relaxed) {
+            let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+        }
+    }
 }
 
 /// Splice both ways between `client` and `backend` until both sides have
@@ -242,24 +254,15 @@ pub async fn splice_both(
     idle: Duration,
 ) -> (Transferred, Result<(), Ended>) {
     let activity = Activity::new();
+    let ends = Ends(AtomicBool::new(false));
     let (mut up, mut down) = (0u64, 0u64);
     let end = {
+        let up_side = (Side::Client, Side::Backend);
+        let down_side = (Side::Backend, Side::Client);
         let both = async {
             tokio::try_join!(
-                carry(
-                    client,
-                    backend,
-                    (Side::Client, Side::Backend),
-                    &mut up,
-                    &activity
-                ),
-                carry(
-                    backend,
-                    client,
-                    (Side::Backend, Side::Client),
-                    &mut down,
-                    &activity
-                ),
+                carry(client, backend, up_side, &mut up, &activity, &ends),
+                carry(backend, client, down_side, &mut down, &activity, &ends),
             )
         };
         tokio::select! {
