@@ -467,3 +467,28 @@ fn without_a_pipe_to_spare_a_connection_is_copied_in_user_space() {
     assert_eq!(pipe_fds(pid), pipes, "no pipe beyond the budget was opened");
     drop(stuck);
 }
+
+#[test]
+fn with_access_log_off_only_connections_that_end_badly_are_logged() {
+    let backend = echo_thread();
+    let quiet = tcp_config(backend, "30s").replace("[global]", "[global]\naccess_log = \"off\"");
+    for (text, well_logged) in [(tcp_config(backend, "30s"), true), (quiet, false)] {
+        let vipd = Vipd::run(&text);
+        let addr = vipd.listening(&["l4"])["l4"];
+        let mut good = std::net::TcpStream::connect(addr).unwrap();
+        good.write_all(b"ping").unwrap();
+        good.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        good.read_to_end(&mut back).unwrap();
+        assert_eq!(back, b"ping");
+        // Then one that the client resets: always logged, and after the first.
+        let mut bad = std::net::TcpStream::connect(addr).unwrap();
+        bad.write_all(b"ping").unwrap();
+        let mut b = [0u8; 4];
+        bad.read_exact(&mut b).unwrap();
+        reset_on_drop(&bad);
+        drop(bad);
+        let log = log_with(&vipd, "connection ended with error");
+        assert_eq!(log.contains("connection closed"), well_logged, "{log}");
+    }
+}

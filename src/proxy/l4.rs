@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use super::copy::{Transferred, pipe};
 use super::{Snapshot, copy, proxy_protocol, splice};
@@ -163,7 +163,8 @@ pub async fn forward(
         return;
     };
     let (moved, end) = splice::splice_both(&client, &backend, listener.idle_timeout).await;
-    finish(moved, end, &lease, stats, started);
+    let logged = snap.config.global.access_log != config::AccessLog::Off;
+    finish(moved, end, &lease, stats, started, logged);
 }
 
 /// Connect a backend of the listener's pool and copy both ways until the
@@ -184,7 +185,8 @@ pub async fn serve<C>(
         return;
     };
     let (moved, end) = copy::copy_both(&mut client, &mut backend, listener.idle_timeout).await;
-    finish(moved, end, &lease, stats, started);
+    let logged = snap.config.global.access_log != config::AccessLog::Off;
+    finish(moved, end, &lease, stats, started, logged);
 }
 
 /// A connected backend of the listener's pool, or `None` (logged) when the
@@ -208,13 +210,17 @@ async fn backend_for(
 }
 
 /// Count a finished connection's bytes (also when it ended early) and log
-/// how it ended, with the side at fault.
+/// how it ended, with the side at fault. A connection that ended well is
+/// logged at info only while access logging is on (`access_log = "off"`
+/// turns its line down to debug, as HAProxy logs nothing per connection
+/// without `option tcplog`).
 fn finish(
     moved: Transferred,
     end: Result<(), copy::Ended>,
     lease: &Lease,
     stats: &ListenerStats,
     started: Instant,
+    logged: bool,
 ) {
     stats.add_bytes(moved.upstream, moved.downstream);
     lease
@@ -224,7 +230,9 @@ fn finish(
     let ms = started.elapsed().as_millis() as u64;
     let (up, down) = (moved.upstream, moved.downstream);
     match end {
-        Ok(()) => info!(backend = %lease.address, bytes_in = up, bytes_out = down,
+        Ok(()) if logged => info!(backend = %lease.address, bytes_in = up, bytes_out = down,
+            duration_ms = ms, "connection closed"),
+        Ok(()) => debug!(backend = %lease.address, bytes_in = up, bytes_out = down,
             duration_ms = ms, "connection closed"),
         Err(e) => match e.side() {
             Some(side) => info!(backend = %lease.address, error = %e, side = side.as_str(),
