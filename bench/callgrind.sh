@@ -5,6 +5,7 @@
 #   bash bench/callgrind.sh                  # vipd and haproxy, plain HTTP
 #   bash bench/callgrind.sh --test https     # HTTPS/1.1 keep-alive instead
 #   bash bench/callgrind.sh --test h2        # HTTP/2 over TLS (h2load, 4x16 streams)
+#   bash bench/callgrind.sh --test tcp_cps   # L4 tcp listener, a new connection per request
 #   bash bench/callgrind.sh --proxies vipd   # one contestant
 #
 # Wall-clock rates on a shared 2-core VM move by +-30 % from run to run;
@@ -56,11 +57,12 @@ sleep 0.5
 port_of() {
   local proxy=$1 conf test=$TEST
   [[ $test == h2 ]] && test=https
+  [[ $test == tcp_cps ]] && test=tcp
   case $proxy in
     vipd) conf=$WORK/vipd-w1/vipd.toml
           awk -v want="$test" '/^name = /{gsub(/"/,"",$3); name=$3} /^bind = /{if (name==want) {gsub(/"/,"",$3); n=split($3,a,":"); print a[n]; exit}}' "$conf" ;;
     haproxy) conf=$WORK/haproxy-w1/haproxy.cfg
-          awk -v fe="fe_$test" '$1=="frontend"{cur=$2} $1=="bind" && cur==fe {n=split($2,a,":"); print a[n]; exit}' "$conf" ;;
+          awk -v fe="fe_$test" -v l4="l4_$test" '$1=="frontend"||$1=="listen"{cur=$2} $1=="bind" && (cur==fe||cur==l4) {n=split($2,a,":"); print a[n]; exit}' "$conf" ;;
     nginx) conf=$WORK/nginx-w1/nginx.conf
           grep -oE 'listen 127\.0\.0\.1:[0-9]+' "$conf" | head -$([[ $test == http ]] && echo 1 || echo 2) | tail -1 | cut -d: -f2 ;;
   esac
@@ -80,7 +82,10 @@ for proxy in $PROXIES; do
     "${cmd[@]}" >"$out/$proxy.log" 2>&1 &
   vg=$!
   url=$TEST://localhost:$port/1k
+  close=()
   [[ $TEST == h2 ]] && url=https://localhost:$port/1k
+  # one request per connection: the per-connection cost of the L4 path
+  [[ $TEST == tcp_cps ]] && { url=http://localhost:$port/1k; close=(-H 'Connection: close'); }
   for _ in $(seq 60); do curl -sk -o /dev/null "$url" && break; sleep 0.5; done
   if [[ $TEST == h2 ]]; then
     # A fixed request count: h2load has no duration mode that ends cleanly.
@@ -88,9 +93,9 @@ for proxy in $PROXIES; do
     callgrind_control -i on "$vg" >/dev/null
     reqs=$(h2load -c4 -m16 -n$((DURATION * 2000)) "$url" | awk '/^requests:/{print $8}')
   else
-    wrk -t1 -c8 -d2s "$url" >/dev/null
+    wrk -t1 -c8 -d2s "${close[@]}" "$url" >/dev/null
     callgrind_control -i on "$vg" >/dev/null
-    reqs=$(wrk -t1 -c8 -d"${DURATION}s" "$url" | awk '/requests in/{print $1}')
+    reqs=$(wrk -t1 -c8 -d"${DURATION}s" "${close[@]}" "$url" | awk '/requests in/{print $1}')
   fi
   callgrind_control -i off "$vg" >/dev/null
   callgrind_control -d "$vg" >/dev/null

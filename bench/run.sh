@@ -13,7 +13,7 @@
 #   --quick | --smoke          see above
 #   --reps N --duration S      runs per figure (median reported), seconds each
 #   --workers "1 2"            worker/thread counts to test
-#   --tests "a b"              subset of: mem mem_noreq mem_tls mem_tcp https_h1 https_h2 http_ka hs_full
+#   --tests "a b"              subset of: mem mem_noreq mem_tls mem_tcp mem_tcp_noreq https_h1 https_h2 http_ka hs_full
 #                              hs_resume hs_full_tls hs_resume_tls tcp_bulk tcp_cps
 #                              tls_bulk lat_https lat_tcp
 #   --proxies "haproxy nginx vipd"   contestants
@@ -54,7 +54,8 @@
 #   mem_tls    the same through the `tls` listener (TLS terminated, one backend
 #              connection each), after one request per connection
 #   mem_tcp    the same for idle L4 tcp connections that carried one request
-#              (mem_tls/mem_tcp: capped so that 2 fds per connection fit the
+#   mem_tcp_noreq  the same for idle L4 tcp connections that never sent a byte
+#              (mem_tls/mem_tcp*: capped so that 2 fds per connection fit the
 #              fd limit)
 # A mode vipd's build does not serve (refused by `vipd check`, or accepted but
 # failing a functional probe) is reported "n/a: vipd has no <mode> yet".
@@ -68,7 +69,7 @@ TPL=$HERE/templates
 CMDLINE="bash bench/run.sh $*"
 
 QUICK=0 SMOKE=0 INSTALL=1 BUILD=1 RESULTS_FILE=
-ALL_TESTS="mem mem_noreq mem_tls mem_tcp https_h1 https_h2 http_ka hs_full hs_resume hs_full_tls hs_resume_tls tcp_bulk tcp_cps tls_bulk lat_https lat_tcp"
+ALL_TESTS="mem mem_noreq mem_tls mem_tcp mem_tcp_noreq https_h1 https_h2 http_ka hs_full hs_resume hs_full_tls hs_resume_tls tcp_bulk tcp_cps tls_bulk lat_https lat_tcp"
 while [[ $# -gt 0 ]]; do
   case $1 in
     --quick) QUICK=1 ;;
@@ -420,7 +421,7 @@ check_instance() { # functional checks: both backends used, resumption on/off, A
 needs_mode() {
   case $1 in
     http_ka) echo http ;; https_h1|hs_full|hs_resume|lat_https|mem|mem_noreq) echo https ;;
-    https_h2) echo h2 ;; tcp_bulk|tcp_cps|lat_tcp|mem_tcp) echo tcp ;; tls_bulk|mem_tls|hs_*_tls) echo tls ;;
+    https_h2) echo h2 ;; tcp_bulk|tcp_cps|lat_tcp|mem_tcp|mem_tcp_noreq) echo tcp ;; tls_bulk|mem_tls|hs_*_tls) echo tls ;;
   esac
 }
 unit_of() { case $1 in tcp_bulk|tls_bulk) echo MB/s ;; lat_*) echo ms ;; mem*) echo KiB/conn ;; hs_*|tcp_cps) echo conn/s ;; *) echo req/s ;; esac; }
@@ -455,10 +456,11 @@ mem_test() { # mem_test INSTANCE TEST
   local i=$1 t=$2 n=$MEM_CONNS port req=1 plain=0
   [[ $t == mem_noreq ]] && req=0
   port=$(port_of "$i" https)
-  if [[ $t == mem_tcp || $t == mem_tls ]]; then
+  if [[ $t == mem_tcp* || $t == mem_tls ]]; then
     # every idle L4 connection also holds a backend connection: 2 fds in the
     # proxy, 1 in the backend nginx; one request through it, then idle
     port=$(port_of "$i" tcp); plain=1; req=1
+    [[ $t == mem_tcp_noreq ]] && req=0
     [[ $t == mem_tls ]] && { port=$(port_of "$i" tls); plain=0; }
     ((n > (FD_LIMIT - 2000) / 2)) && n=$(((FD_LIMIT - 2000) / 2))
   fi

@@ -342,6 +342,7 @@ TESTS = [
     ('mem_noreq', 'RSS per idle TLS connection (no request yet)', 'KiB/conn', False, None),
     ('mem_tls', 'RSS per idle `tls` connection (after one request)', 'KiB/conn', False, None),
     ('mem_tcp', 'RSS per idle L4 tcp connection (after one request)', 'KiB/conn', False, None),
+    ('mem_tcp_noreq', 'RSS per idle L4 tcp connection (no request yet)', 'KiB/conn', False, None),
 ]
 TEST_INFO = {t[0]: t for t in TESTS}
 

@@ -1,30 +1,24 @@
-//! Layer-4 forwarding: a client stream spliced to a backend connection as a
-//! plain byte stream, both directions and half-close preserved.
+//! Layer-4 forwarding: a client stream joined to a backend connection as a
+//! plain byte stream, both directions and half-close preserved: connecting
+//! the backend (retries, passive checks, PROXY header), then
+//! [`splice`](super::splice) for `tcp` listeners or [`copy`](super::copy)
+//! for TLS terminated by `tls` listeners.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::{Snapshot, proxy_protocol};
+pub use super::copy::{Transferred, pipe};
+use super::{Snapshot, copy, proxy_protocol, splice};
 use crate::balance::{Lease, PersistenceTable};
 use crate::config;
 use crate::metrics::ListenerStats;
-
-/// Bytes moved by one forwarded connection.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Transferred {
-    /// Client to backend.
-    pub upstream: u64,
-    /// Backend to client.
-    pub downstream: u64,
-}
 
 /// Why forwarding ended early, with the side at fault.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +97,6 @@ async fn connect_with(
             break;
         };
         let addr = lease.address;
-        let state = lease.state().clone();
         let began = Instant::now();
         let connected = tokio::time::timeout(pool_cfg.connect_timeout, async {
             let mut stream = TcpStream::connect(addr).await?;
@@ -118,6 +111,7 @@ async fn connect_with(
         match connected {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
+                let state = lease.state();
                 state.stats.connect_latency.observe(began.elapsed());
                 if state.connect_succeeded() {
                     pool.log_flip(
@@ -140,10 +134,11 @@ async fn connect_with(
                 };
             }
         }
+        let went_down = lease.state().connect_failed(pool_cfg);
         // A persistent client is rescheduled rather than sent back to a
         // backend that just refused it.
         lease.connect_failed();
-        if state.connect_failed(pool_cfg) {
+        if went_down {
             let cause = format!(
                 "passive check: {} consecutive connect failures; last: {last}",
                 pool_cfg.passive_fall
@@ -154,7 +149,8 @@ async fn connect_with(
     Err(last)
 }
 
-/// Forward a `tcp` listener's connection to a backend of its pool.
+/// Forward a `tcp` listener's connection to a backend of its pool, both
+/// ways with splice(2): no byte is copied into user space.
 pub async fn forward(
     client: TcpStream,
     origin: Origin,
@@ -162,15 +158,21 @@ pub async fn forward(
     snap: &Snapshot,
     stats: &ListenerStats,
 ) {
-    splice(client, origin, listener, snap, stats, Instant::now()).await
+    let started = Instant::now();
+    let Some((backend, lease)) = backend_for(listener, snap, origin).await else {
+        return;
+    };
+    let (moved, end) = splice::splice_both(&client, &backend, listener.idle_timeout).await;
+    let logged = snap.config.global.access_log != config::AccessLog::Off;
+    finish(moved, end, &lease, stats, started, logged);
 }
 
 /// Connect a backend of the listener's pool and copy both ways until the
-/// connection ends, then count its bytes and log one line. Shared by `tcp`
-/// listeners and by `tls` listeners after the handshake (`started` is when
-/// the client connection was accepted).
-pub async fn splice<C>(
-    client: C,
+/// connection ends, then count its bytes and log one line. For `tls`
+/// listeners after the handshake (`started` is when the client connection
+/// was accepted).
+pub async fn serve<C>(
+    mut client: C,
     origin: Origin,
     listener: &config::Listener,
     snap: &Snapshot,
@@ -179,90 +181,64 @@ pub async fn splice<C>(
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some(pool_cfg) = listener.pool.as_deref().and_then(|p| snap.config.pool(p)) else {
-        warn!("listener has no pool; closing");
+    let Some((mut backend, lease)) = backend_for(listener, snap, origin).await else {
         return;
     };
-    let (backend, lease) = match connect_for(listener, pool_cfg, snap, origin).await {
-        Ok(c) => c,
+    let (moved, end) = copy::copy_both(&mut client, &mut backend, listener.idle_timeout).await;
+    let logged = snap.config.global.access_log != config::AccessLog::Off;
+    finish(moved, end, &lease, stats, started, logged);
+}
+
+/// A connected backend of the listener's pool, or `None` (logged) when the
+/// client is to be closed.
+async fn backend_for(
+    listener: &config::Listener,
+    snap: &Snapshot,
+    origin: Origin,
+) -> Option<(TcpStream, Lease)> {
+    let Some(pool_cfg) = listener.pool.as_deref().and_then(|p| snap.config.pool(p)) else {
+        warn!("listener has no pool; closing");
+        return None;
+    };
+    match connect_for(listener, pool_cfg, snap, origin).await {
+        Ok(c) => Some(c),
         Err(e) => {
             warn!(error = %e, side = "backend", "closing client connection: no backend reachable");
-            return;
+            None
         }
-    };
-    let result = pipe(client, backend, listener.idle_timeout).await;
+    }
+}
+
+/// Count a finished connection's bytes (also when it ended early) and log
+/// how it ended, with the side at fault. A connection that ended well is
+/// logged at info only while access logging is on (`access_log = "off"`
+/// turns its line down to debug, as HAProxy logs nothing per connection
+/// without `option tcplog`).
+fn finish(
+    moved: Transferred,
+    end: Result<(), copy::Ended>,
+    lease: &Lease,
+    stats: &ListenerStats,
+    started: Instant,
+    logged: bool,
+) {
+    stats.add_bytes(moved.upstream, moved.downstream);
+    lease
+        .state()
+        .stats
+        .add_bytes(moved.upstream, moved.downstream);
     let ms = started.elapsed().as_millis() as u64;
-    match result {
-        Ok(t) => {
-            stats.add_bytes(t.upstream, t.downstream);
-            lease.state().stats.add_bytes(t.upstream, t.downstream);
-            info!(backend = %lease.address, bytes_in = t.upstream, bytes_out = t.downstream,
-                duration_ms = ms, "connection closed")
-        }
-        Err(e) => {
-            info!(backend = %lease.address, error = %e, duration_ms = ms, "connection ended with error")
-        }
-    }
-}
-
-/// Copy buffer of a busy direction: large, for bulk throughput.
-const BUFFER: usize = 32 * 1024;
-/// Copy buffer a direction starts with: small, so that an idle connection
-/// costs little memory. It grows to `BUFFER` once a read fills it.
-const START_BUFFER: usize = 2 * 1024;
-
-/// Copy both ways between `a` (client) and `b` (backend) until both sides
-/// have finished. EOF from one side is passed on as a write shutdown to the
-/// other (half-close), and the other direction keeps flowing. The connection
-/// is cut when neither side sends anything for `idle`.
-pub async fn pipe<A, B>(a: A, b: B, idle: Duration) -> io::Result<Transferred>
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let (ar, aw) = tokio::io::split(a);
-    let (br, bw) = tokio::io::split(b);
-    let start = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
-    let up = copy_half(ar, bw, start, &last);
-    let down = copy_half(br, aw, start, &last);
-    let watchdog = async {
-        loop {
-            let deadline = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
-            if Instant::now() >= deadline {
-                return io::Error::new(io::ErrorKind::TimedOut, "idle timeout");
-            }
-            tokio::time::sleep_until(deadline).await;
-        }
-    };
-    tokio::select! {
-        r = async { tokio::try_join!(up, down) } => {
-            let (upstream, downstream) = r?;
-            Ok(Transferred { upstream, downstream })
-        }
-        e = watchdog => Err(e),
-    }
-}
-
-async fn copy_half<R, W>(mut r: R, mut w: W, start: Instant, last: &AtomicU64) -> io::Result<u64>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; START_BUFFER];
-    let mut total = 0u64;
-    loop {
-        let n = r.read(&mut buf).await?;
-        if n == buf.len() && buf.len() < BUFFER {
-            buf.resize(BUFFER, 0);
-        }
-        if n == 0 {
-            // The peer may already be gone; the other direction reports that.
-            let _ = w.shutdown().await;
-            return Ok(total);
-        }
-        w.write_all(&buf[..n]).await?;
-        total += n as u64;
-        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let (up, down) = (moved.upstream, moved.downstream);
+    match end {
+        Ok(()) if logged => info!(backend = %lease.address, bytes_in = up, bytes_out = down,
+            duration_ms = ms, "connection closed"),
+        Ok(()) => debug!(backend = %lease.address, bytes_in = up, bytes_out = down,
+            duration_ms = ms, "connection closed"),
+        Err(e) => match e.side() {
+            Some(side) => info!(backend = %lease.address, error = %e, side = side.as_str(),
+                bytes_in = up, bytes_out = down, duration_ms = ms, "connection ended with error"),
+            None => info!(backend = %lease.address, error = %e, bytes_in = up, bytes_out = down,
+                duration_ms = ms, "connection ended with error"),
+        },
     }
 }

@@ -166,6 +166,8 @@ impl Caps {
 /// backs off instead of spinning. A reload's new caps apply from the next
 /// accept on, counting the connections already open.
 pub async fn run(listener: TcpListener, ctx: Context) {
+    // One reference count per connection instead of one per field.
+    let ctx = Arc::new(ctx);
     let mut caps = Caps {
         limit: Cap::new(0),
         per_client: None,
@@ -226,7 +228,7 @@ pub async fn run(listener: TcpListener, ctx: Context) {
             None => None,
         };
         let _ = stream.set_nodelay(true);
-        let ctx2 = ctx.clone();
+        let ctx2 = Arc::clone(&ctx);
         let span = info_span!("conn", listener = %ctx.name, client = %peer);
         let admission = Admission {
             _global: global,
@@ -256,7 +258,7 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 async fn handle(
     mut stream: TcpStream,
     peer: SocketAddr,
-    ctx: Context,
+    ctx: Arc<Context>,
     mut admission: Admission,
     deferred: Option<Arc<ClientLimiter>>,
 ) {
@@ -293,40 +295,43 @@ async fn handle(
             }
         }
     }
-    let admission = Arc::new(admission);
-    let span = info_span!("origin", client = %origin.client);
-    let serve = async {
-        match cfg.protocol {
-            // Boxed: the task is as large as the largest arm, and an idle
-            // HTTP connection should not carry the L4 arms' state.
-            config::Protocol::Tcp => {
-                Box::pin(super::l4::forward(stream, origin, cfg, &snap, &ctx.stats)).await
-            }
-            config::Protocol::Tls => {
-                Box::pin(super::terminate::forward(
-                    stream, origin, cfg, &snap, &ctx.stats,
-                ))
-                .await
-            }
-            config::Protocol::Http | config::Protocol::Https => {
-                let accepted = super::http::Accepted {
-                    peer: origin.client,
-                    arrival,
-                    listener: cfg,
-                    snapshot: ctx.snapshot.clone(),
-                    shutdown: ctx.shutdown.clone(),
-                    sni: None,
-                    stats: ctx.stats.clone(),
-                    admission,
-                };
-                super::http::accept(stream, accepted, &snap).await
-            }
-        }
-    };
-    if origin.client == peer {
-        serve.await
+    // A client named by a PROXY header gets its own span; a direct one is
+    // already in the connection's.
+    let span = if origin.client == peer {
+        tracing::Span::none()
     } else {
-        serve.instrument(span).await
+        info_span!("origin", client = %origin.client)
+    };
+    // The TLS and HTTP paths are boxed: an L4 connection's task then has
+    // the size of the L4 path alone (it is most of what an idle one costs).
+    match cfg.protocol {
+        config::Protocol::Tcp => {
+            super::l4::forward(stream, origin, cfg, &snap, &ctx.stats)
+                .instrument(span)
+                .await
+        }
+        config::Protocol::Tls => {
+            Box::pin(super::terminate::forward(
+                stream, origin, cfg, &snap, &ctx.stats,
+            ))
+            .instrument(span)
+            .await
+        }
+        config::Protocol::Http | config::Protocol::Https => {
+            let accepted = super::http::Accepted {
+                peer: origin.client,
+                arrival,
+                listener: cfg,
+                snapshot: ctx.snapshot.clone(),
+                shutdown: ctx.shutdown.clone(),
+                sni: None,
+                stats: ctx.stats.clone(),
+                admission: Arc::new(admission),
+            };
+            Box::pin(super::http::accept(stream, accepted, &snap))
+                .instrument(span)
+                .await
+        }
     }
 }
 

@@ -6,11 +6,13 @@
 //! The TLS state (certificates, rustls configs) is part of the snapshot, so
 //! a reload whose certificates fail to load swaps nothing at all.
 
+pub mod copy;
 pub mod http;
 pub mod l4;
 pub mod limits;
 pub mod listener;
 pub mod proxy_protocol;
+pub mod splice;
 pub mod terminate;
 
 use std::sync::Arc;

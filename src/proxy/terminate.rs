@@ -46,5 +46,5 @@ pub async fn forward(
             "TLS handshake complete"
         );
     }
-    l4::splice(tls, origin, listener, snap, stats, started).await
+    l4::serve(tls, origin, listener, snap, stats, started).await
 }
