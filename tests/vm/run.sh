@@ -20,7 +20,9 @@ if ! cargo test --locked --features vm-tests --test ipvs_kernel --no-run 2>"$bui
 fi
 test_bin=$(sed -n 's/.*Executable .*(\(.*\))$/\1/p' "$build_log" | tail -1)
 [ -n "$test_bin" ] || { cat "$build_log" >&2; echo "vm: test binary not found" >&2; exit 1; }
-test_bin=$repo/${test_bin#"$repo"/}
+# cargo prints the path relative to the repository when the target
+# directory is inside it, and absolute otherwise (CARGO_TARGET_DIR elsewhere)
+case $test_bin in /*) ;; *) test_bin=$repo/$test_bin ;; esac
 echo "vm: built in $(elapsed): $test_bin"
 # Stripped copies go into the initramfs: a 70 MB debug binary read over 9p
 # costs about a second per process start under TCG.
@@ -30,7 +32,9 @@ strip -g -o "$bins/vipd" "$(dirname "$test_bin")/../vipd"
 strip -g -o "$bins/ipvs_kernel" "$test_bin"
 
 set +e
-bash tests/vm/run-vm.sh --timeout "${VIPD_VM_TIMEOUT:-1200}" --share "$repo" \
+# nft marks the fwmark-98 group; curl is the client with several source
+# addresses (--interface); both are installed on the host if missing
+bash tests/vm/run-vm.sh --timeout "${VIPD_VM_TIMEOUT:-1200}" --share "$repo" --nft --curl \
   --bin "$bins/vipd" --bin "$bins/ipvs_kernel" tests/vm/guest.sh "$bins/ipvs_kernel" "$bins/vipd"
 rc=$?
 set -e
