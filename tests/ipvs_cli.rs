@@ -134,10 +134,7 @@ fn health_on_a_fwmark_service_needs_a_port() {
     assert_eq!(code, Some(0), "{err}");
     let (code, err) = check(&with_health.replace("kind = \"tcp\"", "kind = \"tcp\", port = 0"));
     assert_eq!(code, Some(64), "{err}");
-    assert!(
-        err.contains("health.port: 0 is outside 1..=65535"),
-        "{err}"
-    );
+    assert!(err.contains("health.port: 0 is outside 1..=65535"), "{err}");
 }
 
 #[test]
@@ -151,7 +148,9 @@ fn on_all_down_and_sorry_are_checked_like_the_pools() {
         err.contains("on_all_down: `on_all_down = \"sorry\"` needs a sorry server"),
         "{err}"
     );
-    let (_, err) = check(&svc("on_all_down = \"refuse\"\nsorry = \"198.51.100.99:0\""));
+    let (_, err) = check(&svc(
+        "on_all_down = \"refuse\"\nsorry = \"198.51.100.99:0\"",
+    ));
     assert!(
         err.contains("sorry: a sorry server is set but `on_all_down` is \"refuse\""),
         "{err}"
@@ -176,7 +175,9 @@ sorry = "198.51.100.99:8080"
 "#;
     let (_, err) = check(dr);
     assert!(
-        err.contains("ipvs.service \"web\".sorry: real server port 8080 differs from the VIP port 80"),
+        err.contains(
+            "ipvs.service \"web\".sorry: real server port 8080 differs from the VIP port 80"
+        ),
         "{err}"
     );
 }

@@ -678,10 +678,7 @@ fn table_vipd_run_removes_a_real_server_whose_check_fails_and_adds_it_back_on_ri
 
 #[test]
 fn table_with_inhibit_on_failure_vipd_run_quiesces_a_failed_real_server_instead() {
-    let config = HEALTH_CONFIG.replace(
-        "health = {",
-        "inhibit_on_failure = true\nhealth = {",
-    );
+    let config = HEALTH_CONFIG.replace("health = {", "inhibit_on_failure = true\nhealth = {");
     health_flip(&config, &[1, 0]);
 }
 
@@ -726,9 +723,11 @@ fn health_flip(config: &str, down: &[u32]) {
         d.sort();
         d.into_iter().map(|(_, w)| w).collect()
     };
-    wait_for(&mut s, "the failing real server to be removed or quiesced", |t| {
-        weights(t) == down
-    });
+    wait_for(
+        &mut s,
+        "the failing real server to be removed or quiesced",
+        |t| weights(t) == down,
+    );
     let mut rs2 = httpd("192.0.2.22");
     wait_for(
         &mut s,

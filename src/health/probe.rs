@@ -83,7 +83,10 @@ impl Probe {
     pub async fn run(&self, addr: SocketAddr) -> Result<(), ProbeError> {
         let timeout = self.check.timeout;
         // `port` (keepalived's connect_port): fwmark real servers have port 0
-        let addr = self.check.port.map_or(addr, |p| SocketAddr::new(addr.ip(), p));
+        let addr = self
+            .check
+            .port
+            .map_or(addr, |p| SocketAddr::new(addr.ip(), p));
         tokio::time::timeout(timeout, self.exchange(addr))
             .await
             .unwrap_or(Err(ProbeError::Timeout(timeout)))

@@ -119,8 +119,9 @@ pub fn run(cmd: &IpvsCommand, config: Option<&Config>) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
-            let (pending, ops): (Vec<Op>, Vec<Op>) =
-                ops.into_iter().partition(|op| matches!(op, Op::Draining { .. }));
+            let (pending, ops): (Vec<Op>, Vec<Op>) = ops
+                .into_iter()
+                .partition(|op| matches!(op, Op::Draining { .. }));
             let report = reconcile::apply(&mut sock, ops);
             for op in report.applied.iter().chain(&pending) {
                 writeln!(out, "{op}")?;

@@ -14,7 +14,9 @@ fn addr(text: &str, port: &str) -> Option<SocketAddr> {
     let port = u16::from_str_radix(port, 16).ok()?;
     let ip = match text.parse::<Ipv6Addr>() {
         Ok(v6) => IpAddr::V6(v6),
-        Err(_) if text.len() == 8 => IpAddr::V4(Ipv4Addr::from(u32::from_str_radix(text, 16).ok()?)),
+        Err(_) if text.len() == 8 => {
+            IpAddr::V4(Ipv4Addr::from(u32::from_str_radix(text, 16).ok()?))
+        }
         Err(_) => return None,
     };
     Some(SocketAddr::new(ip, port))
@@ -103,7 +105,8 @@ TCP 14:59  ESTABLISHED [2001:db8::2]:8080 [2001:db8::10]:80  [2001:db8::21]:80
 
     #[test]
     fn persistent_conn_adds_the_persistence_engine_columns() {
-        let text = "head\nUDP C0000202 13C4 C000020A 13C4 C0000215 13C4 UDP             170 sip 1234\n";
+        let text =
+            "head\nUDP C0000202 13C4 C000020A 13C4 C0000215 13C4 UDP             170 sip 1234\n";
         assert_eq!(
             render(text, true),
             "\

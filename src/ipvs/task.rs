@@ -74,8 +74,10 @@ fn effective(d: &Desired, health: Option<&IpvsHealth>) -> Vec<Service> {
             (false, true) => match &rule.all_down {
                 desired::AllDown::FailOpen => error!(service = %name, on_all_down = "fail_open",
                     "ALL IPVS REAL SERVERS DOWN: failing open, every real server keeps its configured weight"),
-                desired::AllDown::Sorry(s) => error!(service = %name, on_all_down = "sorry", sorry = %s.addr,
-                    "ALL IPVS REAL SERVERS DOWN: the sorry server takes every new connection"),
+                desired::AllDown::Sorry(s) => {
+                    error!(service = %name, on_all_down = "sorry", sorry = %s.addr,
+                    "ALL IPVS REAL SERVERS DOWN: the sorry server takes every new connection")
+                }
                 desired::AllDown::Refuse => error!(service = %name, on_all_down = "refuse",
                     "ALL IPVS REAL SERVERS DOWN: the service has no real server, new connections fail"),
             },
@@ -175,12 +177,13 @@ impl IpvsTier {
                 warn!(error = %e, "ipvs service definition");
             }
         }
-        warn_sysctls(cfg);
         // subscribe before the first pass, so that a flip during it is not lost
         let mut flips = health.as_ref().map(|h| h.subscribe());
         let (r, res) = pass(Reconciler::new(d.policy.clone()), d.clone(), health.clone()).await;
         res?;
         info!(services = d.services.len(), "ipvs table reconciled");
+        // after the first pass, which may have loaded ip_vs (and its sysctls)
+        warn_sysctls(cfg);
         let (tx, mut rx) = watch::channel(d);
         let stop = Arc::new(Notify::new());
         let stopped = stop.clone();

@@ -129,7 +129,10 @@ fn e2e_dr_with_every_real_server_down_the_sorry_server_answers_until_one_is_back
     });
     let replies = fetch_from(&clients[..4], &url);
     assert_eq!(replies, ["sorry"; 4], "the VIP is not black-holed");
-    vipd.wait_log("ALL IPVS REAL SERVERS DOWN: the sorry server takes every new connection", 1);
+    vipd.wait_log(
+        "ALL IPVS REAL SERVERS DOWN: the sorry server takes every new connection",
+        1,
+    );
     assert!(admin_get("127.0.0.1:9180", "/metrics").contains(&format!("{metric} 1")));
     let api = admin_get("127.0.0.1:9180", "/api/ipvs");
     assert!(api.contains("\"all_down\": true"), "{api}");

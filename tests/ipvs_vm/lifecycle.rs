@@ -41,7 +41,11 @@ fn table_sighup_applies_a_new_weight_and_an_added_real_server_and_refuses_a_brok
     });
     let added = ", { address = \"192.0.2.23:80\", weight = 3 }";
     vipd.reload(&config(5, added, false, "remove"));
-    let want = rs(&[("192.0.2.21:80", 1), ("192.0.2.22:80", 5), ("192.0.2.23:80", 3)]);
+    let want = rs(&[
+        ("192.0.2.21:80", 1),
+        ("192.0.2.22:80", 5),
+        ("192.0.2.23:80", 3),
+    ]);
     wait_table(&mut s, "the added real server", |t| dests(t, web) == want);
 
     vipd.reload(&config(5, added, false, "remove").replace("\"wrr\"", "\"nosuch\""));
@@ -52,7 +56,8 @@ fn table_sighup_applies_a_new_weight_and_an_added_real_server_and_refuses_a_brok
     let log = vipd.stop();
     assert_eq!(log.matches("reload failed").count(), 1, "{log}");
     assert_eq!(
-        log.matches("scheduler: unknown value \\\"nosuch\\\"").count()
+        log.matches("scheduler: unknown value \\\"nosuch\\\"")
+            .count()
             + log.matches("scheduler: unknown value \"nosuch\"").count(),
         1,
         "the error once: {log}"
@@ -79,7 +84,11 @@ fn table_own_all_under_vipd_run_deletes_a_service_made_by_hand_and_keep_leaves_t
     let before = ipvsadm(&["-Sn"]);
     let log = vipd.stop();
     assert!(log.contains("ipvs services left in the kernel"), "{log}");
-    assert_eq!(ipvsadm(&["-Sn"]), before, "on_shutdown = \"keep\" leaves the table");
+    assert_eq!(
+        ipvsadm(&["-Sn"]),
+        before,
+        "on_shutdown = \"keep\" leaves the table"
+    );
     assert!(before.contains("-A -t 192.0.2.10:80 -s wrr"), "{before}");
     s.flush().unwrap();
 }

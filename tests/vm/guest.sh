@@ -73,7 +73,8 @@ done
 ns director nft -f - <<EOF
 table ip vipd_test {
   chain pre { type filter hook prerouting priority mangle; policy accept;
-    ip daddr $VIP3 tcp dport { 80, 443 } meta mark set 98 }
+    ip daddr $VIP3 tcp dport { 80, 443 } meta mark set 98
+  }
 }
 EOF
 echo "== e2e DR tests (director netns) at $(t)s"

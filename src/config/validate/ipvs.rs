@@ -122,7 +122,15 @@ pub(super) fn ipvs(
                     "list each real server once; use `weight` to give it a larger share",
                 );
             }
-            reachable(c, &span, &rp, "address", address, virtual_service, forwarding);
+            reachable(
+                c,
+                &span,
+                &rp,
+                "address",
+                address,
+                virtual_service,
+                forwarding,
+            );
             let threshold = |c: &mut Checker<'_>, field, v| {
                 c.number(
                     &span,

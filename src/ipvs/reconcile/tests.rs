@@ -336,7 +336,9 @@ fn one_shot_deletes_an_idle_weight_zero_server_and_shows_a_busy_one_as_draining(
     actual[0].dests[1].persist_conns = 4;
     assert_eq!(
         lines(&r.plan(std::slice::from_ref(&want), &actual, Instant::now())),
-        ["ipvsadm -d -t 192.0.2.10:80 -r 192.0.2.22:80 # draining: 0 connections, 4 persistence templates"]
+        [
+            "ipvsadm -d -t 192.0.2.10:80 -r 192.0.2.22:80 # draining: 0 connections, 4 persistence templates"
+        ]
     );
     actual[0].dests[1].persist_conns = 0;
     assert_eq!(
