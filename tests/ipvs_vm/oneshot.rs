@@ -127,7 +127,7 @@ fn e2e_dr_plan_shows_a_busy_quiesced_real_server_as_draining_and_list_c_matches_
     );
 
     let listing = same_listing(&["-c"], &["-Lnc"]);
-    assert!(listing.contains("TIME_WAIT"), "{listing}");
+    assert!(listing.contains("FIN_WAIT"), "DR connections: {listing}");
     assert!(listing.contains("IP  "), "the fwmark template: {listing}");
     same_listing(&["-c", "--persistent-conn"], &["-Lnc", "--persistent-conn"]);
     same_listing(&["--persistent-conn"], &["-Ln", "--persistent-conn"]);

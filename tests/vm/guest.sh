@@ -1,6 +1,7 @@
 #!/usr/bin/bash
 # Runs inside the IPVS VM (see run.sh): the real-kernel tests of vipd.
-# Usage: guest.sh TEST_BINARY VIPD_BINARY
+# Usage: guest.sh TEST_BINARY VIPD_BINARY [FILTER]
+# (FILTER: run only the tests whose names contain it, in their stage)
 # 1. table tests in the initial network namespace;
 # 2. DR topology: client -- router -- LAN(director, rs1, rs2, sorry), VIPs
 #    on the real servers' lo with arp_ignore=1/arp_announce=2, then the
@@ -14,11 +15,17 @@
 # no NIC. Every process start costs ~0.1 s under TCG: `ip -n NS` (one process)
 # is used instead of `ip netns exec NS ip` (two) wherever possible.
 set -uo pipefail
-T=$1
+T=$1 FILTER=${3:-}
 export VIPD_BIN=$2 VIPD_IPVS_VM=1 RUST_BACKTRACE=1
 rc=0
 t() { cut -d' ' -f1 /proc/uptime; }
-tests() { "$@" --test-threads=1 || rc=1; }
+tests() { # [ns NAME] BINARY PREFIX: the tests named PREFIX* (and FILTER), one at a time
+  local n=$# prefix=${!#} names
+  names=$("${@:n-1:1}" --list 2>/dev/null | sed -n 's/: test$//p' | grep -E "(^|::)$prefix" | grep -F -- "$FILTER")
+  [ -n "$names" ] || return 0
+  # shellcheck disable=SC2086
+  "${@:1:n-1}" --exact $names --test-threads=1 || rc=1
+}
 
 echo "== table tests (init netns) at $(t)s"
 tests "$T" table_

@@ -4,7 +4,8 @@
 # with the repository shared over 9p, runs tests/vm/guest.sh in it, and exits
 # with the guest's status. Run as root: bash tests/vm/run.sh
 # The first run installs qemu-system-x86, ipvsadm and busybox-static and
-# caches the kernel in /var/tmp/ipvs-vm (about 75 s more); a warm run takes
+# caches the kernel in /var/tmp/ipvs-vm (about 75 s more). VIPD_VM_FILTER=TEXT
+# runs only the tests whose names contain TEXT. A warm run takes
 # about 2 minutes on 2 cores (build, ~10 s initramfs, ~90 s guest under TCG).
 set -euo pipefail
 t0=$(date +%s)
@@ -35,7 +36,7 @@ set +e
 # nft marks the fwmark-98 group; curl is the client with several source
 # addresses (--interface); both are installed on the host if missing
 bash tests/vm/run-vm.sh --timeout "${VIPD_VM_TIMEOUT:-1200}" --share "$repo" --nft --curl \
-  --bin "$bins/vipd" --bin "$bins/ipvs_kernel" tests/vm/guest.sh "$bins/ipvs_kernel" "$bins/vipd"
+  --bin "$bins/vipd" --bin "$bins/ipvs_kernel" tests/vm/guest.sh "$bins/ipvs_kernel" "$bins/vipd" "${VIPD_VM_FILTER:-}"
 rc=$?
 set -e
 echo "vm: IPVS kernel suite $([ $rc = 0 ] && echo passed || echo "FAILED (exit $rc)") in $(elapsed)"
