@@ -128,9 +128,28 @@ pub(crate) fn fetch_from(clients: &[String], url: &str) -> Vec<String> {
     run("ip", &args).lines().map(str::to_string).collect()
 }
 
+/// A real server whose web servers are stopped; they start again when this
+/// is dropped (also when a test fails, so that the next tests have them).
+pub(crate) struct Stopped {
+    ns: &'static str,
+    ports: &'static [u16],
+}
+
+impl Stopped {
+    /// Starts the web servers again now.
+    pub(crate) fn restart(self) {}
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        start_web(self.ns, self.ports);
+    }
+}
+
 /// Stops every web server of a real server's namespace (its check fails,
-/// its traffic is refused).
-pub(crate) fn stop_web(ns: &str) {
+/// its traffic is refused) until the returned guard is dropped; `ports` are
+/// those tests/vm/guest.sh serves there.
+pub(crate) fn stop_web(ns: &'static str, ports: &'static [u16]) -> Stopped {
     let pids = run("ip", &["netns", "pids", ns]);
     for pid in pids.split_whitespace() {
         let _ = Command::new("kill").arg(pid).status();
@@ -140,10 +159,11 @@ pub(crate) fn stop_web(ns: &str) {
         assert!(Instant::now() < deadline, "{ns}: web servers still running");
         std::thread::sleep(Duration::from_millis(50));
     }
+    Stopped { ns, ports }
 }
 
 /// Starts the real server's web servers again, as tests/vm/guest.sh did.
-pub(crate) fn start_web(ns: &str, ports: &[u16]) {
+fn start_web(ns: &str, ports: &[u16]) {
     for p in ports {
         run(
             "ip",
