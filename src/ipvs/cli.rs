@@ -74,10 +74,11 @@ pub fn run(cmd: &IpvsCommand, config: Option<&Config>) -> anyhow::Result<()> {
             connections,
         } => {
             if *connections {
-                let text = std::fs::read_to_string(conns::PROC_FILE).with_context(|| {
+                let file = std::fs::File::open(conns::PROC_FILE).with_context(|| {
                     format!("{}: is the ip_vs module loaded?", conns::PROC_FILE)
                 })?;
-                out.write_all(conns::render(&text, *persistent_conn).as_bytes())?;
+                let input = std::io::BufReader::new(file);
+                conns::copy(input, &mut out, *persistent_conn)?;
                 return Ok(());
             }
             let format = match (stats, rate, thresholds, persistent_conn) {

@@ -58,6 +58,38 @@ fn line(out: &mut String, text: &str, persistent_conn: bool) -> Option<()> {
 
 /// The listing of `text` (the contents of [`PROC_FILE`]), header included.
 pub fn render(text: &str, persistent_conn: bool) -> String {
+    let mut out = Vec::new();
+    copy(text.as_bytes(), &mut out, persistent_conn).expect("writing to memory");
+    String::from_utf8(out).expect("the listing is UTF-8")
+}
+
+/// Streams the listing of `input` (the [`PROC_FILE`] format) to `out`, one
+/// line at a time: the table can hold millions of connections.
+pub fn copy(
+    mut input: impl std::io::BufRead,
+    mut out: impl std::io::Write,
+    persistent_conn: bool,
+) -> std::io::Result<()> {
+    out.write_all(header(persistent_conn).as_bytes())?;
+    let mut raw = Vec::new();
+    let mut first = true;
+    let mut text = String::new();
+    loop {
+        raw.clear();
+        if input.read_until(b'\n', &mut raw)? == 0 {
+            return Ok(());
+        }
+        if std::mem::take(&mut first) {
+            continue; // the file's own header
+        }
+        text.clear();
+        if line(&mut text, &String::from_utf8_lossy(&raw), persistent_conn).is_some() {
+            out.write_all(text.as_bytes())?;
+        }
+    }
+}
+
+fn header(persistent_conn: bool) -> String {
     let mut out = String::from("IPVS connection entries\n");
     if persistent_conn {
         let _ = writeln!(
@@ -71,9 +103,6 @@ pub fn render(text: &str, persistent_conn: bool) -> String {
             "pro expire {:<11} {:<18} {:<18} destination",
             "state", "source", "virtual"
         );
-    }
-    for l in text.lines().skip(1) {
-        let _ = line(&mut out, l, persistent_conn);
     }
     out
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use vipd::ipvs::{Family, ServiceKey};
 
 use super::super::{VIP, sock};
-use super::{VipdRun, admin_get, clients, dests, fetch_from, stop_web, wait_table};
+use super::{VipdRun, admin_get, clients, dests, fetch_from, fetch_settled, stop_web, wait_table};
 
 const VIP3: &str = "198.51.100.102";
 
@@ -47,13 +47,13 @@ fn e2e_dr_pinned_clients_of_a_failed_real_server_reach_the_other_within_fall_tim
     let clients = clients();
     let url80 = format!("http://{VIP3}/");
     let url443 = format!("http://{VIP3}:443/");
-    let first = fetch_from(&clients, &url80);
+    let first = fetch_settled(&clients, &url80);
     assert!(
         first.contains(&"rs1".to_string()) && first.contains(&"rs2".to_string()),
         "rr spreads eight clients over both real servers: {first:?}"
     );
     assert_eq!(
-        fetch_from(&clients, &url443),
+        fetch_settled(&clients, &url443),
         first,
         "each client stays on its real server across 80 and 443"
     );
@@ -137,7 +137,7 @@ fn e2e_dr_with_every_real_server_down_the_sorry_server_answers_until_one_is_back
     wait_table(&mut s, "the sorry server alone", |t| {
         dests(t, web) == [("198.51.100.13:80".to_string(), 1)]
     });
-    let replies = fetch_from(&clients[..4], &url);
+    let replies = fetch_settled(&clients[..4], &url);
     assert_eq!(replies, ["sorry"; 4], "the VIP is not black-holed");
     vipd.wait_log(
         "ALL IPVS REAL SERVERS DOWN: the sorry server takes every new connection",
@@ -152,7 +152,7 @@ fn e2e_dr_with_every_real_server_down_the_sorry_server_answers_until_one_is_back
     wait_table(&mut s, "rs1 back and the sorry server gone", |t| {
         dests(t, web) == [("198.51.100.11:80".to_string(), 1)]
     });
-    assert_eq!(fetch_from(&clients[..2], &url), ["rs1"; 2]);
+    assert_eq!(fetch_settled(&clients[..2], &url), ["rs1"; 2]);
     rs2.restart();
     wait_table(&mut s, "rs2 back", |t| dests(t, web) == rs);
     vipd.wait_log("IPVS service has a real server up again", 1);

@@ -3,10 +3,11 @@
 # (feature vm-tests), boots Debian's stock kernel in QEMU (tests/vm/run-vm.sh)
 # with the repository shared over 9p, runs tests/vm/guest.sh in it, and exits
 # with the guest's status. Run as root: bash tests/vm/run.sh
-# The first run installs qemu-system-x86, ipvsadm and busybox-static and
-# caches the kernel in /var/tmp/ipvs-vm (about 75 s more). VIPD_VM_FILTER=TEXT
-# runs only the tests whose names contain TEXT. A warm run takes
-# about 2 minutes on 2 cores (build, ~10 s initramfs, ~90 s guest under TCG).
+# The first run installs qemu-system-x86, ipvsadm, busybox-static, nftables
+# and curl and caches the kernel in /var/tmp/ipvs-vm (about 75 s more; two
+# runs at once are safe, see run-vm.sh). VIPD_VM_FILTER=TEXT runs only the
+# tests whose names contain TEXT. A warm run takes about 3 minutes on 2 cores
+# (build, ~10 s initramfs, ~170 s guest under TCG).
 set -euo pipefail
 t0=$(date +%s)
 cd "$(dirname "$0")/../.."
