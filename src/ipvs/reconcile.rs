@@ -201,10 +201,12 @@ impl fmt::Display for Op {
     }
 }
 
-/// True when the kernel service already has `want`'s parameters.
+/// True when the kernel service already has `want`'s parameters (vipd sets
+/// no persistence engine, and an edit without one removes it).
 fn same_params(want: &Service, have: &KernelService) -> bool {
     let have_flags = have.flags & !IP_VS_SVC_F_HASHED;
-    want.scheduler == have.scheduler
+    have.pe_name.is_none()
+        && want.scheduler == have.scheduler
         && want.kernel_flags() == have_flags
         && want.netmask == have.netmask
         && want.timeout.is_none_or(|t| t == have.timeout)

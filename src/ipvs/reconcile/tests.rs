@@ -350,3 +350,14 @@ fn one_shot_deletes_an_idle_weight_zero_server_and_shows_a_busy_one_as_draining(
     actual[0].dests[1].active_conns = 2;
     assert_eq!(run.plan(&[want], &actual, Instant::now()), []);
 }
+
+#[test]
+fn a_persistence_engine_set_by_hand_is_a_difference_plan_reports() {
+    let r = Reconciler::new(policy(false));
+    let mut actual = vec![kernel(&web())];
+    actual[0].pe_name = Some("sip".into());
+    assert_eq!(
+        lines(&r.plan(&[web()], &actual, Instant::now())),
+        ["ipvsadm -E -t 192.0.2.10:80 -s wrr"]
+    );
+}
