@@ -30,7 +30,7 @@ fn client(i: u32) -> IpAddr {
 fn schedulers(c: &mut Criterion) {
     let mut group = c.benchmark_group("pick");
     group.throughput(Throughput::Elements(1));
-    for (kind, name) in SchedulerKind::ALL {
+    for (kind, name) in SchedulerKind::POOL {
         for n in [2, 10, 1000] {
             let p = pool(kind, n);
             let mut i = 0u32;

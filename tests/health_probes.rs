@@ -27,6 +27,7 @@ fn check(kind: HealthKind) -> HealthCheck {
         host: None,
         expect_status: (200, 299),
         expect_body: None,
+        port: None,
     }
 }
 

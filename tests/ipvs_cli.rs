@@ -51,3 +51,133 @@ real_servers = [ { address = "198.51.100.11:8080" } ]
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("real server port 8080 differs from the VIP port 80; in dr mode the kernel cannot change the port"), "{err}");
 }
+
+/// `vipd check` on `toml`: exit code and stderr.
+fn check(toml: &str) -> (Option<i32>, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "vipd-ipvs-check-{}-{}",
+        std::process::id(),
+        toml.len()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("vipd.toml");
+    std::fs::write(&path, toml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vipd"))
+        .args(["check", "-c", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const FWMARK_GROUP: &str = r#"
+[[persistence]]
+name = "web"
+timeout = "300s"
+
+[[ipvs.service]]
+name = "web"
+fwmark = 99
+scheduler = "rr"
+persistence = "web"
+real_servers = [ { address = "198.51.100.11:0" }, { address = "198.51.100.12:0" } ]
+"#;
+
+#[test]
+fn an_unknown_ipvs_scheduler_is_refused_with_the_kernel_schedulers_listed() {
+    let (code, err) = check(&FWMARK_GROUP.replace("\"rr\"", "\"nosuch\""));
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains(
+            "ipvs.service \"web\".scheduler: unknown value \"nosuch\"\n    fix: use one of \"rr\", \"wrr\", \"lc\", \"wlc\", \"lblc\", \"lblcr\", \"dh\", \"sh\", \"sed\", \"nq\", \"fo\", \"ovf\", \"mh\""
+        ),
+        "{err}"
+    );
+    // p2c is a user-space scheduler; lblc is the kernel's only
+    let (code, err) = check(&FWMARK_GROUP.replace("\"rr\"", "\"p2c\""));
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("scheduler: unknown value \"p2c\""), "{err}");
+    let (code, err) = check(&FWMARK_GROUP.replace("\"rr\"", "\"lblc\""));
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn a_pool_refuses_a_scheduler_only_the_kernel_has() {
+    let (code, err) = check(
+        r#"
+[[pool]]
+name = "web"
+scheduler = "lblc"
+backends = [ { address = "127.0.0.1:8080" } ]
+"#,
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("pool \"web\".scheduler: unknown value \"lblc\"\n    fix: use one of \"rr\", \"wrr\", \"lc\", \"wlc\", \"sed\", \"nq\", \"sh\", \"mh\", \"p2c\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn health_on_a_fwmark_service_needs_a_port() {
+    let with_health = format!("{FWMARK_GROUP}health = {{ kind = \"tcp\" }}\n");
+    let (code, err) = check(&with_health);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("ipvs.service \"web\".health.port: real server 198.51.100.11:0 has port 0 (a fwmark service), so the check has no port to probe\n    fix: add `port = 80` (the port the real servers serve) to `health`, like keepalived's connect_port"),
+        "{err}"
+    );
+    let (code, err) = check(&with_health.replace("kind = \"tcp\"", "kind = \"tcp\", port = 80"));
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = check(&with_health.replace("kind = \"tcp\"", "kind = \"tcp\", port = 0"));
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("health.port: 0 is outside 1..=65535"), "{err}");
+}
+
+#[test]
+fn on_all_down_and_sorry_are_checked_like_the_pools() {
+    let svc = |extra: &str| format!("{FWMARK_GROUP}{extra}\n");
+    assert_eq!(check(&svc("on_all_down = \"refuse\"")).0, Some(0));
+    assert_eq!(check(&svc("sorry = \"198.51.100.99:0\"")).0, Some(0));
+    let (code, err) = check(&svc("on_all_down = \"sorry\""));
+    assert_eq!(code, Some(64));
+    assert!(
+        err.contains("on_all_down: `on_all_down = \"sorry\"` needs a sorry server"),
+        "{err}"
+    );
+    let (_, err) = check(&svc(
+        "on_all_down = \"refuse\"\nsorry = \"198.51.100.99:0\"",
+    ));
+    assert!(
+        err.contains("sorry: a sorry server is set but `on_all_down` is \"refuse\""),
+        "{err}"
+    );
+    let (_, err) = check(&svc("sorry = \"198.51.100.11:0\""));
+    assert!(
+        err.contains("sorry: the sorry server 198.51.100.11:0 is also a real server"),
+        "{err}"
+    );
+    let (_, err) = check(&svc("on_all_down = \"maybe\""));
+    assert!(
+        err.contains("on_all_down: unknown value \"maybe\"\n    fix: use one of \"fail_open\", \"sorry\", \"refuse\""),
+        "{err}"
+    );
+    // a DR sorry server follows the real servers' port rule
+    let dr = r#"
+[[ipvs.service]]
+name = "web"
+address = "198.51.100.100:80"
+real_servers = [ { address = "198.51.100.11:80" } ]
+sorry = "198.51.100.99:8080"
+"#;
+    let (_, err) = check(dr);
+    assert!(
+        err.contains(
+            "ipvs.service \"web\".sorry: real server port 8080 differs from the VIP port 80"
+        ),
+        "{err}"
+    );
+}

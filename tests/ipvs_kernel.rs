@@ -8,6 +8,8 @@
 //!   `tests/vm/guest.sh` builds (client, router, director, rs1, rs2).
 //! - `e2e_nat_*` run inside the `natdir` namespace of the NAT topology.
 
+mod ipvs_vm;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -239,6 +241,19 @@ fn table_vipd_list_matches_ipvsadm_for_every_format() {
         vipd(&["ipvs", "list", "--rate"]),
         ipvsadm(&["-Ln", "--rate"])
     );
+    for args in [
+        &["--thresholds"][..],
+        &["--persistent-conn"],
+        &["--stats", "--exact"],
+        &["--rate", "--exact"],
+    ] {
+        assert_eq!(
+            vipd(&[&["ipvs", "list"][..], args].concat()),
+            ipvsadm(&[&["-Ln"][..], args].concat()),
+            "{args:?}"
+        );
+    }
+    assert_eq!(vipd(&["ipvs", "list", "-c"]), ipvsadm(&["-Lnc"]));
     s.flush().unwrap();
 }
 
@@ -657,14 +672,26 @@ health = { kind = "tcp", interval = "500ms", timeout = "500ms", rise = 1, fall =
 "#;
 
 #[test]
-fn table_vipd_run_quiesces_real_servers_whose_health_check_fails_and_restores_them() {
+fn table_vipd_run_removes_a_real_server_whose_check_fails_and_adds_it_back_on_rise() {
+    health_flip(HEALTH_CONFIG, &[1]);
+}
+
+#[test]
+fn table_with_inhibit_on_failure_vipd_run_quiesces_a_failed_real_server_instead() {
+    let config = HEALTH_CONFIG.replace("health = {", "inhibit_on_failure = true\nhealth = {");
+    health_flip(&config, &[1, 0]);
+}
+
+/// `vipd run` on `config`: .22 fails its check (the kernel then has the
+/// weights `down`), then answers and gets its weight 2 back.
+fn health_flip(config: &str, down: &[u32]) {
     let mut s = sock();
     s.flush().unwrap();
-    let dir = std::env::temp_dir().join("vipd-health-test");
+    let dir = std::env::temp_dir().join(format!("vipd-health-{}", down.len()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("index.html"), "up\n").unwrap();
     let cfg = dir.join("vipd.toml");
-    std::fs::write(&cfg, HEALTH_CONFIG).unwrap();
+    std::fs::write(&cfg, config).unwrap();
     // rs .21 answers (an address on lo with a web server); .22 does not exist yet
     let httpd = |ip: &str| {
         run("ip", &["addr", "add", &format!("{ip}/32"), "dev", "lo"]);
@@ -696,9 +723,11 @@ fn table_vipd_run_quiesces_real_servers_whose_health_check_fails_and_restores_th
         d.sort();
         d.into_iter().map(|(_, w)| w).collect()
     };
-    wait_for(&mut s, "the failing real server to be quiesced", |t| {
-        weights(t) == [1, 0]
-    });
+    wait_for(
+        &mut s,
+        "the failing real server to be removed or quiesced",
+        |t| weights(t) == down,
+    );
     let mut rs2 = httpd("192.0.2.22");
     wait_for(
         &mut s,

@@ -190,6 +190,22 @@ impl Collector for Scrape {
             rs.iter()
                 .map(|(svc, addr, up)| (ipvs_labels(svc, addr), i64::from(*up))),
         )?;
+        let checked: Vec<&str> = self
+            .snapshot
+            .config
+            .ipvs
+            .services
+            .iter()
+            .filter(|s| s.health.is_some())
+            .map(|s| s.name.as_str())
+            .collect();
+        f.gauge(
+            "vipd_ipvs_service_all_down",
+            "1 while no real server of the IPVS service passes its check (on_all_down applies), else 0.",
+            checked
+                .iter()
+                .map(|s| (l1("service", s), i64::from(self.ipvs.is_all_down(s)))),
+        )?;
         Ok(())
     }
 }

@@ -287,7 +287,9 @@ pub(super) fn ipvs(state: &AdminState, kernel: Option<KernelTable>) -> serde_jso
                 .collect();
             serde_json::json!({
                 "name": s.name,
-                "scheduler": s.scheduler,
+                "scheduler": s.scheduler.as_str(),
+                "on_all_down": ipvs::desired::on_failure_name(s.on_all_down),
+                "all_down": state.ipvs_health.is_all_down(&s.name),
                 "real_servers": real,
                 "kernel_stats": in_kernel.map(|(k, _)| stats_json(&k.stats)),
             })

@@ -200,6 +200,12 @@ pub fn scheduler(
         SchedulerKind::Sh => Rebuilt::boxed(backends, SourceHash::new),
         SchedulerKind::Mh => Rebuilt::boxed(backends, move |b| Maglev::new(b, mh_table_size)),
         SchedulerKind::P2c => Rebuilt::boxed(backends, PowerOfTwo::new),
+        // kernel-only schedulers: `vipd check` refuses them for pools
+        SchedulerKind::Lblc
+        | SchedulerKind::Lblcr
+        | SchedulerKind::Dh
+        | SchedulerKind::Fo
+        | SchedulerKind::Ovf => Box::new(WeightedRoundRobin::new(backends)),
     }
 }
 
@@ -550,7 +556,7 @@ mod tests {
 
     #[test]
     fn every_scheduler_skips_unhealthy_and_weight_zero_backends() {
-        for (kind, name) in SchedulerKind::ALL {
+        for (kind, name) in SchedulerKind::POOL {
             let pool = Pool::new(&pool_cfg(kind, &[1, 0, 1]), None);
             pool.backends[0]
                 .state

@@ -99,6 +99,7 @@ pub(super) struct RawHealth {
     pub(super) host: Option<String>,
     pub(super) expect_status: Option<String>,
     pub(super) expect_body: Option<String>,
+    pub(super) port: Option<u32>,
 }
 
 /// One `[[pool]]`.
@@ -196,6 +197,9 @@ pub(super) struct RawIpvsService {
     #[serde(default)]
     pub(super) real_servers: Vec<RawRealServer>,
     pub(super) health: Option<RawHealth>,
+    pub(super) inhibit_on_failure: Option<bool>,
+    pub(super) on_all_down: Option<String>,
+    pub(super) sorry: Option<String>,
 }
 
 /// One real server of an IPVS service.

@@ -270,23 +270,30 @@ pub struct Listener {
     pub upgrades: Vec<String>,
 }
 
-/// Scheduling algorithm, named as in ipvsadm.
+/// Scheduling algorithm, named as in ipvsadm: one enum for both tiers. The
+/// kernel's set (`ip_vs_<name>` modules) plus `p2c`, which only the
+/// user-space pools have; `vipd check` refuses a name the tier lacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SchedulerKind {
     Rr,
     Wrr,
     Lc,
     Wlc,
+    Lblc,
+    Lblcr,
+    Dh,
+    Sh,
     Sed,
     Nq,
-    Sh,
+    Fo,
+    Ovf,
     Mh,
     P2c,
 }
 
 impl SchedulerKind {
-    /// Every scheduler with its config name.
-    pub const ALL: [(SchedulerKind, &'static str); 9] = [
+    /// The schedulers user-space pools implement, with their config names.
+    pub const POOL: [(SchedulerKind, &'static str); 9] = [
         (SchedulerKind::Rr, "rr"),
         (SchedulerKind::Wrr, "wrr"),
         (SchedulerKind::Lc, "lc"),
@@ -298,10 +305,28 @@ impl SchedulerKind {
         (SchedulerKind::P2c, "p2c"),
     ];
 
+    /// The kernel's IPVS schedulers (Linux 6.1), in ipvsadm's man page order.
+    pub const KERNEL: [(SchedulerKind, &'static str); 13] = [
+        (SchedulerKind::Rr, "rr"),
+        (SchedulerKind::Wrr, "wrr"),
+        (SchedulerKind::Lc, "lc"),
+        (SchedulerKind::Wlc, "wlc"),
+        (SchedulerKind::Lblc, "lblc"),
+        (SchedulerKind::Lblcr, "lblcr"),
+        (SchedulerKind::Dh, "dh"),
+        (SchedulerKind::Sh, "sh"),
+        (SchedulerKind::Sed, "sed"),
+        (SchedulerKind::Nq, "nq"),
+        (SchedulerKind::Fo, "fo"),
+        (SchedulerKind::Ovf, "ovf"),
+        (SchedulerKind::Mh, "mh"),
+    ];
+
     /// The name used in the config file and by ipvsadm.
     pub fn as_str(self) -> &'static str {
-        Self::ALL
+        Self::KERNEL
             .iter()
+            .chain(Self::POOL.iter())
             .find(|(k, _)| *k == self)
             .map(|(_, n)| *n)
             .unwrap_or("?")
@@ -340,6 +365,9 @@ pub struct HealthCheck {
     /// Inclusive range of accepted HTTP status codes.
     pub expect_status: (u16, u16),
     pub expect_body: Option<String>,
+    /// Probe this port instead of the target's own (keepalived's
+    /// `connect_port`): fwmark real servers have port 0.
+    pub port: Option<u16>,
 }
 
 /// A named group of backends and how to choose among them.
@@ -501,10 +529,15 @@ pub struct RealServer {
 pub struct IpvsService {
     pub name: String,
     pub virtual_service: IpvsVirtual,
-    /// Kernel scheduler module name (`ip_vs_<name>`).
-    pub scheduler: String,
+    /// Kernel scheduler (`ip_vs_<name>`).
+    pub scheduler: SchedulerKind,
     pub persistence: Option<String>,
     pub forwarding: Forwarding,
     pub real_servers: Vec<RealServer>,
     pub health: Option<HealthCheck>,
+    /// A real server whose check fails keeps its place at weight 0 instead
+    /// of being removed (keepalived's `inhibit_on_failure`).
+    pub inhibit_on_failure: bool,
+    /// What the service does when no checked real server is up.
+    pub on_all_down: OnAllDown,
 }

@@ -28,7 +28,8 @@ use crate::balance::{BackendState, Pool, Pools};
 use crate::config::{Config, HealthCheck};
 
 /// Health of IPVS real servers, published by their checkers for the IPVS
-/// reconciler, which sets a down real server's kernel weight to 0.
+/// reconciler, which removes a down real server from the kernel (or sets
+/// its weight to 0 with `inhibit_on_failure`; `ipvs::desired::apply_health`).
 ///
 /// Keyed by (service name, real server address); carried across reloads by
 /// that key. A real server without a check is absent (treat as up).
@@ -37,6 +38,9 @@ pub struct IpvsHealth {
     states: ArcSwap<HashMap<(String, SocketAddr), Arc<BackendState>>>,
     /// Bumped on every flip, so the reconciler can wait for changes.
     changed: watch::Sender<u64>,
+    /// Services with no real server up, as the reconciler last found them
+    /// (for the metrics and the admin API).
+    all_down: ArcSwap<Vec<String>>,
 }
 
 impl Default for IpvsHealth {
@@ -44,6 +48,7 @@ impl Default for IpvsHealth {
         Self {
             states: ArcSwap::default(),
             changed: watch::channel(0).0,
+            all_down: ArcSwap::default(),
         }
     }
 }
@@ -68,6 +73,16 @@ impl IpvsHealth {
             .collect();
         v.sort();
         v
+    }
+
+    /// Whether the service had no real server up at the last reconcile pass.
+    pub fn is_all_down(&self, service: &str) -> bool {
+        self.all_down.load().iter().any(|s| s == service)
+    }
+
+    /// Records the services that have no real server up (sorted names).
+    pub fn set_all_down(&self, services: Vec<String>) {
+        self.all_down.store(Arc::new(services));
     }
 
     /// A receiver that sees a new value after every flip.
@@ -164,7 +179,7 @@ impl Checkers {
             else {
                 continue;
             };
-            if addr.port() == 0 {
+            if addr.port() == 0 && check.port.is_none() {
                 warn!(service = %service, real_server = %addr,
                     "real server has no port to check; it is reported up");
                 continue;
@@ -295,6 +310,7 @@ mod tests {
             host: None,
             expect_status: (200, 399),
             expect_body: None,
+            port: None,
         }
     }
 

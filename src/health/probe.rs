@@ -82,6 +82,11 @@ impl Probe {
     /// Probe `addr` once, bounded by the check's timeout.
     pub async fn run(&self, addr: SocketAddr) -> Result<(), ProbeError> {
         let timeout = self.check.timeout;
+        // `port` (keepalived's connect_port): fwmark real servers have port 0
+        let addr = self
+            .check
+            .port
+            .map_or(addr, |p| SocketAddr::new(addr.ip(), p));
         tokio::time::timeout(timeout, self.exchange(addr))
             .await
             .unwrap_or(Err(ProbeError::Timeout(timeout)))

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 
 use super::list::{self, Format};
-use super::{IpvsSocket, Reconciler, desired, reconcile};
+use super::{IpvsSocket, Op, Reconciler, conns, desired, reconcile};
 use crate::config::Config;
 
 /// The `vipd ipvs` subcommands.
@@ -29,11 +29,24 @@ pub enum IpvsCommand {
     /// Print the kernel IPVS table like `ipvsadm -Ln`.
     List {
         /// Totals: connections, packets and bytes (`ipvsadm -Ln --stats`).
-        #[arg(long, conflicts_with = "rate")]
+        #[arg(long, conflicts_with_all = ["rate", "thresholds", "persistent_conn", "connections"])]
         stats: bool,
         /// Per-second rates (`ipvsadm -Ln --rate`).
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["thresholds", "persistent_conn", "connections"])]
         rate: bool,
+        /// Upper and lower connection thresholds (`ipvsadm -Ln --thresholds`).
+        #[arg(long, conflicts_with_all = ["persistent_conn", "connections"])]
+        thresholds: bool,
+        /// Persistence templates per real server (`ipvsadm -Ln
+        /// --persistent-conn`); with `-c`, the persistence engine columns.
+        #[arg(long)]
+        persistent_conn: bool,
+        /// Whole numbers in `--stats` and `--rate` (`ipvsadm --exact`).
+        #[arg(long)]
+        exact: bool,
+        /// Connections and persistence templates (`ipvsadm -Lnc`).
+        #[arg(short = 'c', long)]
+        connections: bool,
     },
 }
 
@@ -52,16 +65,33 @@ impl IpvsCommand {
 pub fn run(cmd: &IpvsCommand, config: Option<&Config>) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match cmd {
-        IpvsCommand::List { stats, rate } => {
-            let format = match (stats, rate) {
-                (true, _) => Format::Stats,
-                (_, true) => Format::Rate,
+        IpvsCommand::List {
+            stats,
+            rate,
+            thresholds,
+            persistent_conn,
+            exact,
+            connections,
+        } => {
+            if *connections {
+                let file = std::fs::File::open(conns::PROC_FILE).with_context(|| {
+                    format!("{}: is the ip_vs module loaded?", conns::PROC_FILE)
+                })?;
+                let input = std::io::BufReader::new(file);
+                conns::copy(input, &mut out, *persistent_conn)?;
+                return Ok(());
+            }
+            let format = match (stats, rate, thresholds, persistent_conn) {
+                (true, ..) => Format::Stats,
+                (_, true, ..) => Format::Rate,
+                (_, _, true, _) => Format::Thresholds,
+                (.., true) => Format::PersistConn,
                 _ => Format::Plain,
             };
             let mut sock = IpvsSocket::open()?;
             let info = sock.info()?;
             let services = sock.services()?;
-            out.write_all(list::render(&info, &services, format).as_bytes())?;
+            out.write_all(list::render_exact(&info, &services, format, *exact).as_bytes())?;
         }
         IpvsCommand::Plan { config: path } | IpvsCommand::Apply { config: path } => {
             let Some(cfg) = config else {
@@ -71,7 +101,8 @@ pub fn run(cmd: &IpvsCommand, config: Option<&Config>) -> anyhow::Result<()> {
             for s in &services {
                 s.validate()?;
             }
-            let reconciler = Reconciler::new(desired::policy(cfg));
+            // no memory of earlier runs: a weight-0 server not in the file is draining
+            let reconciler = Reconciler::one_shot(desired::policy(cfg));
             let mut sock = IpvsSocket::open()?;
             let actual = sock.services().context("reading the kernel IPVS table")?;
             let ops = reconciler.plan(&services, &actual, tokio::time::Instant::now());
@@ -89,8 +120,11 @@ pub fn run(cmd: &IpvsCommand, config: Option<&Config>) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
+            let (pending, ops): (Vec<Op>, Vec<Op>) = ops
+                .into_iter()
+                .partition(|op| matches!(op, Op::Draining { .. }));
             let report = reconcile::apply(&mut sock, ops);
-            for op in &report.applied {
+            for op in report.applied.iter().chain(&pending) {
                 writeln!(out, "{op}")?;
             }
             for (op, e) in &report.failed {

@@ -1,7 +1,12 @@
 //! Converts the validated config's `[ipvs]` section into kernel-level desired
-//! state: `Vec<Service>` and the reconcile [`Policy`].
+//! state: `Vec<Service>` and the reconcile [`Policy`], and applies the real
+//! servers' health to it ([`apply_health`]): the one place where vipd
+//! decides between removing a failed real server, quiescing it, and what a
+//! service does when none is left.
 
-use crate::config::{self, Config};
+use std::net::SocketAddr;
+
+use crate::config::{self, Config, OnAllDown};
 
 use super::{Dest, Family, Forward, Policy, Protocol, Service, ServiceKey};
 
@@ -9,6 +14,14 @@ use super::{Dest, Family, Forward, Policy, Protocol, Service, ServiceKey};
 /// into timeout and netmask.
 pub fn services(cfg: &Config) -> Vec<Service> {
     cfg.ipvs.services.iter().map(|s| service(cfg, s)).collect()
+}
+
+fn forward(f: config::Forwarding) -> Forward {
+    match f {
+        config::Forwarding::Dr => Forward::Dr,
+        config::Forwarding::Nat => Forward::Nat,
+        config::Forwarding::Tunnel => Forward::Tunnel,
+    }
 }
 
 fn service(cfg: &Config, s: &config::IpvsService) -> Service {
@@ -29,12 +42,7 @@ fn service(cfg: &Config, s: &config::IpvsService) -> Service {
             },
         },
     };
-    let forward = match s.forwarding {
-        config::Forwarding::Dr => Forward::Dr,
-        config::Forwarding::Nat => Forward::Nat,
-        config::Forwarding::Tunnel => Forward::Tunnel,
-    };
-    let mut svc = Service::new(key, s.scheduler.clone());
+    let mut svc = Service::new(key, s.scheduler.as_str());
     if let Some(group) = s
         .persistence
         .as_deref()
@@ -56,7 +64,7 @@ fn service(cfg: &Config, s: &config::IpvsService) -> Service {
         .iter()
         .map(|r| Dest {
             addr: r.address,
-            forward,
+            forward: forward(s.forwarding),
             weight: r.weight,
             upper_threshold: r.upper_threshold,
             lower_threshold: r.lower_threshold,
@@ -71,21 +79,106 @@ pub fn names(cfg: &Config) -> Vec<String> {
     cfg.ipvs.services.iter().map(|s| s.name.clone()).collect()
 }
 
-/// Quiesces (weight 0: no new connections, open ones finish) every real
-/// server whose health check reports it down, as health checks do for
-/// user-space pools; `is_up(service name, address)` is `None` when unchecked.
+/// What one service does with real servers its check reports down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnFailure {
+    /// Keep a failed real server at weight 0 (keepalived's
+    /// `inhibit_on_failure`) instead of removing it.
+    pub inhibit: bool,
+    /// What happens when no real server is up (the pools' `on_all_down`).
+    pub all_down: AllDown,
+}
+
+/// `on_all_down` of one service, with the sorry server as a real server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllDown {
+    /// Keep every real server at its configured weight, as if healthy.
+    FailOpen,
+    /// Add this real server while no other is up.
+    Sorry(Dest),
+    /// Leave the service without a usable real server.
+    Refuse,
+}
+
+/// The name of an `on_all_down` setting, as in the config file.
+pub fn on_failure_name(setting: OnAllDown) -> &'static str {
+    match setting {
+        OnAllDown::FailOpen => "fail_open",
+        OnAllDown::Sorry(_) => "sorry",
+        OnAllDown::Refuse => "refuse",
+    }
+}
+
+/// The failure handling of every service, in the order of [`services`].
+pub fn on_failure(cfg: &Config) -> Vec<OnFailure> {
+    cfg.ipvs
+        .services
+        .iter()
+        .map(|s| OnFailure {
+            inhibit: s.inhibit_on_failure,
+            all_down: match s.on_all_down {
+                OnAllDown::FailOpen => AllDown::FailOpen,
+                OnAllDown::Refuse => AllDown::Refuse,
+                OnAllDown::Sorry(addr) => AllDown::Sorry(Dest {
+                    addr,
+                    forward: forward(s.forwarding),
+                    weight: 1,
+                    upper_threshold: 0,
+                    lower_threshold: 0,
+                }),
+            },
+        })
+        .collect()
+}
+
+/// Applies health checks to the desired services, as keepalived does: a real
+/// server reported down is removed at once (listed in
+/// [`Service::evicted`], so that it does not drain and its persistence
+/// templates die with it), or quiesced to weight 0 with `inhibit`. A
+/// service whose every real server with a weight is down follows its
+/// [`AllDown`]. `is_up(service name, address)` is `None` when unchecked.
+/// Returns, per service, whether it is all down.
 pub fn apply_health(
     services: &mut [Service],
     names: &[String],
-    is_up: impl Fn(&str, std::net::SocketAddr) -> Option<bool>,
-) {
-    for (svc, name) in services.iter_mut().zip(names) {
-        for d in &mut svc.dests {
-            if is_up(name, d.addr) == Some(false) {
-                d.weight = 0;
+    rules: &[OnFailure],
+    is_up: impl Fn(&str, SocketAddr) -> Option<bool>,
+) -> Vec<bool> {
+    services
+        .iter_mut()
+        .zip(names)
+        .zip(rules)
+        .map(|((svc, name), rule)| {
+            let down: Vec<SocketAddr> = svc
+                .dests
+                .iter()
+                .filter(|d| is_up(name, d.addr) == Some(false))
+                .map(|d| d.addr)
+                .collect();
+            let serving = svc.dests.iter().filter(|d| d.weight > 0);
+            let all_down = serving.clone().next().is_some()
+                && serving.into_iter().all(|d| down.contains(&d.addr));
+            if all_down && rule.all_down == AllDown::FailOpen {
+                return true;
             }
-        }
-    }
+            if rule.inhibit {
+                for d in svc.dests.iter_mut().filter(|d| down.contains(&d.addr)) {
+                    d.weight = 0;
+                }
+            } else {
+                svc.dests.retain(|d| !down.contains(&d.addr));
+                svc.evicted.extend(down);
+            }
+            if let AllDown::Sorry(sorry) = &rule.all_down {
+                if all_down {
+                    svc.dests.push(sorry.clone());
+                } else {
+                    svc.evicted.push(sorry.addr);
+                }
+            }
+            all_down
+        })
+        .collect()
 }
 
 /// Ownership and drain settings from `[ipvs]`.
@@ -97,93 +190,4 @@ pub fn policy(cfg: &Config) -> Policy {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    #[test]
-    fn a_dr_config_with_a_persistent_fwmark_group_becomes_kernel_services() {
-        let toml = r#"
-[[persistence]]
-name = "web"
-timeout = "300s"
-netmask = "255.255.255.0"
-
-[ipvs]
-own_all = true
-drain_period = "5s"
-
-[[ipvs.service]]
-name = "web80"
-address = "198.51.100.100:80"
-scheduler = "wrr"
-forwarding = "dr"
-real_servers = [ { address = "198.51.100.11:80", weight = 1 }, { address = "198.51.100.12:80", weight = 2 } ]
-
-[[ipvs.service]]
-name = "sticky"
-fwmark = 99
-scheduler = "rr"
-persistence = "web"
-forwarding = "dr"
-real_servers = [ { address = "198.51.100.11:0" } ]
-"#;
-        let cfg = config::parse(toml, Path::new("test.toml")).expect("valid config");
-        let svcs = services(&cfg);
-        let lines: Vec<String> = crate::ipvs::Reconciler::new(policy(&cfg))
-            .plan(&svcs, &[], tokio::time::Instant::now())
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(
-            lines,
-            [
-                "ipvsadm -A -t 198.51.100.100:80 -s wrr",
-                "ipvsadm -a -t 198.51.100.100:80 -r 198.51.100.11:80 -g -w 1",
-                "ipvsadm -a -t 198.51.100.100:80 -r 198.51.100.12:80 -g -w 2",
-                "ipvsadm -A -f 99 -s rr -p 300 -M 255.255.255.0",
-                "ipvsadm -a -f 99 -r 198.51.100.11:0 -g -w 1",
-            ]
-        );
-        assert_eq!(
-            policy(&cfg),
-            Policy {
-                own_all: true,
-                drain_period: std::time::Duration::from_secs(5)
-            }
-        );
-        assert_eq!(names(&cfg), ["web80", "sticky"]);
-    }
-
-    #[test]
-    fn real_servers_reported_down_get_weight_zero_and_unchecked_ones_keep_theirs() {
-        let key = ServiceKey::Addr {
-            protocol: Protocol::Tcp,
-            addr: "198.51.100.100:80".parse().unwrap(),
-        };
-        let mut svc = Service::new(key, "wrr");
-        let rs = |a: &str, weight| Dest {
-            addr: a.parse().unwrap(),
-            forward: Forward::Dr,
-            weight,
-            upper_threshold: 0,
-            lower_threshold: 0,
-        };
-        svc.dests = vec![
-            rs("198.51.100.11:80", 3),
-            rs("198.51.100.12:80", 2),
-            rs("198.51.100.13:80", 1),
-        ];
-        let mut services = vec![svc];
-        apply_health(&mut services, &["web".to_string()], |name, addr| {
-            assert_eq!(name, "web");
-            match addr.ip().to_string().as_str() {
-                "198.51.100.11" => Some(false),
-                "198.51.100.12" => Some(true),
-                _ => None,
-            }
-        });
-        let weights: Vec<u32> = services[0].dests.iter().map(|d| d.weight).collect();
-        assert_eq!(weights, [0, 2, 1]);
-    }
-}
+mod tests;

@@ -1,5 +1,7 @@
 //! Renders a kernel IPVS table exactly as `ipvsadm -Ln` (and `--stats`,
-//! `--rate`) prints it, so that operators can diff the two outputs.
+//! `--rate`, `--thresholds`, `--persistent-conn`, `--exact`) prints it, and
+//! the connection table (`/proc/net/ip_vs_conn`) as `ipvsadm -Lnc`, so that
+//! operators can diff the two outputs.
 //!
 //! Ordering follows ipvsadm's default sort: services by (fwmark, family,
 //! protocol, address, port), real servers by (address, port), with libipvs'
@@ -21,6 +23,10 @@ pub enum Format {
     Stats,
     /// `ipvsadm -Ln --rate`: per-second rates.
     Rate,
+    /// `ipvsadm -Ln --thresholds`: upper and lower connection thresholds.
+    Thresholds,
+    /// `ipvsadm -Ln --persistent-conn`: persistence templates per server.
+    PersistConn,
 }
 
 /// ipvsadm compares 32-bit fields by subtracting them into an `int`, so two
@@ -128,8 +134,13 @@ where
     v.copy_from_slice(&out);
 }
 
-/// ipvsadm's `print_largenum`: 9 columns, scaled with K/M/G/T when large.
-fn largenum(out: &mut String, i: u64) {
+/// ipvsadm's `print_largenum`: 9 columns, scaled with K/M/G/T when large,
+/// or (`--exact`) the whole number after one space.
+fn largenum(out: &mut String, i: u64, exact: bool) {
+    if exact {
+        let _ = write!(out, " {i:>8}");
+        return;
+    }
     let _ = match i {
         0..100_000_000 => write!(out, "{i:>9}"),
         100_000_000..1_000_000_000 => write!(out, "{:>8}K", i / 1_000),
@@ -139,13 +150,13 @@ fn largenum(out: &mut String, i: u64) {
     };
 }
 
-fn counters(out: &mut String, s: &Stats, format: Format) {
+fn counters(out: &mut String, s: &Stats, format: Format, exact: bool) {
     let v = match format {
         Format::Rate => [s.cps, s.inpps, s.outpps, s.inbps, s.outbps],
         _ => [s.conns, s.inpkts, s.outpkts, s.inbytes, s.outbytes],
     };
     for n in v {
-        largenum(out, n);
+        largenum(out, n, exact);
     }
 }
 
@@ -164,7 +175,7 @@ fn sched_flags(scheduler: &str, flags: u32) -> Option<String> {
     (!set.is_empty()).then(|| set.join(","))
 }
 
-fn service_line(out: &mut String, s: &KernelService, format: Format) {
+fn service_line(out: &mut String, s: &KernelService, format: Format, exact: bool) {
     // ipvsadm prints the mark with %d: marks above 2^31 show negative
     let name = match s.key {
         ServiceKey::Fwmark {
@@ -177,9 +188,9 @@ fn service_line(out: &mut String, s: &KernelService, format: Format) {
         } => format!("FWM  {} IPv6", mark as i32),
         ServiceKey::Addr { protocol, addr } => format!("{:<4} {addr}", protocol.name()),
     };
-    if format != Format::Plain {
+    if matches!(format, Format::Stats | Format::Rate) {
         let _ = write!(out, "{name:<33}");
-        counters(out, &s.stats, format);
+        counters(out, &s.stats, format, exact);
         out.push('\n');
         return;
     }
@@ -211,9 +222,23 @@ fn service_line(out: &mut String, s: &KernelService, format: Format) {
     out.push('\n');
 }
 
-fn dest_line(out: &mut String, d: &KernelDest, format: Format) {
+fn dest_line(out: &mut String, d: &KernelDest, format: Format, exact: bool) {
     let name = d.dest.addr.to_string();
     match format {
+        Format::Thresholds => {
+            let _ = writeln!(
+                out,
+                "  -> {name:<28} {:<10} {:<10} {:<10} {:<10}",
+                d.dest.upper_threshold, d.dest.lower_threshold, d.active_conns, d.inactive_conns
+            );
+        }
+        Format::PersistConn => {
+            let _ = writeln!(
+                out,
+                "  -> {name:<28} {:<9} {:<11} {:<10} {:<10}",
+                d.dest.weight, d.persist_conns, d.active_conns, d.inactive_conns
+            );
+        }
         Format::Plain => {
             let _ = writeln!(
                 out,
@@ -224,9 +249,9 @@ fn dest_line(out: &mut String, d: &KernelDest, format: Format) {
                 d.inactive_conns
             );
         }
-        _ => {
+        Format::Stats | Format::Rate => {
             let _ = write!(out, "  -> {name:<28}");
-            counters(out, &d.stats, format);
+            counters(out, &d.stats, format, exact);
             out.push('\n');
         }
     }
@@ -234,6 +259,17 @@ fn dest_line(out: &mut String, d: &KernelDest, format: Format) {
 
 /// The whole table, header lines included, as `ipvsadm -Ln [--stats|--rate]`.
 pub fn render(info: &Info, services: &[KernelService], format: Format) -> String {
+    render_exact(info, services, format, false)
+}
+
+/// [`render`], with `exact` as ipvsadm's `--exact` (whole numbers in
+/// `--stats` and `--rate`).
+pub fn render_exact(
+    info: &Info,
+    services: &[KernelService],
+    format: Format,
+    exact: bool,
+) -> String {
     let mut out = String::new();
     let v = info.version;
     let _ = writeln!(
@@ -262,19 +298,33 @@ pub fn render(info: &Info, services: &[KernelService], format: Format) -> String
                 "Prot LocalAddress:Port", "CPS", "InPPS", "OutPPS", "InBPS", "OutBPS"
             );
         }
+        Format::Thresholds => {
+            let _ = writeln!(
+                out,
+                "{:<33} {:<10} {:<10} {:<10} {:<10}\n  -> RemoteAddress:Port",
+                "Prot LocalAddress:Port", "Uthreshold", "Lthreshold", "ActiveConn", "InActConn"
+            );
+        }
+        Format::PersistConn => {
+            let _ = writeln!(
+                out,
+                "{:<33} {:<9} {:<11} {:<10} {:<10}\n  -> RemoteAddress:Port",
+                "Prot LocalAddress:Port", "Weight", "PersistConn", "ActiveConn", "InActConn"
+            );
+        }
     }
     let mut svcs: Vec<&KernelService> = services.iter().collect();
     msort(&mut svcs, &|a: &&KernelService, b: &&KernelService| {
         cmp_services(a, b)
     });
     for s in svcs {
-        service_line(&mut out, s, format);
+        service_line(&mut out, s, format, exact);
         let mut dests: Vec<&KernelDest> = s.dests.iter().collect();
         msort(&mut dests, &|a: &&KernelDest, b: &&KernelDest| {
             cmp_dests(a, b)
         });
         for d in dests {
-            dest_line(&mut out, d, format);
+            dest_line(&mut out, d, format, exact);
         }
     }
     out

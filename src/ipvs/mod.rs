@@ -7,6 +7,7 @@
 //! - [`socket`]: the generic netlink socket: family resolution, requests, dumps.
 //! - [`reconcile`]: the diff between desired and kernel state, and its application.
 //! - [`list`]: `ipvsadm -Ln`-style rendering of the kernel table.
+//! - [`conns`]: `ipvsadm -Lnc`-style rendering of the connection table.
 //! - [`desired`]: the config's `[ipvs]` section as kernel-level desired state.
 //! - [`cli`]: the `vipd ipvs plan|apply|list` subcommands.
 //! - [`task`]: the reconcile loop of `vipd run` (start, SIGHUP, interval, shutdown).
@@ -16,6 +17,7 @@
 
 pub mod attrs;
 pub mod cli;
+pub mod conns;
 pub mod consts;
 pub mod desired;
 pub mod list;
@@ -223,6 +225,11 @@ pub struct Service {
     pub flags: u32,
     /// Real servers.
     pub dests: Vec<Dest>,
+    /// Real servers that must leave the kernel at once instead of draining:
+    /// those whose health check failed (a quiesced server keeps every
+    /// client that has a persistence template on it) and a sorry server
+    /// that is no longer needed.
+    pub evicted: Vec<SocketAddr>,
 }
 
 impl Service {
@@ -235,6 +242,7 @@ impl Service {
             netmask: key.family().max_prefix(),
             flags: 0,
             dests: Vec::new(),
+            evicted: Vec::new(),
         }
     }
 
@@ -404,6 +412,7 @@ impl KernelService {
             netmask: self.netmask,
             flags: self.flags & !(consts::IP_VS_SVC_F_PERSISTENT | consts::IP_VS_SVC_F_HASHED),
             dests: self.dests.iter().map(|d| d.dest.clone()).collect(),
+            evicted: Vec::new(),
         }
     }
 }

@@ -6,7 +6,12 @@
 //! the others. A real server that leaves the config is first quiesced (weight
 //! 0: no new connections) and deleted once the drain period has passed, or
 //! earlier when the kernel reports no connection left on it. The
-//! [`Reconciler`] keeps the quiesce timestamps between passes.
+//! [`Reconciler`] keeps the quiesce timestamps between passes; a one-shot
+//! reconciler (`vipd ipvs plan|apply`) has none, so it takes a weight-0
+//! server that is not in the file for one draining: deleted once idle,
+//! otherwise shown as a pending [`Op::Draining`] (never "already matches").
+//! A real server failing its health check ([`Service::evicted`]) is deleted
+//! at once, without draining.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -74,6 +79,18 @@ pub enum Op {
         /// The real server's address.
         addr: SocketAddr,
     },
+    /// A real server that is not in the file and still has connections:
+    /// its deletion is pending (one-shot mode only; applying it does nothing).
+    Draining {
+        /// The service.
+        service: ServiceKey,
+        /// The real server's address.
+        addr: SocketAddr,
+        /// Its active and inactive connections.
+        conns: u32,
+        /// Persistence templates pointing at it.
+        templates: u32,
+    },
 }
 
 impl Op {
@@ -85,7 +102,8 @@ impl Op {
             Op::AddDest { service, .. }
             | Op::EditDest { service, .. }
             | Op::QuiesceDest { service, .. }
-            | Op::DeleteDest { service, .. } => service,
+            | Op::DeleteDest { service, .. }
+            | Op::Draining { service, .. } => service,
         }
     }
 }
@@ -164,14 +182,31 @@ impl fmt::Display for Op {
                 fmt_dest(f, "-e", service, dest)
             }
             Op::DeleteDest { service, addr } => write!(f, "ipvsadm -d {service} -r {addr}"),
+            Op::Draining {
+                service,
+                addr,
+                conns,
+                templates,
+            } => {
+                write!(
+                    f,
+                    "ipvsadm -d {service} -r {addr} # draining: {conns} connections"
+                )?;
+                if *templates > 0 {
+                    write!(f, ", {templates} persistence templates")?;
+                }
+                Ok(())
+            }
         }
     }
 }
 
-/// True when the kernel service already has `want`'s parameters.
+/// True when the kernel service already has `want`'s parameters (vipd sets
+/// no persistence engine, and an edit without one removes it).
 fn same_params(want: &Service, have: &KernelService) -> bool {
     let have_flags = have.flags & !IP_VS_SVC_F_HASHED;
-    want.scheduler == have.scheduler
+    have.pe_name.is_none()
+        && want.scheduler == have.scheduler
         && want.kernel_flags() == have_flags
         && want.netmask == have.netmask
         && want.timeout.is_none_or(|t| t == have.timeout)
@@ -231,6 +266,7 @@ pub fn apply_op(sock: &mut IpvsSocket, op: &Op) -> Result<()> {
             Err(e) if errno_in(&e, GONE) => Ok(()),
             r => r,
         },
+        Op::Draining { .. } => Ok(()),
     }
 }
 
@@ -257,6 +293,8 @@ pub struct Reconciler {
     managed: BTreeSet<ServiceKey>,
     /// Removed real servers with weight 0, and since when.
     quiesced: HashMap<(ServiceKey, SocketAddr), Instant>,
+    /// No history across runs: a weight-0 server not in the file is draining.
+    one_shot: bool,
 }
 
 impl Reconciler {
@@ -266,6 +304,17 @@ impl Reconciler {
             policy,
             managed: BTreeSet::new(),
             quiesced: HashMap::new(),
+            one_shot: false,
+        }
+    }
+
+    /// A reconciler for one `plan` or `apply`: it cannot know since when a
+    /// server has been quiesced, so it deletes a weight-0 server that is not
+    /// in the file once idle and otherwise plans an [`Op::Draining`].
+    pub fn one_shot(policy: Policy) -> Self {
+        Reconciler {
+            one_shot: true,
+            ..Reconciler::new(policy)
         }
     }
 
@@ -327,7 +376,7 @@ impl Reconciler {
             gone.sort_by_key(|k| k.dest.addr);
             for k in gone {
                 let addr = k.dest.addr;
-                if self.policy.drain_period.is_zero() {
+                if self.policy.drain_period.is_zero() || want.evicted.contains(&addr) {
                     ops.push(Op::DeleteDest {
                         service: want.key,
                         addr,
@@ -349,6 +398,18 @@ impl Reconciler {
                             addr,
                         });
                     }
+                } else if self.one_shot && k.is_idle() {
+                    ops.push(Op::DeleteDest {
+                        service: want.key,
+                        addr,
+                    });
+                } else if self.one_shot {
+                    ops.push(Op::Draining {
+                        service: want.key,
+                        addr,
+                        conns: k.active_conns.saturating_add(k.inactive_conns),
+                        templates: k.persist_conns,
+                    });
                 }
                 // weight 0 with no timestamp: record() starts the clock now
             }

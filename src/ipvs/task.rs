@@ -1,7 +1,9 @@
 //! The IPVS tier of `vipd run`: reconciles the kernel table at start, on
 //! reload (SIGHUP, with the configuration the proxy committed), every
 //! `reconcile_interval` and whenever a health check flips (a real server
-//! that is down gets weight 0), and on shutdown keeps or removes vipd's
+//! that is down leaves the kernel, or gets weight 0 with
+//! `inhibit_on_failure`; a service with none up follows `on_all_down`,
+//! logged at each transition), and on shutdown keeps or removes vipd's
 //! services according to `on_shutdown`.
 //!
 //! Netlink calls are blocking, so each pass runs in `spawn_blocking`; the
@@ -15,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use super::desired::OnFailure;
 use super::{IpvsSocket, Reconciler, Service, desired, reconcile};
 use crate::config::{Config, OnShutdown};
 use crate::health::IpvsHealth;
@@ -25,6 +28,8 @@ struct Desired {
     services: Vec<Service>,
     /// Config names of `services` (health reports by name).
     names: Vec<String>,
+    /// What each service does with failed real servers.
+    rules: Vec<OnFailure>,
     policy: super::Policy,
     interval: Duration,
     on_shutdown: OnShutdown,
@@ -35,6 +40,7 @@ impl Desired {
         Desired {
             services: desired::services(cfg),
             names: desired::names(cfg),
+            rules: desired::on_failure(cfg),
             policy: desired::policy(cfg),
             interval: cfg.ipvs.reconcile_interval.max(Duration::from_secs(1)),
             on_shutdown: cfg.ipvs.on_shutdown,
@@ -50,14 +56,67 @@ pub struct IpvsTier {
     task: JoinHandle<Reconciler>,
 }
 
-/// The services to converge to: the config's, with real servers that fail
-/// their health check quiesced.
+/// The services to converge to: the config's, with the real servers' health
+/// applied. Logs each service entering or leaving "all down" and publishes
+/// the set on the health board.
 fn effective(d: &Desired, health: Option<&IpvsHealth>) -> Vec<Service> {
     let mut services = d.services.clone();
-    if let Some(h) = health {
-        desired::apply_health(&mut services, &d.names, |name, addr| h.is_up(name, addr));
+    let Some(h) = health else { return services };
+    let all = desired::apply_health(&mut services, &d.names, &d.rules, |name, addr| {
+        h.is_up(name, addr)
+    });
+    let mut now_down = Vec::new();
+    for ((name, rule), down) in d.names.iter().zip(&d.rules).zip(all) {
+        if down {
+            now_down.push(name.clone());
+        }
+        match (h.is_all_down(name), down) {
+            (false, true) => match &rule.all_down {
+                desired::AllDown::FailOpen => error!(service = %name, on_all_down = "fail_open",
+                    "ALL IPVS REAL SERVERS DOWN: failing open, every real server keeps its configured weight"),
+                desired::AllDown::Sorry(s) => {
+                    error!(service = %name, on_all_down = "sorry", sorry = %s.addr,
+                    "ALL IPVS REAL SERVERS DOWN: the sorry server takes every new connection")
+                }
+                desired::AllDown::Refuse => error!(service = %name, on_all_down = "refuse",
+                    "ALL IPVS REAL SERVERS DOWN: the service has no real server, new connections fail"),
+            },
+            (true, false) => warn!(service = %name, "IPVS service has a real server up again"),
+            _ => {}
+        }
     }
+    now_down.sort();
+    h.set_all_down(now_down);
     services
+}
+
+/// A persistent service whose real servers are health-checked relies on two
+/// sysctls (per network namespace) that the kernel leaves off: warn when
+/// they are, naming the command that sets them.
+fn warn_sysctls(cfg: &Config) {
+    let checked_persistent = |inhibit: bool| {
+        cfg.ipvs
+            .services
+            .iter()
+            .filter(|s| s.health.is_some() && s.persistence.is_some())
+            .filter(move |s| !inhibit || s.inhibit_on_failure)
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+    };
+    let off = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/vs/{name}"))
+            .is_ok_and(|v| v.trim() == "0")
+    };
+    let services = checked_persistent(false);
+    if !services.is_empty() && off("expire_nodest_conn") {
+        warn!(services = ?services,
+            "net.ipv4.vs.expire_nodest_conn is 0: connections to a real server removed after a              failed check hang until they time out; set it with `sysctl -w net.ipv4.vs.expire_nodest_conn=1`");
+    }
+    let services = checked_persistent(true);
+    if !services.is_empty() && off("expire_quiescent_template") {
+        warn!(services = ?services,
+            "net.ipv4.vs.expire_quiescent_template is 0: with inhibit_on_failure, clients with a              persistence template keep going to a failed real server until it expires; set it with              `sysctl -w net.ipv4.vs.expire_quiescent_template=1`");
+    }
 }
 
 /// One pass off the async runtime: open a socket (so that a module loaded
@@ -123,6 +182,8 @@ impl IpvsTier {
         let (r, res) = pass(Reconciler::new(d.policy.clone()), d.clone(), health.clone()).await;
         res?;
         info!(services = d.services.len(), "ipvs table reconciled");
+        // after the first pass, which may have loaded ip_vs (and its sysctls)
+        warn_sysctls(cfg);
         let (tx, mut rx) = watch::channel(d);
         let stop = Arc::new(Notify::new());
         let stopped = stop.clone();

@@ -138,6 +138,7 @@ pub(crate) const FIELDS: &[Field] = &[
     dur(Health, "timeout", "100ms", "1h"),
     int(Health, "rise", 1, 1000, U32),
     int(Health, "fall", 1, 1000, U32),
+    int(Health, "port", 1, 65_535, U32),
     int(Backend, "weight", 0, 65_535, U32),
     dur(Persistence, "timeout", "1s", "30d"),
     int(Persistence, "netmask_v6", 0, 128, U8),

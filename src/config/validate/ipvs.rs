@@ -79,21 +79,14 @@ pub(super) fn ipvs(
                 None
             }
         };
-        let scheduler = s.scheduler.clone().unwrap_or_else(|| "wrr".into());
-        if scheduler.is_empty()
-            || scheduler.len() > 15
-            || !scheduler
-                .chars()
-                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit())
-        {
-            c.report(
-                &span,
-                &p,
-                Some("scheduler"),
-                format!("{scheduler:?} is not a kernel scheduler name"),
-                "use an ip_vs scheduler: rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, fo, ovf, mh",
-            );
-        }
+        let scheduler = c.choice(
+            &span,
+            &p,
+            "scheduler",
+            &s.scheduler,
+            &SchedulerKind::KERNEL,
+            SchedulerKind::Wrr,
+        );
         if let Some(g) = &s.persistence {
             check_group_ref(c, &span, &p, g, groups);
         }
@@ -129,31 +122,15 @@ pub(super) fn ipvs(
                     "list each real server once; use `weight` to give it a larger share",
                 );
             }
-            if let Some(IpvsVirtual::Address { address: vip, .. }) = virtual_service {
-                if forwarding != Forwarding::Nat && address.port() != vip.port() {
-                    c.report(
-                        &span,
-                        &rp,
-                        Some("address"),
-                        format!(
-                            "real server port {} differs from the VIP port {}; in {} mode the kernel cannot change the port",
-                            address.port(),
-                            vip.port(),
-                            if forwarding == Forwarding::Dr { "dr" } else { "tunnel" }
-                        ),
-                        format!("use port {} on the real server, or forwarding = \"nat\"", vip.port()),
-                    );
-                }
-                if address.is_ipv4() != vip.is_ipv4() {
-                    c.report(
-                        &span,
-                        &rp,
-                        Some("address"),
-                        "the real server's address family differs from the VIP's",
-                        "use real servers of the VIP's family",
-                    );
-                }
-            }
+            reachable(
+                c,
+                &span,
+                &rp,
+                "address",
+                address,
+                virtual_service,
+                forwarding,
+            );
             let threshold = |c: &mut Checker<'_>, field, v| {
                 c.number(
                     &span,
@@ -193,6 +170,11 @@ pub(super) fn ipvs(
                     "define each virtual service once",
                 );
             }
+            let health = s.health.as_ref().map(|h| health(c, &span, &p, h));
+            if let Some(h) = &health {
+                check_port(c, &span, &p, h, &real_servers);
+            }
+            let on_all_down = on_all_down(c, &span, &p, s, v, forwarding, &real_servers);
             services.push(IpvsService {
                 name,
                 virtual_service: v,
@@ -200,7 +182,9 @@ pub(super) fn ipvs(
                 persistence: s.persistence.clone(),
                 forwarding,
                 real_servers,
-                health: s.health.as_ref().map(|h| health(c, &span, &p, h)),
+                health,
+                inhibit_on_failure: s.inhibit_on_failure.unwrap_or(false),
+                on_all_down,
             });
         }
     }
@@ -230,5 +214,136 @@ pub(super) fn ipvs(
             Duration::from_secs(60),
         ),
         services,
+    }
+}
+
+/// A real (or sorry) server the kernel can forward to: DR and tunnelling
+/// cannot change the port, and no mode changes the address family.
+fn reachable(
+    c: &mut Checker<'_>,
+    span: &Range<usize>,
+    path: &str,
+    field: &str,
+    address: SocketAddr,
+    virtual_service: Option<IpvsVirtual>,
+    forwarding: Forwarding,
+) {
+    let Some(IpvsVirtual::Address { address: vip, .. }) = virtual_service else {
+        return;
+    };
+    if forwarding != Forwarding::Nat && address.port() != vip.port() {
+        c.report(
+            span,
+            path,
+            Some(field),
+            format!(
+                "real server port {} differs from the VIP port {}; in {} mode the kernel cannot change the port",
+                address.port(),
+                vip.port(),
+                if forwarding == Forwarding::Dr { "dr" } else { "tunnel" }
+            ),
+            format!("use port {} on the real server, or forwarding = \"nat\"", vip.port()),
+        );
+    }
+    if address.is_ipv4() != vip.is_ipv4() {
+        c.report(
+            span,
+            path,
+            Some(field),
+            "the real server's address family differs from the VIP's",
+            "use real servers of the VIP's family",
+        );
+    }
+}
+
+/// A check needs a port: fwmark real servers have port 0, so `health.port`
+/// (keepalived's `connect_port`) must name the one to probe.
+fn check_port(
+    c: &mut Checker<'_>,
+    span: &Range<usize>,
+    path: &str,
+    check: &HealthCheck,
+    real_servers: &[RealServer],
+) {
+    if check.port.is_some() {
+        return;
+    }
+    if let Some(r) = real_servers.iter().find(|r| r.address.port() == 0) {
+        c.report(
+            span,
+            &format!("{path}.health"),
+            Some("port"),
+            format!(
+                "real server {} has port 0 (a fwmark service), so the check has no port to probe",
+                r.address
+            ),
+            "add `port = 80` (the port the real servers serve) to `health`, like keepalived's connect_port",
+        );
+    }
+}
+
+/// `on_all_down` (the pools' setting and values) and its `sorry` server,
+/// which must be reachable like a real server and not be one.
+fn on_all_down(
+    c: &mut Checker<'_>,
+    span: &Range<usize>,
+    path: &str,
+    s: &RawIpvsService,
+    virtual_service: IpvsVirtual,
+    forwarding: Forwarding,
+    real_servers: &[RealServer],
+) -> OnAllDown {
+    let sorry = s
+        .sorry
+        .as_deref()
+        .and_then(|t| c.socket_addr(span, path, "sorry", t));
+    if let Some(a) = sorry {
+        reachable(c, span, path, "sorry", a, Some(virtual_service), forwarding);
+        if real_servers.iter().any(|r| r.address == a) {
+            c.report(
+                span,
+                path,
+                Some("sorry"),
+                format!("the sorry server {a} is also a real server"),
+                "name a server that is not in `real_servers`",
+            );
+        }
+    }
+    match (s.on_all_down.as_deref(), sorry) {
+        (None | Some("sorry"), Some(a)) => OnAllDown::Sorry(a),
+        (None | Some("fail_open"), None) => OnAllDown::FailOpen,
+        (Some("refuse"), None) => OnAllDown::Refuse,
+        (Some(v @ ("fail_open" | "refuse")), Some(_)) => {
+            c.report(
+                span,
+                path,
+                Some("sorry"),
+                format!("a sorry server is set but `on_all_down` is {v:?}"),
+                "set `on_all_down = \"sorry\"`, or remove `sorry`",
+            );
+            OnAllDown::FailOpen
+        }
+        (Some("sorry"), None) => {
+            if s.sorry.is_none() {
+                c.report(
+                    span,
+                    path,
+                    Some("on_all_down"),
+                    "`on_all_down = \"sorry\"` needs a sorry server",
+                    "add `sorry = \"198.51.100.99:80\"`, the server that answers while every real server is down",
+                );
+            }
+            OnAllDown::FailOpen
+        }
+        (Some(other), _) => {
+            c.report(
+                span,
+                path,
+                Some("on_all_down"),
+                format!("unknown value {other:?}"),
+                "use one of \"fail_open\", \"sorry\", \"refuse\"",
+            );
+            OnAllDown::FailOpen
+        }
     }
 }

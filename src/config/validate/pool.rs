@@ -76,6 +76,19 @@ pub(super) fn health(
     }
     let rise = c.number(span, &p, "rise", raw.rise, 1..=1000, "results", 2);
     let fall = c.number(span, &p, "fall", raw.fall, 1..=1000, "results", 3);
+    let port = raw.port.and_then(|v| match u16::try_from(v) {
+        Ok(port) if port > 0 => Some(port),
+        _ => {
+            c.report(
+                span,
+                &p,
+                Some("port"),
+                format!("{v} is outside 1..=65535"),
+                "set `port` between 1 and 65535, or remove it to check each server's own port",
+            );
+            None
+        }
+    });
     HealthCheck {
         kind,
         interval,
@@ -86,6 +99,7 @@ pub(super) fn health(
         host: raw.host.clone(),
         expect_status,
         expect_body: raw.expect_body.clone(),
+        port,
     }
 }
 
@@ -115,7 +129,7 @@ pub(super) fn pool(
         &p,
         "scheduler",
         &raw.scheduler,
-        &SchedulerKind::ALL,
+        &SchedulerKind::POOL,
         SchedulerKind::Wrr,
     );
     let mut backends = Vec::new();

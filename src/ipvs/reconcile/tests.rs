@@ -295,3 +295,69 @@ fn ops_print_as_ipvsadm_command_lines() {
         ]
     );
 }
+
+#[test]
+fn a_real_server_evicted_by_its_health_check_is_deleted_without_draining() {
+    let r = Reconciler::new(policy(false));
+    let mut want = web();
+    let gone = want.dests.remove(1);
+    want.evicted.push(gone.addr);
+    let mut actual = vec![kernel(&web())];
+    actual[0].dests[1].active_conns = 3;
+    actual[0].dests[1].persist_conns = 2;
+    assert_eq!(
+        lines(&r.plan(&[want], &actual, Instant::now())),
+        ["ipvsadm -d -t 192.0.2.10:80 -r 192.0.2.22:80"]
+    );
+}
+
+#[test]
+fn one_shot_deletes_an_idle_weight_zero_server_and_shows_a_busy_one_as_draining() {
+    let r = Reconciler::one_shot(policy(false));
+    let mut want = web();
+    want.dests.pop();
+    let mut actual = vec![kernel(&web())];
+    // the first apply quiesces it, as a long-running vipd does
+    assert_eq!(
+        lines(&r.plan(std::slice::from_ref(&want), &actual, Instant::now())),
+        ["ipvsadm -e -t 192.0.2.10:80 -r 192.0.2.22:80 -g -w 0"]
+    );
+    // a later run, with no memory of that, still sees a difference
+    actual[0].dests[1].dest.weight = 0;
+    actual[0].dests[1].active_conns = 2;
+    actual[0].dests[1].inactive_conns = 1;
+    let ops = r.plan(std::slice::from_ref(&want), &actual, Instant::now());
+    assert_eq!(
+        lines(&ops),
+        ["ipvsadm -d -t 192.0.2.10:80 -r 192.0.2.22:80 # draining: 3 connections"]
+    );
+    actual[0].dests[1].active_conns = 0;
+    actual[0].dests[1].inactive_conns = 0;
+    actual[0].dests[1].persist_conns = 4;
+    assert_eq!(
+        lines(&r.plan(std::slice::from_ref(&want), &actual, Instant::now())),
+        [
+            "ipvsadm -d -t 192.0.2.10:80 -r 192.0.2.22:80 # draining: 0 connections, 4 persistence templates"
+        ]
+    );
+    actual[0].dests[1].persist_conns = 0;
+    assert_eq!(
+        lines(&r.plan(std::slice::from_ref(&want), &actual, Instant::now())),
+        ["ipvsadm -d -t 192.0.2.10:80 -r 192.0.2.22:80"]
+    );
+    // a long-running reconciler starts its drain clock instead
+    let run = Reconciler::new(policy(false));
+    actual[0].dests[1].active_conns = 2;
+    assert_eq!(run.plan(&[want], &actual, Instant::now()), []);
+}
+
+#[test]
+fn a_persistence_engine_set_by_hand_is_a_difference_plan_reports() {
+    let r = Reconciler::new(policy(false));
+    let mut actual = vec![kernel(&web())];
+    actual[0].pe_name = Some("sip".into());
+    assert_eq!(
+        lines(&r.plan(&[web()], &actual, Instant::now())),
+        ["ipvsadm -E -t 192.0.2.10:80 -s wrr"]
+    );
+}
