@@ -40,7 +40,7 @@ fn a_file_of_20000_bad_entries_is_checked_in_seconds_and_lists_the_first_200() {
     let path = dir.join("bad.toml");
     std::fs::write(&path, bad_pools(20_000)).unwrap();
     let started = Instant::now();
-    let (code, text) = check_within(&path, Duration::from_secs(20));
+    let (code, text) = check_within(&path, Duration::from_secs(60));
     let took = started.elapsed();
     assert_eq!(
         code,
@@ -48,7 +48,9 @@ fn a_file_of_20000_bad_entries_is_checked_in_seconds_and_lists_the_first_200() {
         "after {took:?}: {}",
         &text[..text.len().min(2000)]
     );
-    assert!(took < Duration::from_secs(10), "took {took:?}");
+    // A debug build on a loaded 2-core machine takes about 10 s; work
+    // quadratic in the entries would take many minutes.
+    assert!(took < Duration::from_secs(30), "took {took:?}");
     assert!(text.starts_with(&format!("{}: 201 configuration errors\n", path.display())));
     assert_eq!(
         text.matches("connect_timeout: \"0s\" is outside").count(),
@@ -72,8 +74,8 @@ fn a_reload_with_20000_bad_entries_is_refused_in_seconds_and_the_old_file_keeps_
     std::fs::write(vipd.dir.join("vipd.toml"), base + &bad_pools(20_000)).unwrap();
     let started = Instant::now();
     vipd.signal("HUP");
-    let line = vipd.wait_for("reload failed", Duration::from_secs(10));
-    assert!(started.elapsed() < Duration::from_secs(10));
+    let line = vipd.wait_for("reload failed", Duration::from_secs(30));
+    assert!(started.elapsed() < Duration::from_secs(30));
     assert!(line.contains("201 configuration errors"), "{line}");
     assert!(vipd.alive());
     assert_eq!(echo_through(addr), b"ping");
@@ -160,7 +162,7 @@ fn thirty_thousand_pools_and_vhosts_are_checked_and_reloaded_in_seconds() {
     let path = dir.join("many.toml");
     std::fs::write(&path, &config).unwrap();
     let started = Instant::now();
-    let (code, text) = check_within(&path, Duration::from_secs(30));
+    let (code, text) = check_within(&path, Duration::from_secs(60));
     let took = started.elapsed();
     assert_eq!(
         code,
@@ -168,7 +170,8 @@ fn thirty_thousand_pools_and_vhosts_are_checked_and_reloaded_in_seconds() {
         "after {took:?}: {}",
         &text[..text.len().min(2000)]
     );
-    assert!(took < Duration::from_secs(10), "check took {took:?}");
+    // (See above: about 10 s in a debug build on a loaded machine.)
+    assert!(took < Duration::from_secs(30), "check took {took:?}");
     let _ = std::fs::remove_dir_all(&dir);
     // served by a running vipd: the reload builds every table
     let mut vipd = Vipd::run(&served(echo));
@@ -176,9 +179,9 @@ fn thirty_thousand_pools_and_vhosts_are_checked_and_reloaded_in_seconds() {
     std::fs::write(vipd.dir.join("vipd.toml"), &config).unwrap();
     let started = Instant::now();
     vipd.signal("HUP");
-    vipd.wait_for("reload complete", Duration::from_secs(30));
+    vipd.wait_for("reload complete", Duration::from_secs(60));
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(10), "reload took {took:?}");
+    assert!(took < Duration::from_secs(30), "reload took {took:?}");
     assert!(vipd.alive());
     assert_eq!(echo_through(addr), b"ping");
     assert!(!vipd.log().contains("reload failed"));
