@@ -10,9 +10,9 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
-//! | GET | `/` | HTML status page |
-//! | GET | `/metrics` | OpenMetrics text |
-//! | GET | `/api/status` | version, reload counters |
+//! | GET | `/` | HTML status page (static; its script reads `/api/status`) |
+//! | GET | `/metrics` | Prometheus text 0.0.4, or OpenMetrics if `Accept` asks |
+//! | GET | `/api/status` | everything the status page shows, in one document |
 //! | GET | `/api/listeners` | listeners and their counters |
 //! | GET | `/api/pools`, `/api/pools/{pool}` | pools, backends, health, weights |
 //! | GET | `/api/persistence` | persistence groups |
@@ -297,6 +297,12 @@ async fn handle(
             "writes off loopback need admin.token_file to be set",
         );
     }
+    // The page is a static document with no state in it: a browser cannot
+    // send a bearer token when it opens a URL, so the page is served
+    // without one and its script sends the token with each fetch.
+    if req.method() == Method::GET && req.uri().path() == "/" {
+        return status_page();
+    }
     if !authorized(&req, state) {
         warn!(%peer, path = req.uri().path(), "admin request without a valid bearer token");
         let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
@@ -315,15 +321,11 @@ async fn handle(
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let method = req.method().clone();
     match (&method, segs.as_slice()) {
-        (&Method::GET, []) => reply(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            page::render(state),
-        ),
         (&Method::GET, ["metrics"]) => {
-            reply(StatusCode::OK, prom::CONTENT_TYPE, prom::render(state))
+            let format = prom::Format::negotiate(req.headers().get(hyper::header::ACCEPT));
+            reply(StatusCode::OK, format.content_type(), prom::render(state, format))
         }
-        (&Method::GET, ["api", "status"]) => json(StatusCode::OK, &views::status(state)),
+        (&Method::GET, ["api", "status"]) => json(StatusCode::OK, &views::status(state).await),
         (&Method::GET, ["api", "listeners"]) => json(StatusCode::OK, &views::listeners(state)),
         (&Method::GET, ["api", "pools"]) => json(StatusCode::OK, &views::pools(state)),
         (&Method::GET, ["api", "pools", name]) => {
@@ -352,6 +354,22 @@ async fn handle(
         ),
         _ => error(StatusCode::NOT_FOUND, format!("no such path: {path}")),
     }
+}
+
+fn status_page() -> Reply {
+    let mut r = reply(StatusCode::OK, "text/html; charset=utf-8", page::HTML);
+    let h = r.headers_mut();
+    for (name, value) in [
+        ("content-security-policy", page::csp()),
+        ("x-content-type-options", "nosniff"),
+        ("cache-control", "no-store"),
+        ("referrer-policy", "no-referrer"),
+    ] {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
+    }
+    r
 }
 
 async fn reload(state: &AdminState, peer: SocketAddr) -> Reply {
@@ -421,6 +439,13 @@ async fn set_weight(
         );
     };
     b.state.set_weight_override(weight);
+    let (to, how) = match weight {
+        Some(0) => ("drained", "drained".to_string()),
+        Some(w) => ("weight", format!("weight set to {w}")),
+        None => ("undrained", format!("back to the configured weight {}", b.weight)),
+    };
+    b.state
+        .record_change(to, &format!("{how} through the admin API by {peer}"));
     info!(%peer, pool, backend = addr, weight = ?weight, configured = b.weight,
         "backend weight set through the admin API");
     json(StatusCode::OK, &views::BackendView::of(b))

@@ -24,7 +24,7 @@ mod live;
 pub mod persist;
 mod rr;
 
-pub use live::AllDown;
+pub use live::{AllDown, Change};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -36,7 +36,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 
 pub use hash::{Maglev, SourceHash};
 pub use least::{LeastConnection, NeverQueue, PowerOfTwo, ShortestExpectedDelay, WeightedLeast};
-pub use persist::{PersistenceEntry, PersistenceTable, PersistenceTables};
+pub use persist::{PersistenceEntry, PersistenceSummary, PersistenceTable, PersistenceTables};
 pub use rr::{RoundRobin, WeightedRoundRobin};
 
 use crate::config::{self, SchedulerKind};
@@ -74,7 +74,7 @@ pub struct BackendState {
     pub(crate) pool_weights: ArcSwapOption<AtomicU64>,
     /// What last changed the backend's state, for the status page; written
     /// only on a flip or an admin weight change, never on the pick path.
-    pub(crate) last_change: std::sync::Mutex<Option<live::Change>>,
+    pub(crate) last_change: std::sync::Mutex<Option<Change>>,
     /// Duration of the last active health check in microseconds (0 = none
     /// yet) and whether it passed.
     pub last_check_us: AtomicU64,
