@@ -24,6 +24,7 @@
 //! | POST | `/api/reload` | same as SIGHUP |
 
 mod guard;
+mod history;
 mod page;
 mod prom;
 mod views;
@@ -54,6 +55,8 @@ use crate::config;
 use crate::health::IpvsHealth;
 use crate::metrics::Metrics;
 use crate::proxy::SharedSnapshot;
+
+pub use history::History;
 
 /// Largest request body the admin API reads.
 const BODY_LIMIT: usize = 4096;
@@ -120,6 +123,8 @@ pub struct AdminState {
     pub token: ArcSwapOption<String>,
     /// Weak, so that the admin task does not keep the application alive.
     pub control: Weak<dyn Control>,
+    /// Recent request and error rates per listener, for the page's charts.
+    pub history: History,
 }
 
 /// Bind the admin listener.
@@ -152,6 +157,7 @@ pub async fn run(listener: TcpListener, state: Arc<AdminState>, stop: Cancellati
         )
     };
     let slots = Arc::new(Semaphore::new(settings().0));
+    tokio::spawn(sample_history(state.clone(), stop.clone()));
     info!(addr = ?addr, max_connections = settings().0, "admin endpoint listening");
     loop {
         let permit = tokio::select! {
@@ -202,6 +208,18 @@ pub async fn run(listener: TcpListener, state: Arc<AdminState>, stop: Cancellati
         });
     }
     debug!("admin endpoint stopped");
+}
+
+/// Sample the listeners' rates every [`history::INTERVAL`] until `stop`.
+async fn sample_history(state: Arc<AdminState>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(history::INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => state.history.sample(&state.metrics),
+        }
+    }
 }
 
 type Reply = Response<Full<Bytes>>;

@@ -387,6 +387,8 @@ pub(super) async fn status(state: &AdminState) -> serde_json::Value {
         "last_reload_unix": r.last_unix,
         "last_reload_error": r.last_error,
         "listeners": listeners(state),
+        "history": state.history.read(),
+        "history_interval_s": super::history::INTERVAL.as_secs_f64(),
         "pools": pools(state),
         "certificates": certificates(state),
         "persistence": persistence_summary(state),
