@@ -46,7 +46,11 @@ fn chromium() -> Option<PathBuf> {
 /// Run headless Chromium on `url` with `extra` arguments until the page's
 /// scripts had `budget_ms` of virtual time; returns its stdout.
 fn run_chromium(browser: &Path, url: &str, extra: &[&str], budget_ms: u32) -> String {
-    let profile = std::env::temp_dir().join(format!("vipd-chromium-{}", std::process::id()));
+    // A profile of its own: two browsers on one profile refuse to start.
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
+    let profile =
+        std::env::temp_dir().join(format!("vipd-chromium-{}-{run}", std::process::id()));
     let out = Command::new(browser)
         .args([
             "--headless",
@@ -284,6 +288,52 @@ async fn chromium_renders_listeners_backend_causes_expiring_certificates_and_the
     assert_eq!(st["last_reload_ok"], true);
     assert_eq!(st["last_reload_error"], serde_json::Value::Null);
     traffic.abort();
+    running.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_the_page_renders_only_when_opened_with_it_in_the_fragment() {
+    let Some(browser) = chromium() else { return };
+    let dir = std::env::temp_dir().join(format!("vipd-status-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("admin.token");
+    std::fs::write(&token_file, "page-token-1\n").unwrap();
+    let up = TestBackend::start("up").await;
+    let text = admin_config(
+        &format!("token_file = \"{}\"", token_file.display()),
+        &tcp_site("127.0.0.1:0", &[&up], ""),
+    );
+    let running = Running::start(vipd::config::parse(&text, Path::new("t.toml")).unwrap())
+        .await
+        .unwrap();
+    let admin = running.admin_addr().await.unwrap();
+    let (with, without) = tokio::task::spawn_blocking({
+        let browser = browser.clone();
+        move || {
+            let with = run_chromium(
+                &browser,
+                &format!("http://{admin}/#token=page-token-1"),
+                &["--dump-dom"],
+                3000,
+            );
+            let without = run_chromium(&browser, &format!("http://{admin}/"), &["--dump-dom"], 3000);
+            (with, without)
+        }
+    })
+    .await
+    .unwrap();
+    assert!(element(&with, "tr", "data-listener=\"web\"").contains("tcp"));
+    assert!(with.contains("<span id=\"conn\" class=\"muted\">live</span>"), "{with}");
+    assert!(!without.contains("data-listener=\"web\""), "{without}");
+    assert!(
+        without.contains("<span id=\"conn\" class=\"bad\">a token is needed</span>"),
+        "{without}"
+    );
+    assert!(
+        without.contains("<form id=\"login\" style=\"display: block;\">"),
+        "{without}"
+    );
     running.stop().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
