@@ -440,7 +440,10 @@ async fn the_status_page_is_a_self_contained_document_and_api_status_carries_wha
     assert_eq!(st["pools"][0]["name"], "p");
     let b = &st["pools"][0]["backends"][0];
     assert_eq!(b["address"], a.addr.to_string());
-    assert_eq!((b["status"].as_str(), b["last_change"].is_null()), (Some("up"), true));
+    assert_eq!(
+        (b["status"].as_str(), b["last_change"].is_null()),
+        (Some("up"), true)
+    );
     assert_eq!(st["certificates"]["warn_days"], 21);
     assert_eq!(st["ipvs"]["services"], serde_json::json!([]));
     assert_eq!(st["last_reload_error"], serde_json::Value::Null);
@@ -484,7 +487,9 @@ async fn metrics_are_prometheus_text_0_0_4_unless_accept_prefers_openmetrics() {
         assert!(text.contains("\n# TYPE vipd_reloads_total counter\nvipd_reloads_total 0\n"));
         assert!(!text.contains("# EOF"));
     }
-    assert!(om.contains("\r\ncontent-type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n"));
+    assert!(om.contains(
+        "\r\ncontent-type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n"
+    ));
     assert!(om.contains("\n# TYPE vipd_reloads counter\nvipd_reloads_total 0\n"));
     assert!(om.ends_with("\n# EOF\n"), "{om}");
     running.stop().await;

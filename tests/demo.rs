@@ -39,11 +39,7 @@ fn the_demo_prints_commands_that_work_and_shows_headers_persistence_and_the_stat
     let dir = support::tempdir();
     // The banner goes to stdout: send it to the captured stderr.
     let vipd = Vipd::spawn(
-        Command::new("sh").args([
-            "-c",
-            "exec \"$0\" demo 1>&2",
-            env!("CARGO_BIN_EXE_vipd"),
-        ]),
+        Command::new("sh").args(["-c", "exec \"$0\" demo 1>&2", env!("CARGO_BIN_EXE_vipd")]),
         dir,
     );
     vipd.wait_for("vipd started", Duration::from_secs(20));
@@ -101,7 +97,13 @@ fn the_demo_prints_commands_that_work_and_shows_headers_persistence_and_the_stat
     }
     // HTTP/2 over TLS too.
     let h2 = Command::new("curl")
-        .args(["-sk", "--http2", "-w", "\n%{http_version}", "https://localhost:8443/tls"])
+        .args([
+            "-sk",
+            "--http2",
+            "-w",
+            "\n%{http_version}",
+            "https://localhost:8443/tls",
+        ])
         .output()
         .unwrap();
     let h2 = String::from_utf8(h2.stdout).unwrap();
@@ -111,7 +113,8 @@ fn the_demo_prints_commands_that_work_and_shows_headers_persistence_and_the_stat
     // The admin endpoint: metrics (Prometheus text), JSON, the page.
     let metrics = run(commands[3]);
     assert!(
-        metrics.contains("\nvipd_listener_requests_total{listener=\"demo-http\",class=\"2xx\"} 4\n"),
+        metrics
+            .contains("\nvipd_listener_requests_total{listener=\"demo-http\",class=\"2xx\"} 4\n"),
         "{metrics}"
     );
     assert!(
@@ -133,7 +136,10 @@ fn the_demo_prints_commands_that_work_and_shows_headers_persistence_and_the_stat
         .map(|b| b["status"].as_str().unwrap())
         .collect();
     assert_eq!(states, ["up", "up"]);
-    assert_eq!(status["certificates"]["certificates"][0]["names"][0], "localhost");
+    assert_eq!(
+        status["certificates"]["certificates"][0]["names"][0],
+        "localhost"
+    );
     let persistence: serde_json::Value = serde_json::from_str(&run(commands[5])).unwrap();
     let group = &persistence["groups"][0];
     assert_eq!(group["name"], "demo");

@@ -49,8 +49,7 @@ fn run_chromium(browser: &Path, url: &str, extra: &[&str], budget_ms: u32) -> St
     // A profile of its own: two browsers on one profile refuse to start.
     static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let run = RUNS.fetch_add(1, Ordering::Relaxed);
-    let profile =
-        std::env::temp_dir().join(format!("vipd-chromium-{}-{run}", std::process::id()));
+    let profile = std::env::temp_dir().join(format!("vipd-chromium-{}-{run}", std::process::id()));
     let out = Command::new(browser)
         .args([
             "--headless",
@@ -170,8 +169,14 @@ async fn chromium_renders_listeners_backend_causes_expiring_certificates_and_the
     for _ in 0..100 {
         let (_, body) = http(admin, "GET", "/api/status", None, "").await;
         let st: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let samples = st["history"]["web-plain"].as_array().cloned().unwrap_or_default();
-        if samples.iter().any(|s| s["req"].as_f64() > Some(5.0) && s["err"].as_f64() > Some(1.0)) {
+        let samples = st["history"]["web-plain"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if samples
+            .iter()
+            .any(|s| s["req"].as_f64() > Some(5.0) && s["err"].as_f64() > Some(1.0))
+        {
             sampled = true;
             break;
         }
@@ -186,7 +191,8 @@ async fn chromium_renders_listeners_backend_causes_expiring_certificates_and_the
     .await;
 
     // A reload that fails, with markup in its error text.
-    let hostile = "<script>document.title='PWNED'</script><img src=x onerror=\"document.title='PWNED'\">";
+    let hostile =
+        "<script>document.title='PWNED'</script><img src=x onerror=\"document.title='PWNED'\">";
     let bad = format!(
         "[[listener]]\nname = '''{hostile}'''\nbind = \"127.0.0.1:1\"\nprotocol = \"tcp\"\npool = \"p\"\n"
     );
@@ -196,11 +202,10 @@ async fn chromium_renders_listeners_backend_causes_expiring_certificates_and_the
     let url = format!("http://{admin}/");
     let browser2 = browser.clone();
     let url2 = url.clone();
-    let dom = tokio::task::spawn_blocking(move || {
-        run_chromium(&browser2, &url2, &["--dump-dom"], 6000)
-    })
-    .await
-    .unwrap();
+    let dom =
+        tokio::task::spawn_blocking(move || run_chromium(&browser2, &url2, &["--dump-dom"], 6000))
+            .await
+            .unwrap();
 
     // Listener row, rendered by the script from /api/status.
     let row = element(&dom, "tr", "data-listener=\"web-plain\"");
@@ -213,7 +218,10 @@ async fn chromium_renders_listeners_backend_causes_expiring_certificates_and_the
         .map(|c| c.split('<').next().unwrap().parse().unwrap_or(f64::NAN))
         .collect();
     assert!(cells[1] >= 4.0, "accepted: {row}");
-    assert!(cells[2] > 5.0 && cells[3] > 3.0 && cells[5] > 1.0, "rates: {row}");
+    assert!(
+        cells[2] > 5.0 && cells[3] > 3.0 && cells[5] > 1.0,
+        "rates: {row}"
+    );
     assert_eq!((cells[4], cells[6]), (0.0, 0.0), "no 3xx, no 5xx: {row}");
     assert!(element(&dom, "tr", "data-listener=\"web-secure\"").contains("https"));
     // Backends: one up, one down with the check and its result as cause.
@@ -240,7 +248,10 @@ async fn chromium_renders_listeners_backend_causes_expiring_certificates_and_the
     // it was not run (the title is the page's own) nor turned into elements.
     let row = element(&dom, "tr", "id=\"reload-row\"");
     assert!(row.contains("class=\"failed\""), "{row}");
-    assert!(row.contains("FAILED: the previous configuration stays in service"), "{row}");
+    assert!(
+        row.contains("FAILED: the previous configuration stays in service"),
+        "{row}"
+    );
     let error = element(&dom, "pre", "id=\"reload-error\"");
     assert!(error.contains(&file.display().to_string()), "{error}");
     assert!(
@@ -256,12 +267,20 @@ async fn chromium_renders_listeners_backend_causes_expiring_certificates_and_the
     assert!(chart.contains("web-plain: "), "{chart}");
     let drawn = &dom[dom.find(chart).unwrap()..];
     let drawn = &drawn[..drawn.find("</svg>").unwrap()];
-    assert!(drawn.contains("<polyline class=\"req\" points=\""), "{drawn}");
-    assert!(drawn.contains("<polyline class=\"err\" points=\""), "{drawn}");
+    assert!(
+        drawn.contains("<polyline class=\"req\" points=\""),
+        "{drawn}"
+    );
+    assert!(
+        drawn.contains("<polyline class=\"err\" points=\""),
+        "{drawn}"
+    );
     // Some point of each line is above the baseline (y = 70): traffic and
     // errors are drawn.
     for class in ["req", "err"] {
-        let at = drawn.find(&format!("<polyline class=\"{class}\" points=\"")).unwrap();
+        let at = drawn
+            .find(&format!("<polyline class=\"{class}\" points=\""))
+            .unwrap();
         let points = drawn[at..].split('"').nth(3).unwrap();
         let lowest = points
             .split(' ')
@@ -317,14 +336,18 @@ async fn with_a_token_the_page_renders_only_when_opened_with_it_in_the_fragment(
                 &["--dump-dom"],
                 3000,
             );
-            let without = run_chromium(&browser, &format!("http://{admin}/"), &["--dump-dom"], 3000);
+            let without =
+                run_chromium(&browser, &format!("http://{admin}/"), &["--dump-dom"], 3000);
             (with, without)
         }
     })
     .await
     .unwrap();
     assert!(element(&with, "tr", "data-listener=\"web\"").contains("tcp"));
-    assert!(with.contains("<span id=\"conn\" class=\"muted\">live</span>"), "{with}");
+    assert!(
+        with.contains("<span id=\"conn\" class=\"muted\">live</span>"),
+        "{with}"
+    );
     assert!(!without.contains("data-listener=\"web\""), "{without}");
     assert!(
         without.contains("<span id=\"conn\" class=\"bad\">a token is needed</span>"),

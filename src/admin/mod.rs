@@ -341,7 +341,11 @@ async fn handle(
     match (&method, segs.as_slice()) {
         (&Method::GET, ["metrics"]) => {
             let format = prom::Format::negotiate(req.headers().get(hyper::header::ACCEPT));
-            reply(StatusCode::OK, format.content_type(), prom::render(state, format))
+            reply(
+                StatusCode::OK,
+                format.content_type(),
+                prom::render(state, format),
+            )
         }
         (&Method::GET, ["api", "status"]) => json(StatusCode::OK, &views::status(state).await),
         (&Method::GET, ["api", "listeners"]) => json(StatusCode::OK, &views::listeners(state)),
@@ -460,7 +464,10 @@ async fn set_weight(
     let (to, how) = match weight {
         Some(0) => ("drained", "drained".to_string()),
         Some(w) => ("weight", format!("weight set to {w}")),
-        None => ("undrained", format!("back to the configured weight {}", b.weight)),
+        None => (
+            "undrained",
+            format!("back to the configured weight {}", b.weight),
+        ),
     };
     b.state
         .record_change(to, &format!("{how} through the admin API by {peer}"));

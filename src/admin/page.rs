@@ -34,7 +34,9 @@ pub(super) fn csp() -> &'static str {
 /// The text between the page's `<script>` and `</script>`.
 fn script_text(html: &str) -> &str {
     let start = html.find("<script>").map_or(0, |i| i + "<script>".len());
-    let end = html[start..].find("</script>").map_or(html.len(), |i| start + i);
+    let end = html[start..]
+        .find("</script>")
+        .map_or(html.len(), |i| start + i);
     &html[start..end]
 }
 
@@ -43,7 +45,11 @@ fn base64(bytes: &[u8]) -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {

@@ -275,7 +275,11 @@ async fn watch(
         let up = state.healthy.load(Ordering::Relaxed);
         match counts.observe(ok, up, &check) {
             Some(true) if state.mark_up() => {
-                let cause = format!("{} check: {} consecutive checks passed", kind(&check), check.rise);
+                let cause = format!(
+                    "{} check: {} consecutive checks passed",
+                    kind(&check),
+                    check.rise
+                );
                 owner.flipped(addr, true, &cause);
             }
             Some(false) if state.mark_down() => {
