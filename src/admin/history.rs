@@ -1,11 +1,14 @@
-//! The last minutes of request and error rates per listener, sampled by the
-//! admin endpoint every [`INTERVAL`] so that the status page's charts are
-//! full the moment it opens. Bounded: [`KEEP`] samples per listener, and
-//! only listeners the registry still has.
+//! What the admin endpoint keeps for the status page between requests: the
+//! last minutes of request and error rates per listener ([`History`]),
+//! sampled every [`INTERVAL`] so that the page's charts are full the moment
+//! it opens (bounded: [`KEEP`] samples per listener, and only listeners the
+//! registry still has), and the persistence summary of the last
+//! [`SUMMARY_MAX_AGE`] ([`Cached`]), so that open pages polling every
+//! 1.5 s do not each scan the persistence tables under their locks.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -37,9 +40,41 @@ struct Inner {
     samples: HashMap<String, VecDeque<Sample>>,
 }
 
+/// The page's server-side state.
+#[derive(Debug, Default)]
+pub struct PageState {
+    /// Per-listener rates.
+    pub(super) rates: History,
+    /// The last persistence summary.
+    pub(super) persistence: Cached,
+}
+
+/// How long a persistence summary is served before it is computed again.
+pub(super) const SUMMARY_MAX_AGE: Duration = Duration::from_secs(2);
+
+/// A value computed at most once per [`SUMMARY_MAX_AGE`].
+#[derive(Debug, Default)]
+pub(super) struct Cached(Mutex<Option<(Instant, serde_json::Value)>>);
+
+impl Cached {
+    /// The cached value if it is fresh, else `compute()`'s, kept. Callers
+    /// that arrive while one computes wait for it rather than scan again.
+    pub(super) fn get(&self, compute: impl FnOnce() -> serde_json::Value) -> serde_json::Value {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match &*slot {
+            Some((at, v)) if at.elapsed() < SUMMARY_MAX_AGE => v.clone(),
+            _ => {
+                let v = compute();
+                *slot = Some((Instant::now(), v.clone()));
+                v
+            }
+        }
+    }
+}
+
 /// Per-listener rate history.
 #[derive(Debug, Default)]
-pub struct History(Mutex<Inner>);
+pub(super) struct History(Mutex<Inner>);
 
 impl History {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -56,7 +56,7 @@ use crate::health::IpvsHealth;
 use crate::metrics::Metrics;
 use crate::proxy::SharedSnapshot;
 
-pub use history::History;
+pub use history::PageState;
 
 /// Largest request body the admin API reads.
 const BODY_LIMIT: usize = 4096;
@@ -123,8 +123,8 @@ pub struct AdminState {
     pub token: ArcSwapOption<String>,
     /// Weak, so that the admin task does not keep the application alive.
     pub control: Weak<dyn Control>,
-    /// Recent request and error rates per listener, for the page's charts.
-    pub history: History,
+    /// Rate history and cached summaries for the status page.
+    pub page: PageState,
 }
 
 /// Bind the admin listener.
@@ -217,7 +217,7 @@ async fn sample_history(state: Arc<AdminState>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => state.history.sample(&state.metrics),
+            _ = tick.tick() => state.page.rates.sample(&state.metrics),
         }
     }
 }

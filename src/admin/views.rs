@@ -360,6 +360,7 @@ pub(super) fn persistence_summary(state: &AdminState) -> Vec<serde_json::Value> 
                 "name": g.name,
                 "timeout_s": g.timeout.as_secs_f64(),
                 "entries": s.entries,
+                "ranked": s.ranked,
                 "hits": t.stats().hits.load(Ordering::Relaxed),
                 "misses": t.stats().misses.load(Ordering::Relaxed),
                 "top": top,
@@ -387,11 +388,11 @@ pub(super) async fn status(state: &AdminState) -> serde_json::Value {
         "last_reload_unix": r.last_unix,
         "last_reload_error": r.last_error,
         "listeners": listeners(state),
-        "history": state.history.read(),
+        "history": state.page.rates.read(),
         "history_interval_s": super::history::INTERVAL.as_secs_f64(),
         "pools": pools(state),
         "certificates": certificates(state),
-        "persistence": persistence_summary(state),
+        "persistence": state.page.persistence.get(|| persistence_summary(state).into()),
         "ipvs": ipvs(state, kernel),
     })
 }

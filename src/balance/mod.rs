@@ -36,7 +36,9 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 
 pub use hash::{Maglev, SourceHash};
 pub use least::{LeastConnection, NeverQueue, PowerOfTwo, ShortestExpectedDelay, WeightedLeast};
-pub use persist::{PersistenceEntry, PersistenceSummary, PersistenceTable, PersistenceTables};
+pub use persist::{
+    PersistenceEntry, PersistenceSummary, PersistenceTable, PersistenceTables, SUMMARY_RANK_LIMIT,
+};
 pub use rr::{RoundRobin, WeightedRoundRobin};
 
 use crate::config::{self, SchedulerKind};

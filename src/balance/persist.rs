@@ -381,17 +381,35 @@ pub struct PersistenceSummary {
     /// Entries in the table (expired ones not yet purged included).
     pub entries: usize,
     /// Up to the asked number of prefixes with the most open connections,
-    /// most first (ties by prefix).
+    /// most first (ties by prefix); empty when the table is too big to rank.
     pub top: Vec<PersistenceEntry>,
+    /// False when the table held more than [`SUMMARY_RANK_LIMIT`] entries
+    /// and was not ranked.
+    pub ranked: bool,
 }
+
+/// Largest table [`PersistenceTable::summary`] ranks: the pass holds the
+/// table's lock, which every new connection of the group takes, and a
+/// million entries took 140-170 ms on a loaded 2-core machine
+/// (`cargo bench --bench balance -- summary_top5`); 100k keeps it near
+/// 15 ms at worst.
+pub const SUMMARY_RANK_LIMIT: usize = 100_000;
 
 impl PersistenceTable {
     /// The table's size and its `top` busiest client prefixes. One pass
     /// under the lock keeping `top` candidates, with no allocation per
-    /// entry (the full listing is [`PersistenceTable::list`]).
+    /// entry, and none above [`SUMMARY_RANK_LIMIT`] entries (the full
+    /// listing is [`PersistenceTable::list`]).
     pub fn summary(&self, top: usize) -> PersistenceSummary {
         let now = Instant::now();
         let inner = self.lock();
+        if inner.entries.len() > SUMMARY_RANK_LIMIT {
+            return PersistenceSummary {
+                entries: inner.entries.len(),
+                top: Vec::new(),
+                ranked: false,
+            };
+        }
         // (connections, key), kept sorted most-connections first.
         let mut best: Vec<(u32, IpAddr)> = Vec::with_capacity(top + 1);
         for (k, e) in &inner.entries {
@@ -412,6 +430,7 @@ impl PersistenceTable {
         PersistenceSummary {
             entries: inner.entries.len(),
             top,
+            ranked: true,
         }
     }
 }

@@ -284,6 +284,7 @@ fn the_summary_names_the_prefixes_with_the_most_open_connections_first() {
             ("10.1.1.0/24".to_string(), 1),
         ]
     );
+    assert!(s.ranked);
     assert_eq!(table.summary(0).top, []);
     drop(leases);
 }
