@@ -50,7 +50,7 @@ fn run_chromium(browser: &Path, url: &str, extra: &[&str], budget_ms: u32) -> St
     static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let run = RUNS.fetch_add(1, Ordering::Relaxed);
     let profile = std::env::temp_dir().join(format!("vipd-chromium-{}-{run}", std::process::id()));
-    let out = Command::new(browser)
+    let mut child = Command::new(browser)
         .args([
             "--headless",
             "--no-sandbox",
@@ -65,8 +65,38 @@ fn run_chromium(browser: &Path, url: &str, extra: &[&str], budget_ms: u32) -> St
         ])
         .args(extra)
         .arg(url)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("chromium runs");
+    // Pipes drained by threads (a big DOM must not fill the pipe), and a
+    // deadline: a browser that hangs must fail the test, not stall it.
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = pipe.read_to_end(&mut v);
+            v
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish within 90 s on {url}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = std::process::Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    };
     let _ = std::fs::remove_dir_all(&profile);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
