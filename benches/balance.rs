@@ -1,5 +1,5 @@
 //! Scheduler picks per second for every scheduler with 2, 10 and 1000
-//! backends, and persistence-table selection with 1M entries.
+//! backends, and persistence-table selection and summary with 1M entries.
 //!
 //! Run: `cargo bench --bench balance` (criterion reports elements/s, one
 //! element being one pick).
@@ -77,6 +77,11 @@ fn persistence(c: &mut Criterion) {
             black_box(p.select_persistent(client(next), &table))
         })
     });
+    // The status page's summary: one pass over the whole table under its
+    // lock (the time a lookup may wait behind it).
+    group.throughput(Throughput::Elements(u64::from(ENTRIES)));
+    group.sample_size(10);
+    group.bench_function("summary_top5", |b| b.iter(|| black_box(table.summary(5))));
     group.finish();
 }
 

@@ -175,6 +175,7 @@ impl Running {
                         .get()
                         .cloned()
                         .unwrap_or_else(|| Weak::<Running>::new() as Weak<dyn Control>),
+                    page: Default::default(),
                 });
                 let stop = CancellationToken::new();
                 tokio::spawn(admin::run(socket, state.clone(), stop.clone()));

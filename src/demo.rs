@@ -1,7 +1,10 @@
-//! `vipd demo`: two small built-in HTTP backends that answer with their own
-//! name, so the embedded demo configuration works out of the box.
+//! `vipd demo`: two small built-in HTTP backends that echo what they
+//! received (method, target, Host, X-Forwarded-For, X-Forwarded-Proto and
+//! the peer), so the embedded demo configuration works out of the box and
+//! shows what vipd forwards.
 
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -15,10 +18,42 @@ use tracing::{debug, info};
 
 use crate::shutdown::Shutdown;
 
+/// Headers a demo backend echoes, in this order.
+const ECHOED: [&str; 3] = ["host", "x-forwarded-for", "x-forwarded-proto"];
+
+/// The answer of backend `name` at `addr` to `req` from `peer`: a line
+/// naming the backend and the request, then one line per echoed header
+/// (`(none)` when absent). Header values are printed with non-printable
+/// bytes escaped, as they are client input.
+pub fn echo(name: &str, addr: SocketAddr, peer: SocketAddr, req: &Request<impl Sized>) -> String {
+    let mut body = format!(
+        "hello from {name} ({addr}), you asked for {} {} from {peer}\n",
+        req.method(),
+        req.uri()
+    );
+    for h in ECHOED {
+        let values: Vec<String> = req
+            .headers()
+            .get_all(h)
+            .iter()
+            .map(|v| v.as_bytes().escape_ascii().to_string())
+            .collect();
+        let shown = if values.is_empty() {
+            "(none)".to_string()
+        } else {
+            values.join(" | ")
+        };
+        let _ = writeln!(body, "  {h}: {shown}");
+    }
+    body
+}
+
 /// Serve `name` over HTTP/1.1 on an already bound listener until shutdown.
 pub async fn serve_backend(listener: TcpListener, name: String, shutdown: Shutdown) {
-    let addr = listener.local_addr().ok();
-    info!(backend = %name, addr = ?addr, "demo backend listening");
+    let Ok(addr) = listener.local_addr() else {
+        return;
+    };
+    info!(backend = %name, %addr, "demo backend listening");
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.triggered() => return,
@@ -30,17 +65,13 @@ pub async fn serve_backend(listener: TcpListener, name: String, shutdown: Shutdo
         let name = name.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let body = format!(
-                    "hello from {name} ({}), you asked for {} {} from {peer}\n",
-                    addr.map(|a| a.to_string()).unwrap_or_default(),
-                    req.method(),
-                    req.uri()
-                );
+                let body = echo(&name, addr, peer, &req);
+                let name = name.clone();
                 async move {
                     Ok::<_, Infallible>(
                         Response::builder()
                             .header("content-type", "text/plain")
-                            .header("x-backend", name_header(&body))
+                            .header("x-backend", name)
                             .body(Full::new(Bytes::from(body)))
                             .expect("static response parts are valid"),
                     )
@@ -52,10 +83,6 @@ pub async fn serve_backend(listener: TcpListener, name: String, shutdown: Shutdo
                 .await;
         });
     }
-}
-
-fn name_header(body: &str) -> String {
-    body.split_whitespace().nth(2).unwrap_or("demo").to_string()
 }
 
 /// Bind the demo backends named in the demo configuration.

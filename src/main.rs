@@ -225,19 +225,35 @@ fn demo() -> anyhow::Result<()> {
         vipd::demo::start_backends(&addrs, &shutdown)
             .await
             .context("cannot start the demo backends (is another demo running?)")?;
-        println!(
-            "vipd demo is running. Try, in another terminal (answers alternate between backends):"
-        );
+        println!("vipd demo is running. Try, in another terminal:");
         for l in &config.listeners {
             let cmd = match l.protocol {
                 config::Protocol::Https => format!("curl -k https://localhost:{}/", l.bind.port()),
                 _ => format!("curl http://{}/", l.bind),
             };
+            let what = match (&l.protocol, &l.persistence) {
+                (config::Protocol::Tcp, _) => "answers alternate backend-1, backend-2".to_string(),
+                (_, Some(g)) => format!(
+                    "the backend echoes Host and X-Forwarded-*; persistence group {g:?}: one backend for you"
+                ),
+                _ => "the backend echoes Host and X-Forwarded-*".to_string(),
+            };
             println!(
-                "  {cmd:<40} # {} listener {:?}",
+                "  {cmd:<44} # {} listener {:?}: {what}",
                 l.protocol.as_str(),
                 l.name
             );
+        }
+        if let Some(admin) = &config.admin {
+            let base = format!("http://{}", admin.listen);
+            println!("Status page (open it in a browser): {base}/");
+            for (path, what) in [
+                ("metrics", "Prometheus metrics"),
+                ("api/status", "everything the status page shows, as JSON"),
+                ("api/persistence", "which client sticks to which backend"),
+            ] {
+                println!("  {:<44} # {what}", format!("curl {base}/{path}"));
+            }
         }
         println!("Stop it with Ctrl-C.");
         let result = vipd::app::run(config).await;

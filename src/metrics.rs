@@ -214,7 +214,8 @@ pub struct ReloadStatus {
     pub last_ok: bool,
     /// Unix time of the last attempt, 0 before any.
     pub last_unix: u64,
-    /// Error of the last failed attempt.
+    /// Full error text of the last attempt when it failed; `None` once a
+    /// later reload succeeded (the page shows the problem still in force).
     pub last_error: Option<String>,
 }
 
@@ -297,9 +298,9 @@ impl Metrics {
         r.attempts += 1;
         r.last_unix = unix_now();
         r.last_ok = result.is_ok();
-        if let Err(e) = result {
+        r.last_error = result.err();
+        if r.last_error.is_some() {
             r.failures += 1;
-            r.last_error = Some(e);
         }
     }
 
@@ -338,12 +339,15 @@ mod tests {
     }
 
     #[test]
-    fn reload_status_keeps_the_last_error() {
+    fn reload_status_keeps_the_last_error_until_a_reload_succeeds() {
         let m = Metrics::new();
         m.record_reload(Err("bad".into()));
+        let r = m.reload_status();
+        assert_eq!((r.attempts, r.failures, r.last_ok), (1, 1, false));
+        assert_eq!(r.last_error.as_deref(), Some("bad"));
         m.record_reload(Ok(()));
         let r = m.reload_status();
         assert_eq!((r.attempts, r.failures, r.last_ok), (2, 1, true));
-        assert_eq!(r.last_error.as_deref(), Some("bad"));
+        assert_eq!(r.last_error, None);
     }
 }

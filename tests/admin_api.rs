@@ -209,10 +209,11 @@ async fn metrics_parse_as_prometheus_exposition_and_count_the_traffic_sent() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
 
-    // Every line is a comment the parser understands or a sample.
+    // Every line is a comment the parser understands or a sample (text
+    // format 0.0.4, the default: no `# EOF`).
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.last(), Some(&"# EOF"));
-    for line in &lines[..lines.len() - 1] {
+    assert!(!text.contains("# EOF"));
+    for line in &lines {
         let info = LineInfo::parse(line);
         assert!(
             matches!(
@@ -285,7 +286,13 @@ async fn the_admin_api_refuses_requests_without_the_configured_token() {
         .unwrap();
     let admin = admin(&running).await;
 
-    for path in ["/metrics", "/", "/api/pools"] {
+    // The page is a static document (its script sends the token with each
+    // fetch): served without the token, with no state in it.
+    let (status, page) = http(admin, "GET", "/", None, "").await;
+    assert_eq!(status, 200);
+    assert!(!page.contains(&a.addr.to_string()), "{page}");
+    assert!(!page.contains("\"p\""), "{page}");
+    for path in ["/metrics", "/api/status", "/api/pools"] {
         let (status, body) = http(admin, "GET", path, None, "").await;
         assert_eq!(status, 401, "{path}");
         assert_eq!(json(&body)["error"], "a valid bearer token is required");
@@ -397,22 +404,94 @@ async fn post_reload_applies_the_changed_file_like_sighup_and_is_counted() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The whole response (head and body) of a GET to the admin endpoint with
+/// extra header lines.
+async fn raw_get(admin: SocketAddr, path: &str, headers: &str) -> String {
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\n{headers}Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 #[tokio::test]
-async fn the_status_page_lists_listeners_pools_and_backends() {
+async fn the_status_page_is_a_self_contained_document_and_api_status_carries_what_it_shows() {
     let a = TestBackend::start("a").await;
     let running = Running::start(config(&config_text("127.0.0.1:0", &[&a], "")))
         .await
         .unwrap();
     let admin = admin(&running).await;
-    let (status, page) = http(admin, "GET", "/", None, "").await;
+    let page = raw_get(admin, "/", "").await;
+    let (head, body) = page.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("\r\ncontent-type: text/html; charset=utf-8\r\n"));
+    assert!(head.contains("\r\ncontent-security-policy: default-src 'none'; script-src 'sha256-"));
+    assert!(head.contains("connect-src 'self';"), "{head}");
+    assert!(head.contains("\r\nx-content-type-options: nosniff\r\n"));
+    assert!(body.starts_with("<!doctype html>"));
+    assert!(body.contains("fetch(\"/api/status\""));
+
+    let (status, body) = http(admin, "GET", "/api/status", None, "").await;
     assert_eq!(status, 200);
-    assert!(page.starts_with("<!doctype html>"));
-    assert!(page.contains("<h2>Pool p <small>(rr, check: none, all down: fail_open)</small></h2>"));
-    assert!(page.contains(&format!("<tr class=\"up\"><td>{}</td><td>up</td>", a.addr)));
+    let st = json(&body);
+    assert_eq!(st["listeners"][0]["name"], "web");
+    assert_eq!(st["pools"][0]["name"], "p");
+    let b = &st["pools"][0]["backends"][0];
+    assert_eq!(b["address"], a.addr.to_string());
+    assert_eq!(
+        (b["status"].as_str(), b["last_change"].is_null()),
+        (Some("up"), true)
+    );
+    assert_eq!(st["certificates"]["warn_days"], 21);
+    assert_eq!(st["ipvs"]["services"], serde_json::json!([]));
+    assert_eq!(st["last_reload_error"], serde_json::Value::Null);
+
+    // A drain is recorded with who did it.
+    let drain = format!("/api/pools/p/backends/{}/drain", a.addr);
+    assert_eq!(http(admin, "POST", &drain, None, "").await.0, 200);
+    let (_, body) = http(admin, "GET", "/api/status", None, "").await;
+    let change = &json(&body)["pools"][0]["backends"][0]["last_change"];
+    assert_eq!(change["to"], "drained");
+    let cause = change["cause"].as_str().unwrap();
+    assert!(
+        cause.starts_with("drained through the admin API by 127.0.0.1:"),
+        "{cause}"
+    );
     let (status, _) = http(admin, "DELETE", "/api/pools", None, "").await;
     assert_eq!(status, 405);
     let (status, _) = http(admin, "GET", "/nope", None, "").await;
     assert_eq!(status, 404);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_0_0_4_unless_accept_prefers_openmetrics() {
+    let a = TestBackend::start("a").await;
+    let running = Running::start(config(&config_text("127.0.0.1:0", &[&a], "")))
+        .await
+        .unwrap();
+    let admin = admin(&running).await;
+    let classic = raw_get(admin, "/metrics", "Accept: text/plain;version=0.0.4\r\n").await;
+    let none = raw_get(admin, "/metrics", "").await;
+    // Prometheus's own scrape header prefers OpenMetrics.
+    let prometheus = "Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                      version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n";
+    let om = raw_get(admin, "/metrics", prometheus).await;
+    for text in [&classic, &none] {
+        assert!(
+            text.contains("\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\n# TYPE vipd_reloads_total counter\nvipd_reloads_total 0\n"));
+        assert!(!text.contains("# EOF"));
+    }
+    assert!(om.contains(
+        "\r\ncontent-type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n"
+    ));
+    assert!(om.contains("\n# TYPE vipd_reloads counter\nvipd_reloads_total 0\n"));
+    assert!(om.ends_with("\n# EOF\n"), "{om}");
     running.stop().await;
 }
 

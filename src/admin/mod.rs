@@ -10,9 +10,9 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
-//! | GET | `/` | HTML status page |
-//! | GET | `/metrics` | OpenMetrics text |
-//! | GET | `/api/status` | version, reload counters |
+//! | GET | `/` | HTML status page (static; its script reads `/api/status`) |
+//! | GET | `/metrics` | Prometheus text 0.0.4, or OpenMetrics if `Accept` asks |
+//! | GET | `/api/status` | everything the status page shows, in one document |
 //! | GET | `/api/listeners` | listeners and their counters |
 //! | GET | `/api/pools`, `/api/pools/{pool}` | pools, backends, health, weights |
 //! | GET | `/api/persistence` | persistence groups |
@@ -24,6 +24,7 @@
 //! | POST | `/api/reload` | same as SIGHUP |
 
 mod guard;
+mod history;
 mod page;
 mod prom;
 mod views;
@@ -54,6 +55,8 @@ use crate::config;
 use crate::health::IpvsHealth;
 use crate::metrics::Metrics;
 use crate::proxy::SharedSnapshot;
+
+pub use history::PageState;
 
 /// Largest request body the admin API reads.
 const BODY_LIMIT: usize = 4096;
@@ -120,6 +123,8 @@ pub struct AdminState {
     pub token: ArcSwapOption<String>,
     /// Weak, so that the admin task does not keep the application alive.
     pub control: Weak<dyn Control>,
+    /// Rate history and cached summaries for the status page.
+    pub page: PageState,
 }
 
 /// Bind the admin listener.
@@ -152,6 +157,7 @@ pub async fn run(listener: TcpListener, state: Arc<AdminState>, stop: Cancellati
         )
     };
     let slots = Arc::new(Semaphore::new(settings().0));
+    tokio::spawn(sample_history(state.clone(), stop.clone()));
     info!(addr = ?addr, max_connections = settings().0, "admin endpoint listening");
     loop {
         let permit = tokio::select! {
@@ -202,6 +208,18 @@ pub async fn run(listener: TcpListener, state: Arc<AdminState>, stop: Cancellati
         });
     }
     debug!("admin endpoint stopped");
+}
+
+/// Sample the listeners' rates every [`history::INTERVAL`] until `stop`.
+async fn sample_history(state: Arc<AdminState>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(history::INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => state.page.rates.sample(&state.metrics),
+        }
+    }
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -297,6 +315,12 @@ async fn handle(
             "writes off loopback need admin.token_file to be set",
         );
     }
+    // The page is a static document with no state in it: a browser cannot
+    // send a bearer token when it opens a URL, so the page is served
+    // without one and its script sends the token with each fetch.
+    if req.method() == Method::GET && req.uri().path() == "/" {
+        return status_page();
+    }
     if !authorized(&req, state) {
         warn!(%peer, path = req.uri().path(), "admin request without a valid bearer token");
         let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
@@ -315,15 +339,15 @@ async fn handle(
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let method = req.method().clone();
     match (&method, segs.as_slice()) {
-        (&Method::GET, []) => reply(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            page::render(state),
-        ),
         (&Method::GET, ["metrics"]) => {
-            reply(StatusCode::OK, prom::CONTENT_TYPE, prom::render(state))
+            let format = prom::Format::negotiate(req.headers().get(hyper::header::ACCEPT));
+            reply(
+                StatusCode::OK,
+                format.content_type(),
+                prom::render(state, format),
+            )
         }
-        (&Method::GET, ["api", "status"]) => json(StatusCode::OK, &views::status(state)),
+        (&Method::GET, ["api", "status"]) => json(StatusCode::OK, &views::status(state).await),
         (&Method::GET, ["api", "listeners"]) => json(StatusCode::OK, &views::listeners(state)),
         (&Method::GET, ["api", "pools"]) => json(StatusCode::OK, &views::pools(state)),
         (&Method::GET, ["api", "pools", name]) => {
@@ -352,6 +376,22 @@ async fn handle(
         ),
         _ => error(StatusCode::NOT_FOUND, format!("no such path: {path}")),
     }
+}
+
+fn status_page() -> Reply {
+    let mut r = reply(StatusCode::OK, "text/html; charset=utf-8", page::HTML);
+    let h = r.headers_mut();
+    for (name, value) in [
+        ("content-security-policy", page::csp()),
+        ("x-content-type-options", "nosniff"),
+        ("cache-control", "no-store"),
+        ("referrer-policy", "no-referrer"),
+    ] {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
+    }
+    r
 }
 
 async fn reload(state: &AdminState, peer: SocketAddr) -> Reply {
@@ -421,6 +461,16 @@ async fn set_weight(
         );
     };
     b.state.set_weight_override(weight);
+    let (to, how) = match weight {
+        Some(0) => ("drained", "drained".to_string()),
+        Some(w) => ("weight", format!("weight set to {w}")),
+        None => (
+            "undrained",
+            format!("back to the configured weight {}", b.weight),
+        ),
+    };
+    b.state
+        .record_change(to, &format!("{how} through the admin API by {peer}"));
     info!(%peer, pool, backend = addr, weight = ?weight, configured = b.weight,
         "backend weight set through the admin API");
     json(StatusCode::OK, &views::BackendView::of(b))

@@ -1,89 +1,97 @@
-//! `GET /`: a small read-only HTML status page, like HAProxy's stats page.
+//! `GET /`: the status page, one self-contained HTML document (inline CSS
+//! and script, no external assets, works offline) that fetches
+//! `/api/status` every 1.5 s and renders it, keeping the last five minutes
+//! of request and error rates per listener for its charts.
+//!
+//! The document is static: it holds no state, so it is served without the
+//! bearer token (the Host/Origin guard still applies); every number comes
+//! from `/api/status`, which needs the token when one is set. The script
+//! builds the page through the DOM from text only, and the
+//! Content-Security-Policy allows no script but its own (by hash), no
+//! connection but to this endpoint, and no external resource at all.
 
-use std::fmt::Write as _;
+use std::sync::OnceLock;
 
-use super::AdminState;
-use super::views;
+/// The page.
+pub(super) const HTML: &str = include_str!("page.html");
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// The `Content-Security-Policy` of the page: its one inline script by
+/// SHA-256, inline styles, fetches to its own origin only.
+pub(super) fn csp() -> &'static str {
+    static CSP: OnceLock<String> = OnceLock::new();
+    CSP.get_or_init(|| {
+        let script = script_text(HTML);
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, script.as_bytes());
+        format!(
+            "default-src 'none'; script-src 'sha256-{}'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'",
+            base64(digest.as_ref())
+        )
+    })
 }
 
-/// Render the page from the same views the JSON API serves.
-pub(super) fn render(state: &AdminState) -> String {
-    let mut h = String::from(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>vipd status</title>\
-         <meta http-equiv=\"refresh\" content=\"5\"><style>\
-         body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin-bottom:1em}\
-         td,th{border:1px solid #999;padding:2px 8px;text-align:right}th{background:#ddd}\
-         td:first-child{text-align:left}.up{background:#cfc}.down{background:#f99}.drained{background:#ffc}\
-         </style></head><body>",
-    );
-    let st = views::status(state);
-    let _ = write!(
-        h,
-        "<h1>vipd {}</h1><p>reloads: {} (failed: {}), last reload ok: {}</p>",
-        esc(st["version"].as_str().unwrap_or("")),
-        st["reloads"],
-        st["reload_failures"],
-        st["last_reload_ok"]
-    );
-    h.push_str(
-        "<h2>Listeners</h2><table><tr><th>name</th><th>bind</th><th>protocol</th>\
-         <th>active</th><th>accepted</th><th>bytes in</th><th>bytes out</th></tr>",
-    );
-    for l in views::listeners(state) {
-        let v = serde_json::to_value(&l).unwrap_or_default();
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(v["name"].as_str().unwrap_or("")),
-            esc(v["bind"].as_str().unwrap_or("")),
-            esc(v["protocol"].as_str().unwrap_or("")),
-            v["connections_active"],
-            v["connections_accepted"],
-            v["bytes_in"],
-            v["bytes_out"]
-        );
-    }
-    h.push_str("</table>");
-    for p in views::pools(state) {
-        let _ = write!(
-            h,
-            "<h2>Pool {} <small>({}, check: {}, all down: {}{})</small></h2>\
-             <table><tr><th>backend</th><th>status</th><th>weight</th><th>effective</th>\
-             <th>active</th><th>total</th><th>connect failures</th><th>bytes in</th><th>bytes out</th></tr>",
-            esc(&p.name),
-            p.scheduler,
-            p.health_check.unwrap_or("none"),
-            p.on_all_down,
-            if p.all_down { ", ALL DOWN" } else { "" }
-        );
-        for b in p.backends.iter().chain(p.sorry.as_ref()) {
-            let _ = write!(
-                h,
-                "<tr class=\"{s}\"><td>{}</td><td>{s}</td><td>{}</td><td>{:.2}</td><td>{}</td>\
-                 <td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&b.address),
-                b.weight,
-                b.effective_weight,
-                b.active_connections,
-                b.total_connections,
-                b.connect_failures,
-                b.bytes_in,
-                b.bytes_out,
-                s = b.status
-            );
+/// The text between the page's `<script>` and `</script>`.
+fn script_text(html: &str) -> &str {
+    let start = html.find("<script>").map_or(0, |i| i + "<script>".len());
+    let end = html[start..]
+        .find("</script>")
+        .map_or(html.len(), |i| start + i);
+    &html[start..end]
+}
+
+/// Standard base64 with padding (for the CSP hash source).
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ABC[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
         }
-        h.push_str("</table>");
     }
-    h.push_str(
-        "<p>JSON: <a href=\"/api/listeners\">listeners</a> <a href=\"/api/pools\">pools</a> \
-         <a href=\"/api/persistence\">persistence</a> <a href=\"/api/certificates\">certificates</a> \
-         <a href=\"/api/ipvs\">ipvs</a> <a href=\"/metrics\">metrics</a></p></body></html>",
-    );
-    h
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_rfc_4648_test_vectors() {
+        for (plain, coded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), coded);
+        }
+    }
+
+    #[test]
+    fn the_page_has_one_script_and_loads_nothing_from_elsewhere() {
+        assert_eq!(HTML.matches("<script").count(), 1);
+        assert!(script_text(HTML).contains("fetch(\"/api/status\""));
+        for external in ["http://", "https://", "src=", "@import", "url("] {
+            let hits: Vec<_> = HTML
+                .match_indices(external)
+                .filter(|(i, _)| !HTML[*i..].starts_with("http://www.w3.org/2000/svg"))
+                .collect();
+            assert!(hits.is_empty(), "{external}: {hits:?}");
+        }
+        assert!(!script_text(HTML).contains("innerHTML"));
+    }
 }

@@ -1,13 +1,17 @@
-//! `GET /metrics`: the live snapshot and the counter registry rendered in the
-//! OpenMetrics text format (which Prometheus scrapes natively).
+//! `GET /metrics`: the live snapshot and the counter registry rendered in
+//! the Prometheus text format 0.0.4 (what classic scrapers and most tools
+//! read), or in OpenMetrics 1.0 when the scraper's `Accept` prefers it (as
+//! Prometheus itself does since 2.5).
 //!
 //! Names and labels are attached here, at scrape time, by walking the
 //! current snapshot: the data path only ever touches atomics.
 
+use std::collections::HashSet;
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use hyper::header::HeaderValue;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -17,11 +21,57 @@ use super::AdminState;
 use crate::metrics::{Histogram, StatusClasses};
 use crate::proxy::Snapshot;
 
-/// Content type of the exposition.
-pub(super) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The two exposition formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Format {
+    /// Prometheus text format 0.0.4: the default.
+    Text004,
+    /// OpenMetrics 1.0.0 text.
+    OpenMetrics,
+}
 
-/// Render every metric.
-pub(super) fn render(state: &AdminState) -> String {
+impl Format {
+    /// The format an `Accept` header asks for: OpenMetrics when
+    /// `application/openmetrics-text` has a higher quality than
+    /// `text/plain` (and above 0); text 0.0.4 otherwise, including for no
+    /// `Accept`, `*/*` and anything unparsable.
+    pub(super) fn negotiate(accept: Option<&HeaderValue>) -> Self {
+        let Some(text) = accept.and_then(|v| v.to_str().ok()) else {
+            return Format::Text004;
+        };
+        let (mut om, mut plain) = (0.0f32, 0.0f32);
+        for range in text.split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")))
+                .find_map(|q| q.parse::<f32>().ok())
+                .filter(|q| (0.0..=1.0).contains(q))
+                .unwrap_or(1.0);
+            match media.as_str() {
+                "application/openmetrics-text" => om = om.max(q),
+                "text/plain" => plain = plain.max(q),
+                _ => {}
+            }
+        }
+        if om > 0.0 && om > plain {
+            Format::OpenMetrics
+        } else {
+            Format::Text004
+        }
+    }
+
+    /// The response's `Content-Type`.
+    pub(super) fn content_type(self) -> &'static str {
+        match self {
+            Format::Text004 => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// Render every metric in `format`.
+pub(super) fn render(state: &AdminState, format: Format) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Scrape {
         snapshot: state.snapshot.load_full(),
@@ -33,6 +83,40 @@ pub(super) fn render(state: &AdminState) -> String {
     if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
         out.clear();
         let _ = writeln!(out, "# EOF");
+    }
+    match format {
+        Format::OpenMetrics => out,
+        Format::Text004 => to_text_004(&out),
+    }
+}
+
+/// OpenMetrics text to Prometheus text 0.0.4. The samples are the same
+/// (counters are `_total` in both); what differs is that a counter's
+/// `# HELP`/`# TYPE` name the family without `_total` in OpenMetrics and
+/// with it in 0.0.4, and that 0.0.4 has no `# UNIT` and no `# EOF`.
+fn to_text_004(om: &str) -> String {
+    let counters: HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len() + 8 * counters.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let doc = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        if let Some((prefix, rest)) = doc {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            if counters.contains(name) {
+                let _ = writeln!(out, "{prefix}{name}_total {tail}");
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
     }
     out
 }
@@ -423,5 +507,46 @@ impl Scrape {
                 .map(|t| (g(t.name()), t.stats().misses.load(Ordering::Relaxed))),
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asked(accept: &str) -> Format {
+        Format::negotiate(Some(&HeaderValue::from_str(accept).unwrap()))
+    }
+
+    #[test]
+    fn accept_chooses_openmetrics_only_when_it_is_preferred() {
+        assert_eq!(Format::negotiate(None), Format::Text004);
+        // Prometheus 2.x's scrape header.
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                          version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(asked(prometheus), Format::OpenMetrics);
+        assert_eq!(asked("application/openmetrics-text"), Format::OpenMetrics);
+        for text in [
+            "text/plain;version=0.0.4",
+            "*/*",
+            "text/plain, application/openmetrics-text;q=0.5",
+            "application/openmetrics-text;q=0",
+            "application/openmetrics-text;q=x, text/plain",
+            "application/json",
+            "",
+        ] {
+            assert_eq!(asked(text), Format::Text004, "{text}");
+        }
+    }
+
+    #[test]
+    fn text_004_names_counter_families_with_total_and_has_no_eof() {
+        let om = "# HELP a_b Things.\n# TYPE a_b counter\na_b_total{x=\"1\"} 3\n\
+                  # HELP g A gauge.\n# TYPE g gauge\ng 1\n# UNIT g seconds\n# EOF\n";
+        assert_eq!(
+            to_text_004(om),
+            "# HELP a_b_total Things.\n# TYPE a_b_total counter\na_b_total{x=\"1\"} 3\n\
+             # HELP g A gauge.\n# TYPE g gauge\ng 1\n"
+        );
     }
 }

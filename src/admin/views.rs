@@ -7,6 +7,10 @@ use serde::Serialize;
 use super::AdminState;
 use crate::balance::{Backend, Pool};
 use crate::ipvs;
+use crate::tls::reload::EXPIRY_WARN_DAYS;
+
+/// Client prefixes per persistence group on the status page.
+const TOP_PREFIXES: usize = 5;
 
 /// One backend as the admin API shows it.
 #[derive(Debug, Serialize)]
@@ -31,6 +35,21 @@ pub(super) struct BackendView {
     pub(super) checks_passed: u64,
     pub(super) checks_failed: u64,
     pub(super) flips: u64,
+    /// The last change of state and its cause (check and result, passive
+    /// failure, or who drained it); `None` if nothing changed since start.
+    pub(super) last_change: Option<ChangeView>,
+    /// Duration of the last active check in milliseconds, if one ran.
+    pub(super) last_check_ms: Option<f64>,
+    /// Whether that check passed.
+    pub(super) last_check_ok: Option<bool>,
+}
+
+/// [`crate::balance::Change`] as the API shows it.
+#[derive(Debug, Serialize)]
+pub(super) struct ChangeView {
+    to: &'static str,
+    cause: String,
+    unix: u64,
 }
 
 impl BackendView {
@@ -60,6 +79,17 @@ impl BackendView {
             checks_passed: s.stats.checks_passed.load(Ordering::Relaxed),
             checks_failed: s.stats.checks_failed.load(Ordering::Relaxed),
             flips: s.stats.flips.load(Ordering::Relaxed),
+            last_change: s.last_change().map(|c| ChangeView {
+                to: c.to,
+                cause: c.cause,
+                unix: c.unix,
+            }),
+            last_check_ms: match s.last_check_us.load(Ordering::Relaxed) {
+                0 => None,
+                us => Some(us as f64 / 1000.0),
+            },
+            last_check_ok: (s.last_check_us.load(Ordering::Relaxed) != 0)
+                .then(|| s.last_check_ok.load(Ordering::Relaxed)),
         }
     }
 }
@@ -210,10 +240,11 @@ pub(super) fn certificates(state: &AdminState) -> serde_json::Value {
                 "not_after": c.cert.not_after,
                 "not_after_unix": c.cert.not_after_unix,
                 "days_left": (c.cert.not_after_unix - now).div_euclid(86_400),
+                "expiring_soon": c.cert.not_after_unix - now < EXPIRY_WARN_DAYS * 86_400,
             })
         })
         .collect();
-    serde_json::json!({ "certificates": certs })
+    serde_json::json!({ "certificates": certs, "warn_days": EXPIRY_WARN_DAYS })
 }
 
 /// What the kernel holds for each configured IPVS service, read over
@@ -242,10 +273,13 @@ pub(super) async fn read_kernel_ipvs(state: &AdminState) -> Option<KernelTable> 
     })
 }
 
+/// Counters and the kernel's rate estimates (what `ipvsadm -Ln --stats`
+/// and `--rate` print).
 fn stats_json(s: &ipvs::Stats) -> serde_json::Value {
     serde_json::json!({
         "conns": s.conns, "inpkts": s.inpkts, "outpkts": s.outpkts,
         "inbytes": s.inbytes, "outbytes": s.outbytes, "cps": s.cps,
+        "inpps": s.inpps, "outpps": s.outpps, "inbps": s.inbps, "outbps": s.outbps,
     })
 }
 
@@ -302,16 +336,65 @@ pub(super) fn ipvs(state: &AdminState, kernel: Option<KernelTable>) -> serde_jso
     serde_json::json!({ "services": services, "kernel_error": kernel_error })
 }
 
-/// Process-wide status: version, reloads.
-pub(super) fn status(state: &AdminState) -> serde_json::Value {
+/// Persistence groups in brief: size, hits, misses and the busiest client
+/// prefixes (the full listing is `/api/persistence`).
+pub(super) fn persistence_summary(state: &AdminState) -> Vec<serde_json::Value> {
+    let snap = state.snapshot.load_full();
+    snap.config
+        .persistence
+        .iter()
+        .filter_map(|g| snap.persistence.get(&g.name).map(|t| (g, t)))
+        .map(|(g, t)| {
+            let s = t.summary(TOP_PREFIXES);
+            let top: Vec<_> = s
+                .top
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "client": e.client.to_string(),
+                        "backend": e.backend.to_string(),
+                        "connections": e.connections,
+                        "expires_in_s": e.expires_in.map(|d| d.as_secs_f64()),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "name": g.name,
+                "timeout_s": g.timeout.as_secs_f64(),
+                "entries": s.entries,
+                "ranked": s.ranked,
+                "hits": t.stats().hits.load(Ordering::Relaxed),
+                "misses": t.stats().misses.load(Ordering::Relaxed),
+                "top": top,
+            })
+        })
+        .collect()
+}
+
+/// Everything the status page shows, in one document (`GET /api/status`):
+/// version, the last reload (time, result, the full error text while it
+/// stands), listeners, pools, certificates, persistence and the IPVS tier.
+pub(super) async fn status(state: &AdminState) -> serde_json::Value {
     let r = state.metrics.reload_status();
+    let kernel = read_kernel_ipvs(state).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "now_unix": now,
         "started_unix": state.metrics.started_unix,
         "reloads": r.attempts,
         "reload_failures": r.failures,
         "last_reload_ok": r.last_ok,
         "last_reload_unix": r.last_unix,
         "last_reload_error": r.last_error,
+        "listeners": listeners(state),
+        "history": state.page.rates.read(),
+        "history_interval_s": super::history::INTERVAL.as_secs_f64(),
+        "pools": pools(state),
+        "certificates": certificates(state),
+        "persistence": state.page.persistence.get(|| persistence_summary(state).into()),
+        "ipvs": ipvs(state, kernel),
     })
 }

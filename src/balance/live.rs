@@ -31,7 +31,51 @@ pub(super) fn now_ms() -> u64 {
     u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
 }
 
+/// Longest cause text kept per backend: causes quote backend replies and
+/// OS errors, which a hostile backend can make long.
+const CAUSE_MAX: usize = 512;
+
+/// The last change of a backend's state and why: shown next to its state
+/// on the status page, as HAProxy's stats page shows `LASTCHG` and the
+/// check status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The state it went to: `up`, `down`, `drained`, `weight` or `undrained`.
+    pub to: &'static str,
+    /// What did it: the check and its result, the passive failure, or who
+    /// set the weight.
+    pub cause: String,
+    /// Unix time of the change, in seconds.
+    pub unix: u64,
+}
+
 impl BackendState {
+    /// Remember a state change and its cause (cut to a bounded length).
+    pub fn record_change(&self, to: &'static str, cause: &str) {
+        let mut cause = cause.to_string();
+        if cause.len() > CAUSE_MAX {
+            let mut cut = CAUSE_MAX;
+            while !cause.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            cause.truncate(cut);
+            cause.push('…');
+        }
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let change = Change { to, cause, unix };
+        *self.last_change.lock().unwrap_or_else(|e| e.into_inner()) = Some(change);
+    }
+
+    /// The last recorded change, if any since the backend was first seen.
+    pub fn last_change(&self) -> Option<Change> {
+        self.last_change
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Take the per-pool settings this state needs on the pick path.
     pub(super) fn configure(&self, pool: &config::Pool) {
         let ms = u64::try_from(pool.slow_start.as_millis()).unwrap_or(u64::MAX);
@@ -277,6 +321,14 @@ impl Pool {
     /// regaining its last backend. Called by whoever flipped it (the active
     /// checker or the proxy's passive check), once per flip.
     pub fn log_flip(&self, backend: SocketAddr, up: bool, cause: &str) {
+        if let Some(b) = self
+            .backends
+            .iter()
+            .chain(self.sorry())
+            .find(|b| b.address == backend)
+        {
+            b.state.record_change(if up { "up" } else { "down" }, cause);
+        }
         if up {
             info!(pool = %self.name, %backend, cause, "backend is up");
             let others_up = self

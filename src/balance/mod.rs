@@ -24,7 +24,7 @@ mod live;
 pub mod persist;
 mod rr;
 
-pub use live::AllDown;
+pub use live::{AllDown, Change};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -36,7 +36,9 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 
 pub use hash::{Maglev, SourceHash};
 pub use least::{LeastConnection, NeverQueue, PowerOfTwo, ShortestExpectedDelay, WeightedLeast};
-pub use persist::{PersistenceEntry, PersistenceTable, PersistenceTables};
+pub use persist::{
+    PersistenceEntry, PersistenceSummary, PersistenceTable, PersistenceTables, SUMMARY_RANK_LIMIT,
+};
 pub use rr::{RoundRobin, WeightedRoundRobin};
 
 use crate::config::{self, SchedulerKind};
@@ -72,6 +74,14 @@ pub struct BackendState {
     /// The weight generation of the pool the backend is in, bumped by a
     /// weight override so that the pool rebuilds its scheduler table.
     pub(crate) pool_weights: ArcSwapOption<AtomicU64>,
+    /// What last changed the backend's state, for the status page; written
+    /// only on a flip or an admin weight change, never on the pick path.
+    pub(crate) last_change: std::sync::Mutex<Option<Change>>,
+    /// Duration of the last active health check in microseconds (0 = none
+    /// yet) and whether it passed.
+    pub last_check_us: AtomicU64,
+    /// Whether the last active health check passed.
+    pub last_check_ok: AtomicBool,
 }
 
 impl Default for BackendState {
@@ -86,6 +96,9 @@ impl Default for BackendState {
             slow_start_ms: AtomicU64::new(0),
             ramp_tick: AtomicU64::new(0),
             pool_weights: ArcSwapOption::empty(),
+            last_change: std::sync::Mutex::new(None),
+            last_check_us: AtomicU64::new(0),
+            last_check_ok: AtomicBool::new(false),
             passive_failures: AtomicU32::new(0),
             retry_at_ms: AtomicU64::new(0),
         }

@@ -374,6 +374,67 @@ impl PersistenceTable {
     }
 }
 
+/// A group's size and its busiest client prefixes: what the status page
+/// shows without listing every entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistenceSummary {
+    /// Entries in the table (expired ones not yet purged included).
+    pub entries: usize,
+    /// Up to the asked number of prefixes with the most open connections,
+    /// most first (ties by prefix); empty when the table is too big to rank.
+    pub top: Vec<PersistenceEntry>,
+    /// False when the table held more than [`SUMMARY_RANK_LIMIT`] entries
+    /// and was not ranked.
+    pub ranked: bool,
+}
+
+/// Largest table [`PersistenceTable::summary`] ranks: the pass holds the
+/// table's lock, which every new connection of the group takes, and a
+/// million entries took 140-170 ms on a loaded 2-core machine
+/// (`cargo bench --bench balance -- summary_top5`); 100k keeps it near
+/// 15 ms at worst.
+pub const SUMMARY_RANK_LIMIT: usize = 100_000;
+
+impl PersistenceTable {
+    /// The table's size and its `top` busiest client prefixes. One pass
+    /// under the lock keeping `top` candidates, with no allocation per
+    /// entry, and none above [`SUMMARY_RANK_LIMIT`] entries (the full
+    /// listing is [`PersistenceTable::list`]).
+    pub fn summary(&self, top: usize) -> PersistenceSummary {
+        let now = Instant::now();
+        let inner = self.lock();
+        if inner.entries.len() > SUMMARY_RANK_LIMIT {
+            return PersistenceSummary {
+                entries: inner.entries.len(),
+                top: Vec::new(),
+                ranked: false,
+            };
+        }
+        // (connections, key), kept sorted most-connections first.
+        let mut best: Vec<(u32, IpAddr)> = Vec::with_capacity(top + 1);
+        for (k, e) in &inner.entries {
+            if e.expires.is_some_and(|t| t <= now) {
+                continue;
+            }
+            let worse = |b: &(u32, IpAddr)| b.0 > e.refs || (b.0 == e.refs && b.1 < *k);
+            let at = best.partition_point(worse);
+            if at < top {
+                best.insert(at, (e.refs, *k));
+                best.truncate(top);
+            }
+        }
+        let top = best
+            .iter()
+            .filter_map(|(_, k)| row(&inner.settings, *k, inner.entries.get(k)?, now))
+            .collect();
+        PersistenceSummary {
+            entries: inner.entries.len(),
+            top,
+            ranked: true,
+        }
+    }
+}
+
 fn row(s: &Settings, key: IpAddr, e: &Entry, now: Instant) -> Option<PersistenceEntry> {
     let expires_in = match e.expires {
         Some(t) if t <= now => return None,

@@ -248,6 +248,16 @@ impl Thresholds {
     }
 }
 
+/// The check's name, as in the config file.
+fn kind(check: &HealthCheck) -> &'static str {
+    match check.kind {
+        crate::config::HealthKind::Tcp => "tcp",
+        crate::config::HealthKind::Http => "http",
+        crate::config::HealthKind::Https => "https",
+        crate::config::HealthKind::Tls => "tls",
+    }
+}
+
 /// Probe one backend every interval until stopped.
 async fn watch(
     probe: Arc<Probe>,
@@ -259,11 +269,15 @@ async fn watch(
     let check = probe.settings().clone();
     let mut counts = Thresholds::default();
     loop {
+        let began = std::time::Instant::now();
         let result = tokio::select! {
             _ = stop.cancelled() => return,
             r = probe.run(addr) => r,
         };
         let ok = result.is_ok();
+        let took = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+        state.last_check_us.store(took.max(1), Ordering::Relaxed);
+        state.last_check_ok.store(ok, Ordering::Relaxed);
         let counter = if ok {
             &state.stats.checks_passed
         } else {
@@ -276,12 +290,20 @@ async fn watch(
         let up = state.healthy.load(Ordering::Relaxed);
         match counts.observe(ok, up, &check) {
             Some(true) if state.mark_up() => {
-                let cause = format!("{} consecutive checks passed", check.rise);
+                let cause = format!(
+                    "{} check: {} consecutive checks passed",
+                    kind(&check),
+                    check.rise
+                );
                 owner.flipped(addr, true, &cause);
             }
             Some(false) if state.mark_down() => {
                 let why = result.err().map(|e| e.to_string()).unwrap_or_default();
-                let cause = format!("{} consecutive checks failed; last: {why}", check.fall);
+                let cause = format!(
+                    "{} check: {} consecutive checks failed; last: {why}",
+                    kind(&check),
+                    check.fall
+                );
                 owner.flipped(addr, false, &cause);
             }
             _ => {}

@@ -68,8 +68,14 @@ fn new_cache(size: usize) -> Arc<dyn StoresServerSessions> {
     }
 }
 
-/// Log every certificate in service (vhost, names, fingerprint, expiry)
-/// and every warning found while loading.
+/// Certificates with fewer days left than this are logged at WARN at start
+/// and on every reload, and highlighted on the status page (Let's Encrypt
+/// clients renew at 30 days left; 21 leaves room for a failed renewal).
+pub const EXPIRY_WARN_DAYS: i64 = 21;
+
+/// Log every certificate in service (vhost, names, fingerprint, expiry),
+/// a warning for each that expires within [`EXPIRY_WARN_DAYS`], and every
+/// warning found while loading.
 pub fn log_summary(state: &TlsState) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -87,6 +93,17 @@ pub fn log_summary(state: &TlsState) {
             file = %c.cert.cert_path.display(),
             "certificate in service"
         );
+        if days_left < EXPIRY_WARN_DAYS {
+            warn!(
+                vhost = %c.vhost,
+                index = c.index,
+                names = %c.cert.names.join(","),
+                not_after = %c.cert.not_after,
+                days_left,
+                file = %c.cert.cert_path.display(),
+                "certificate expires in less than {EXPIRY_WARN_DAYS} days; renew it and reload"
+            );
+        }
     }
     for w in state.warnings() {
         warn!("{w}");

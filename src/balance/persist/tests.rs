@@ -251,3 +251,40 @@ fn reload_keeps_the_table_and_entries_to_backends_that_remain() {
     let default = &after.get("sticky").unwrap().lock().settings;
     assert_eq!(default.timeout, Duration::from_secs(360));
 }
+
+#[test]
+fn the_summary_names_the_prefixes_with_the_most_open_connections_first() {
+    let table = Arc::new(PersistenceTable::new(&group(360, 24, 100, false)));
+    let p = pool(80, 2);
+    let mut leases = Vec::new();
+    // 192.0.2.0/24 holds 3 connections, 198.51.100.0/24 holds 2, and
+    // 203.0.113.0/24 and 10.1.1.0/24 one each.
+    for (client, n) in [
+        ("203.0.113.7", 1),
+        ("192.0.2.1", 3),
+        ("10.1.1.1", 1),
+        ("198.51.100.9", 2),
+    ] {
+        for _ in 0..n {
+            leases.push(p.select_persistent(ip(client), &table).unwrap());
+        }
+    }
+    let s = table.summary(3);
+    assert_eq!(s.entries, 4);
+    let top: Vec<_> = s
+        .top
+        .iter()
+        .map(|e| (e.client.to_string(), e.connections))
+        .collect();
+    assert_eq!(
+        top,
+        [
+            ("192.0.2.0/24".to_string(), 3),
+            ("198.51.100.0/24".to_string(), 2),
+            ("10.1.1.0/24".to_string(), 1),
+        ]
+    );
+    assert!(s.ranked);
+    assert_eq!(table.summary(0).top, []);
+    drop(leases);
+}
