@@ -16,7 +16,9 @@
 //!
 //! - [`route`]: vhost and path tables, rebuilt per configuration.
 //! - [`upstream`]: the per-pool backend clients, kept across reloads.
-//! - [`conn`]: one client connection, its header, send and idle deadlines,
+//! - [`h1`]: the pass-through HTTP/1.1 codec, served in the connection's
+//!   task.
+//! - [`conn`]: one client connection (the seam between the codecs), its header, send and idle deadlines,
 //!   and shutdown.
 //! - [`plan`]: routing a request head (either codec's) to a backend or a
 //!   local answer.
@@ -29,6 +31,7 @@
 pub mod access;
 pub mod body;
 pub mod conn;
+pub mod h1;
 pub mod headers;
 pub mod plan;
 pub mod route;

@@ -97,15 +97,19 @@ pub fn local(status: StatusCode, text: &'static str) -> Response<Source> {
 }
 
 pub fn error_response(status: StatusCode) -> Response<Source> {
-    let text = match status {
+    local(status, error_text(status))
+}
+
+/// The body of the proxy's answer with `status` to a failed exchange.
+pub fn error_text(status: StatusCode) -> &'static str {
+    match status {
         StatusCode::BAD_REQUEST => "400 Bad Request\n",
         StatusCode::REQUEST_TIMEOUT => "408 Request Timeout\n",
         StatusCode::PAYLOAD_TOO_LARGE => "413 Payload Too Large\n",
         StatusCode::BAD_GATEWAY => "502 Bad Gateway\n",
         StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout\n",
         _ => "",
-    };
-    local(status, text)
+    }
 }
 
 /// Route a request, or answer it locally.
