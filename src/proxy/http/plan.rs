@@ -334,7 +334,9 @@ mod tests {
         for h in hosts {
             b = b.header(header::HOST, *h);
         }
-        let req = b.body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+        let req = b
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
         request_host(&RequestView::of(&req), false).map(|found| {
             found.map(|(a, v)| (a.to_string(), String::from_utf8(v.to_vec()).unwrap()))
         })

@@ -82,8 +82,11 @@ pub async fn serve<IO: ClientIo>(io: &mut IO, conn: &Arc<Conn>, lim: &Limits) ->
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(_) => return Served::Closed,
                 Err(_) => {
-                    warn!(side = "client", timeout_ms = lim.header.as_millis() as u64,
-                        "no complete request header within header_timeout; closing");
+                    warn!(
+                        side = "client",
+                        timeout_ms = lim.header.as_millis() as u64,
+                        "no complete request header within header_timeout; closing"
+                    );
                     return Served::Closed;
                 }
             }
@@ -165,8 +168,10 @@ fn prepare(conn: &Conn, buf: &[u8], lim: &Limits) -> Prep {
     if head.framing != Framing::Empty {
         return Prep::Unusual;
     }
-    let (Ok(method), Ok(uri)) = (Method::from_bytes(head.method.as_bytes()), Uri::try_from(head.target))
-    else {
+    let (Ok(method), Ok(uri)) = (
+        Method::from_bytes(head.method.as_bytes()),
+        Uri::try_from(head.target),
+    ) else {
         return Prep::Unusual;
     };
     let snap = conn.snapshot.load_full();
@@ -229,7 +234,12 @@ struct Answered {
 
 /// Exchange one request with a backend and stream the answer back. True:
 /// the client connection stays open for its next request.
-async fn exchange<IO: ClientIo>(io: &mut IO, conn: &Arc<Conn>, lim: &Limits, p: Box<Prepared>) -> bool {
+async fn exchange<IO: ClientIo>(
+    io: &mut IO,
+    conn: &Arc<Conn>,
+    lim: &Limits,
+    p: Box<Prepared>,
+) -> bool {
     let Prepared {
         close,
         head_method,
@@ -245,7 +255,11 @@ async fn exchange<IO: ClientIo>(io: &mut IO, conn: &Arc<Conn>, lim: &Limits, p: 
     let mut attempt = 1;
     let mut lease = plan.lease;
     let mut backend = Vec::new();
-    let hsts = conn.https.then(|| vhost.hsts.as_ref()).flatten().map(|v| v.as_bytes());
+    let hsts = conn
+        .https
+        .then(|| vhost.hsts.as_ref())
+        .flatten()
+        .map(|v| v.as_bytes());
     let answered = loop {
         let addr = lease.address;
         ex.record.upstream = Some(addr);
@@ -255,7 +269,11 @@ async fn exchange<IO: ClientIo>(io: &mut IO, conn: &Arc<Conn>, lim: &Limits, p: 
         let e = match sent {
             Ok(a) => {
                 if state.connect_succeeded() {
-                    plan.pool.log_flip(addr, true, "passive check: request succeeded after cool-down");
+                    plan.pool.log_flip(
+                        addr,
+                        true,
+                        "passive check: request succeeded after cool-down",
+                    );
                 }
                 break Ok(a);
             }
@@ -283,7 +301,8 @@ async fn exchange<IO: ClientIo>(io: &mut IO, conn: &Arc<Conn>, lim: &Limits, p: 
             let status = e.status();
             write::local(&mut out, status, plan::error_text(status), close, hsts);
             ex.record.status = status.as_u16();
-            conn.stats.record_request(ex.record.status, ex.record.start.elapsed());
+            conn.stats
+                .record_request(ex.record.status, ex.record.start.elapsed());
             return write_client(io, lim, &out).await && !close;
         }
     };
@@ -392,8 +411,11 @@ async fn write_client<IO: ClientIo>(io: &mut IO, lim: &Limits, bytes: &[u8]) -> 
             false
         }
         Err(_) => {
-            warn!(side = "client", timeout_ms = lim.send.as_millis() as u64,
-                "a write to the client stalled longer than send_timeout; closing");
+            warn!(
+                side = "client",
+                timeout_ms = lim.send.as_millis() as u64,
+                "a write to the client stalled longer than send_timeout; closing"
+            );
             false
         }
     }
@@ -414,7 +436,12 @@ async fn send(
     'connection: loop {
         let (mut stream, reused) = upstream.checkout_raw(addr).await?;
         match timeout(limit, stream.write_all(out)).await {
-            Err(_) => return Err(ForwardError::ResponseTimeout { addr, timeout: limit }),
+            Err(_) => {
+                return Err(ForwardError::ResponseTimeout {
+                    addr,
+                    timeout: limit,
+                });
+            }
             Ok(Err(_)) if reused => continue 'connection,
             Ok(Err(e)) => return Err(backend(e.to_string())),
             Ok(Ok(())) => {}
@@ -449,9 +476,16 @@ async fn send(
             }
             buf.reserve(BODY_CHUNK);
             match timeout_at(deadline, stream.read_buf(buf)).await {
-                Err(_) => return Err(ForwardError::ResponseTimeout { addr, timeout: limit }),
+                Err(_) => {
+                    return Err(ForwardError::ResponseTimeout {
+                        addr,
+                        timeout: limit,
+                    });
+                }
                 Ok(Ok(0) | Err(_)) if reused && buf.is_empty() => continue 'connection,
-                Ok(Ok(0)) => return Err(backend("connection closed before message completed".into())),
+                Ok(Ok(0)) => {
+                    return Err(backend("connection closed before message completed".into()));
+                }
                 Ok(Err(e)) => return Err(backend(e.to_string())),
                 Ok(Ok(_)) => {}
             }
@@ -494,12 +528,20 @@ impl Body {
         use super::framing::Fed;
         Ok(match self {
             Self::Length(left) => {
-                let n = input.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                let n = input
+                    .len()
+                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
                 *left -= n as u64;
-                Fed { consumed: n, forward: n }
+                Fed {
+                    consumed: n,
+                    forward: n,
+                }
             }
             Self::Chunked(c) => {
-                let mut fed = Fed { consumed: 0, forward: 0 };
+                let mut fed = Fed {
+                    consumed: 0,
+                    forward: 0,
+                };
                 // The decoder stops where the trailers start: go on
                 // consuming (not forwarding) to the body's end.
                 while fed.consumed < input.len() && !c.done() {
@@ -514,8 +556,14 @@ impl Body {
                 }
                 fed
             }
-            Self::Close => Fed { consumed: input.len(), forward: input.len() },
-            Self::Empty => Fed { consumed: 0, forward: 0 },
+            Self::Close => Fed {
+                consumed: input.len(),
+                forward: input.len(),
+            },
+            Self::Empty => Fed {
+                consumed: 0,
+                forward: 0,
+            },
         })
     }
 }

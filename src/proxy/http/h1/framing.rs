@@ -29,18 +29,31 @@ pub enum ChunkError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Reading hex digits of a size line (`digits` so far).
-    Size { digits: u8, size: u64 },
+    Size {
+        digits: u8,
+        size: u64,
+    },
     /// Inside the extensions of a size line.
-    Ext { size: u64 },
+    Ext {
+        size: u64,
+    },
     /// CR of a size line seen.
-    SizeLf { size: u64 },
-    Data { left: u64 },
+    SizeLf {
+        size: u64,
+    },
+    Data {
+        left: u64,
+    },
     DataCr,
     DataLf,
     /// In the trailer section; `line` bytes into the current line.
-    Trailer { line: usize },
+    Trailer {
+        line: usize,
+    },
     /// CR of a trailer line (or of the final empty line) seen.
-    TrailerLf { line: usize },
+    TrailerLf {
+        line: usize,
+    },
     Done,
 }
 
@@ -98,7 +111,11 @@ impl Chunked {
                     i += n;
                     self.data += n as u64;
                     let left = left - n as u64;
-                    self.state = if left == 0 { State::DataCr } else { State::Data { left } };
+                    self.state = if left == 0 {
+                        State::DataCr
+                    } else {
+                        State::Data { left }
+                    };
                     continue;
                 }
                 State::Size { digits, size } => match hex(b) {
@@ -129,7 +146,10 @@ impl Chunked {
                         // The last chunk: forward its line, then stop.
                         self.state = State::Trailer { line: 0 };
                         i += 1;
-                        return Ok(Fed { consumed: i, forward: i });
+                        return Ok(Fed {
+                            consumed: i,
+                            forward: i,
+                        });
                     }
                     State::Data { left: size }
                 }
@@ -216,7 +236,10 @@ mod tests {
                 "step {step}"
             );
         }
-        assert_eq!(pass(b"A\r\n0123456789\r\n0\r\n\r\n", 4).unwrap(), b"A\r\n0123456789\r\n0\r\n\r\n");
+        assert_eq!(
+            pass(b"A\r\n0123456789\r\n0\r\n\r\n", 4).unwrap(),
+            b"A\r\n0123456789\r\n0\r\n\r\n"
+        );
     }
 
     #[test]
@@ -224,9 +247,21 @@ mod tests {
         let mut c = Chunked::new();
         let input = b"0\r\n\r\nGET / HTTP/1.1\r\n";
         let fed = c.feed(input).unwrap();
-        assert_eq!(fed, Fed { consumed: 3, forward: 3 });
+        assert_eq!(
+            fed,
+            Fed {
+                consumed: 3,
+                forward: 3
+            }
+        );
         let fed2 = c.feed(&input[3..]).unwrap();
-        assert_eq!(fed2, Fed { consumed: 2, forward: 0 });
+        assert_eq!(
+            fed2,
+            Fed {
+                consumed: 2,
+                forward: 0
+            }
+        );
         assert!(c.done());
     }
 

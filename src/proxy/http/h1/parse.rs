@@ -201,7 +201,9 @@ pub enum ResponseError {
     Malformed,
     #[error("response head larger than {0} bytes")]
     TooLarge(usize),
-    #[error("ambiguous response framing (Content-Length and Transfer-Encoding, several lengths, or a coding other than chunked)")]
+    #[error(
+        "ambiguous response framing (Content-Length and Transfer-Encoding, several lengths, or a coding other than chunked)"
+    )]
     Framing,
 }
 

@@ -118,7 +118,13 @@ fn joined_prefix(out: &mut Vec<u8>, hop: &HopByHop<'_, '_>, lower: &str) {
 /// Write the request head for the backend into `out`: request line,
 /// the client's fields as the policy keeps them, `host` (the routed
 /// authority) as its one Host, then the forwarding fields.
-pub fn request(out: &mut Vec<u8>, head: &RequestHead<'_, '_>, host: &[u8], peer: &Peer, opts: Options) {
+pub fn request(
+    out: &mut Vec<u8>,
+    head: &RequestHead<'_, '_>,
+    host: &[u8],
+    peer: &Peer,
+    opts: Options,
+) {
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(head.target.as_bytes());
@@ -222,7 +228,11 @@ pub fn response(out: &mut Vec<u8>, head: &ResponseHead<'_, '_>, extras: Response
     out.extend_from_slice(b"HTTP/1.1 ");
     // httparse reads exactly three digits.
     let c = head.code;
-    out.extend_from_slice(&[b'0' + (c / 100 % 10) as u8, b'0' + (c / 10 % 10) as u8, b'0' + (c % 10) as u8]);
+    out.extend_from_slice(&[
+        b'0' + (c / 100 % 10) as u8,
+        b'0' + (c / 10 % 10) as u8,
+        b'0' + (c % 10) as u8,
+    ]);
     out.push(b' ');
     out.extend_from_slice(head.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -272,7 +282,13 @@ pub fn response(out: &mut Vec<u8>, head: &ResponseHead<'_, '_>, extras: Response
 
 /// An answer made by the proxy (a failed exchange): the same status line,
 /// fields and body text hyper writes for the hyper path's answers.
-pub fn local(out: &mut Vec<u8>, status: hyper::StatusCode, text: &str, close: bool, hsts: Option<&[u8]>) {
+pub fn local(
+    out: &mut Vec<u8>,
+    status: hyper::StatusCode,
+    text: &str,
+    close: bool,
+    hsts: Option<&[u8]>,
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');

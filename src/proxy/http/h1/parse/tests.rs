@@ -12,9 +12,14 @@ fn sort(head: &str) -> String {
 
 #[test]
 fn plain_requests_are_served_here_with_their_framing() {
-    assert_eq!(sort("GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"), "Empty close=false");
     assert_eq!(
-        sort("POST /x?y=1 HTTP/1.1\r\nHost: a.test\r\nContent-Length: 12\r\nConnection: keep-alive, Close\r\n\r\n"),
+        sort("GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"),
+        "Empty close=false"
+    );
+    assert_eq!(
+        sort(
+            "POST /x?y=1 HTTP/1.1\r\nHost: a.test\r\nContent-Length: 12\r\nConnection: keep-alive, Close\r\n\r\n"
+        ),
         "Length(12) close=true"
     );
     assert_eq!(sort("GET / HTTP/1.1\r\nHost: a.test\r\n"), "partial");
@@ -62,17 +67,32 @@ fn every_ambiguous_or_unusual_head_goes_to_hyper() {
 #[test]
 fn heads_over_the_limits_go_to_hyper_which_answers_431() {
     let mut f = fields();
-    let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "y".repeat(9000));
-    assert!(matches!(request(big.as_bytes(), &mut f, 8192, 100), Parsed::Unusual));
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+        "y".repeat(9000)
+    );
+    assert!(matches!(
+        request(big.as_bytes(), &mut f, 8192, 100),
+        Parsed::Unusual
+    ));
     let mut f = fields();
     let partial = format!("GET / HTTP/1.1\r\nX: {}", "y".repeat(9000));
-    assert!(matches!(request(partial.as_bytes(), &mut f, 8192, 100), Parsed::Unusual));
+    assert!(matches!(
+        request(partial.as_bytes(), &mut f, 8192, 100),
+        Parsed::Unusual
+    ));
     let many: String = (0..5).map(|i| format!("X{i}: v\r\n")).collect();
     let head = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
     let mut f = fields();
-    assert!(matches!(request(head.as_bytes(), &mut f, 8192, 5), Parsed::Unusual));
+    assert!(matches!(
+        request(head.as_bytes(), &mut f, 8192, 5),
+        Parsed::Unusual
+    ));
     let mut f = fields();
-    assert!(matches!(request(head.as_bytes(), &mut f, 8192, 6), Parsed::Done(_)));
+    assert!(matches!(
+        request(head.as_bytes(), &mut f, 8192, 6),
+        Parsed::Done(_)
+    ));
 }
 
 fn framing_of(head: &str, head_request: bool) -> Result<Framing, ResponseError> {
@@ -83,13 +103,37 @@ fn framing_of(head: &str, head_request: bool) -> Result<Framing, ResponseError> 
 #[test]
 fn response_framing_is_one_length_chunked_alone_none_or_close() {
     use Framing::*;
-    assert_eq!(framing_of("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false), Ok(Length(3)));
-    assert_eq!(framing_of("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true), Ok(Empty));
-    assert_eq!(framing_of("HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked\r\n\r\n", false), Ok(Chunked));
-    assert_eq!(framing_of("HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n", false), Ok(Empty));
-    assert_eq!(framing_of("HTTP/1.1 304 Not Modified\r\n\r\n", false), Ok(Empty));
+    assert_eq!(
+        framing_of("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false),
+        Ok(Length(3))
+    );
+    assert_eq!(
+        framing_of("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true),
+        Ok(Empty)
+    );
+    assert_eq!(
+        framing_of(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked\r\n\r\n",
+            false
+        ),
+        Ok(Chunked)
+    );
+    assert_eq!(
+        framing_of(
+            "HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n",
+            false
+        ),
+        Ok(Empty)
+    );
+    assert_eq!(
+        framing_of("HTTP/1.1 304 Not Modified\r\n\r\n", false),
+        Ok(Empty)
+    );
     assert_eq!(framing_of("HTTP/1.1 200 OK\r\n\r\n", false), Ok(Close));
-    assert_eq!(framing_of("HTTP/1.1 100 Continue\r\n\r\n", false), Ok(Empty));
+    assert_eq!(
+        framing_of("HTTP/1.1 100 Continue\r\n\r\n", false),
+        Ok(Empty)
+    );
     for bad in [
         "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
         "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
@@ -97,8 +141,18 @@ fn response_framing_is_one_length_chunked_alone_none_or_close() {
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
     ] {
-        assert_eq!(framing_of(bad, false), Err(ResponseError::Framing), "{bad:?}");
+        assert_eq!(
+            framing_of(bad, false),
+            Err(ResponseError::Framing),
+            "{bad:?}"
+        );
     }
-    assert_eq!(framing_of("HTTP/1.1 200 OK\nContent-Length: 3\r\n\r\n", false), Err(ResponseError::Malformed));
-    assert_eq!(framing_of("HTTP/1.1 2000 OK\r\n\r\n", false), Err(ResponseError::Malformed));
+    assert_eq!(
+        framing_of("HTTP/1.1 200 OK\nContent-Length: 3\r\n\r\n", false),
+        Err(ResponseError::Malformed)
+    );
+    assert_eq!(
+        framing_of("HTTP/1.1 2000 OK\r\n\r\n", false),
+        Err(ResponseError::Malformed)
+    );
 }

@@ -34,7 +34,10 @@ fn hop_by_hop_fields_go_and_the_rest_keep_their_case_and_order() {
         got,
         "GET /p?q HTTP/1.1\r\nX-B: 1\r\nHost: A.test\r\nx-a: 2\r\nX-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: A.test\r\n\r\n"
     );
-    let te = rewritten("GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n", opts(false));
+    let te = rewritten(
+        "GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n",
+        opts(false),
+    );
     assert!(te.contains("\r\nTE: trailers\r\n"), "{te}");
 }
 
@@ -60,14 +63,19 @@ fn forwarded_via_and_real_ip_are_added_when_asked() {
         real_ip: true,
     };
     assert_eq!(
-        rewritten("GET / HTTP/1.1\r\nHost: a.test:8080\r\nVia: 1.0 other\r\n\r\n", o),
+        rewritten(
+            "GET / HTTP/1.1\r\nHost: a.test:8080\r\nVia: 1.0 other\r\n\r\n",
+            o
+        ),
         "GET / HTTP/1.1\r\nHost: a.test:8080\r\nX-Real-IP: 192.0.2.7\r\nX-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: a.test:8080\r\nForwarded: for=192.0.2.7;host=\"a.test:8080\";proto=http\r\nVia: 1.0 other, 1.1 vipd\r\n\r\n"
     );
 }
 
 fn response_of(head: &str, extras: ResponseExtras<'_>) -> String {
     let mut f = parse::fields();
-    let h = parse::response(head.as_bytes(), &mut f, false).unwrap().unwrap();
+    let h = parse::response(head.as_bytes(), &mut f, false)
+        .unwrap()
+        .unwrap();
     let mut out = Vec::new();
     response(&mut out, &h, extras);
     String::from_utf8(out).unwrap()
@@ -81,7 +89,10 @@ fn responses_lose_hop_by_hop_fields_and_get_framing_close_hsts_and_via() {
         close: false,
     };
     assert_eq!(
-        response_of("HTTP/1.1 200 Fine\r\nServer: x\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 3\r\n\r\n", plain),
+        response_of(
+            "HTTP/1.1 200 Fine\r\nServer: x\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 3\r\n\r\n",
+            plain
+        ),
         "HTTP/1.1 200 Fine\r\nServer: x\r\nContent-Length: 3\r\n\r\n"
     );
     assert_eq!(
@@ -100,7 +111,13 @@ fn responses_lose_hop_by_hop_fields_and_get_framing_close_hsts_and_via() {
 #[test]
 fn local_answers_carry_the_hyper_paths_text() {
     let mut out = Vec::new();
-    local(&mut out, hyper::StatusCode::BAD_GATEWAY, "502 Bad Gateway\n", true, None);
+    local(
+        &mut out,
+        hyper::StatusCode::BAD_GATEWAY,
+        "502 Bad Gateway\n",
+        true,
+        None,
+    );
     let s = String::from_utf8(out).unwrap();
     assert!(s.starts_with("HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: 16\r\ndate: "), "{s}");
     assert!(s.ends_with(" GMT\r\n\r\n502 Bad Gateway\n"), "{s}");
