@@ -58,6 +58,11 @@ impl Case {
                 Framing::None | Framing::Length | Framing::Chunked(_)
             )
             && (!matches!(self.framing, Framing::None) || self.body.is_empty())
+            // hyper's client sends no body with a GET or HEAD whose length
+            // is not known (a chunked one): it forwards the head alone.
+            && !(matches!(self.framing, Framing::Chunked(_))
+                && matches!(self.method, "GET" | "HEAD")
+                && !self.body.is_empty())
     }
 
     /// The bytes on the wire for request number `n` (its target `/case/n`).
@@ -95,14 +100,13 @@ impl Case {
             Framing::HugeLength => {
                 out.extend_from_slice(b"Content-Length: 99999999999999999999999\r\n")
             }
-            Framing::Chunked(sizes) | Framing::BareLfChunk if true => {
-                let lf = matches!(self.framing, Framing::BareLfChunk);
+            Framing::Chunked(sizes) => {
                 out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
-                body = chunk(
-                    &self.body,
-                    sizes_of(&self.framing, sizes_or_default(&self.framing)),
-                    lf,
-                );
+                body = chunk(&self.body, sizes, false);
+            }
+            Framing::BareLfChunk => {
+                out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+                body = chunk(&self.body, &[], true);
             }
             Framing::ChunkedAndLength => {
                 out.extend_from_slice(
@@ -116,23 +120,11 @@ impl Case {
                 );
                 body = chunk(&self.body, &[], false);
             }
-            _ => {}
         }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&body);
         out
     }
-}
-
-fn sizes_or_default(f: &Framing) -> &[usize] {
-    match f {
-        Framing::Chunked(s) => s,
-        _ => &[],
-    }
-}
-
-fn sizes_of<'a>(_f: &Framing, s: &'a [usize]) -> &'a [usize] {
-    s
 }
 
 /// `body` as chunks of the given sizes (the rest in one chunk), with bare
@@ -425,10 +417,19 @@ proptest! {
         match (status, mine.first()) {
             (Some(200), Some(r)) => {
                 let mut want = format!("{} /case/{n}\nsite.test\n", c.method).into_bytes();
-                if c.method != "HEAD" || !c.body.is_empty() {
+                // Without framing, bytes after the head are a next request.
+                if !matches!(c.framing, Framing::None) {
                     want.extend_from_slice(&c.body);
                 }
-                prop_assert_eq!(String::from_utf8_lossy(r), String::from_utf8_lossy(&want));
+                if c.valid() {
+                    prop_assert_eq!(String::from_utf8_lossy(r), String::from_utf8_lossy(&want));
+                } else {
+                    // hyper (which serves what the codec does not) drops
+                    // a GET's chunked body and forwards the GET alone
+                    // (`valid` above): the head still must agree.
+                    let head = format!("{} /case/{n}\nsite.test\n", c.method).into_bytes();
+                    prop_assert!(r.starts_with(&head), "{:?}", String::from_utf8_lossy(r));
+                }
             }
             (Some(s), None) => prop_assert!((400..600).contains(&s) && !c.valid(), "status {} for {:?}", s, c),
             (None, None) => prop_assert!(!c.valid(), "no answer to a valid request {:?}", c),
