@@ -149,7 +149,7 @@ pub(super) fn is_fixed_hop_by_hop(name: &str) -> bool {
 
 /// Whether a `Connection` token names a header that [`strip_hop_by_hop`]
 /// handles without the token: a fixed hop-by-hop header, or `Upgrade`.
-fn handled_without_token(token: &[u8]) -> bool {
+pub(super) fn handled_without_token(token: &[u8]) -> bool {
     token.eq_ignore_ascii_case(b"upgrade")
         || FIXED_HOP_BY_HOP
             .iter()

@@ -260,12 +260,18 @@ async fn exchange<IO: ClientIo>(
         .then(|| vhost.hsts.as_ref())
         .flatten()
         .map(|v| v.as_bytes());
+    let asked = Asked {
+        head_method,
+        close: close || conn.shutdown.is_triggered(),
+        via: plan.opts.via,
+        hsts,
+    };
     let answered = loop {
         let addr = lease.address;
         ex.record.upstream = Some(addr);
         let state = lease.state().clone();
         ex.lease = Some(lease);
-        let sent = send(&plan.upstream, addr, &out, &mut backend, head_method).await;
+        let sent = send(&plan.upstream, addr, &mut out, &mut backend, asked).await;
         let e = match sent {
             Ok(a) => {
                 if state.connect_succeeded() {
@@ -294,10 +300,10 @@ async fn exchange<IO: ClientIo>(
         lease = other;
         attempt += 1;
     };
-    out.clear();
     let a = match answered {
         Ok(a) => a,
         Err(e) => {
+            out.clear();
             let status = e.status();
             write::local(&mut out, status, plan::error_text(status), close, hsts);
             ex.record.status = status.as_u16();
@@ -306,19 +312,7 @@ async fn exchange<IO: ClientIo>(
             return write_client(io, lim, &out).await && !close;
         }
     };
-    let client_close = close || a.framing == Framing::Close || conn.shutdown.is_triggered();
-    {
-        let mut fields = parse::fields();
-        let Ok(Some(head)) = parse::response(&backend, &mut fields, head_method) else {
-            return false;
-        };
-        let extras = ResponseExtras {
-            via: plan.opts.via,
-            hsts,
-            close: client_close,
-        };
-        write::response(&mut out, &head, extras);
-    }
+    let client_close = asked.close || a.framing == Framing::Close;
     ex.record.status = a.code;
     conn.stats.record_request(a.code, ex.record.start.elapsed());
     if let Some(lease) = &ex.lease {
@@ -421,21 +415,33 @@ async fn write_client<IO: ClientIo>(io: &mut IO, lim: &Limits, bytes: &[u8]) -> 
     }
 }
 
-/// Send the head `out` to `addr` and read the response head into `buf`.
-/// A pooled connection the backend had closed is replaced (the request
-/// had not reached it); informational responses are skipped.
+/// What the client's response head needs to know of its request.
+#[derive(Clone, Copy)]
+struct Asked<'a> {
+    head_method: bool,
+    /// The client asked to close, or vipd is shutting down.
+    close: bool,
+    via: bool,
+    hsts: Option<&'a [u8]>,
+}
+
+/// Send the head in `out` to `addr` and read the response head into `buf`;
+/// then `out` holds the head for the client. A pooled connection the
+/// backend had closed is replaced (the request had not reached it);
+/// informational responses are skipped.
 async fn send(
     upstream: &Upstream,
     addr: SocketAddr,
-    out: &[u8],
+    out: &mut Vec<u8>,
     buf: &mut Vec<u8>,
-    head_method: bool,
+    asked: Asked<'_>,
 ) -> Result<Answered, ForwardError> {
+    let head_method = asked.head_method;
     let limit = upstream.response_timeout;
     let backend = |reason: String| ForwardError::Backend { addr, reason };
     'connection: loop {
         let (mut stream, reused) = upstream.checkout_raw(addr).await?;
-        match timeout(limit, stream.write_all(out)).await {
+        match timeout(limit, stream.write_all(out.as_slice())).await {
             Err(_) => {
                 return Err(ForwardError::ResponseTimeout {
                     addr,
@@ -463,6 +469,13 @@ async fn send(
                         buf.drain(..n);
                     }
                     Ok(Some(h)) => {
+                        let extras = ResponseExtras {
+                            via: asked.via,
+                            hsts: asked.hsts,
+                            close: asked.close || h.framing == Framing::Close,
+                        };
+                        out.clear();
+                        write::response(out, &h, extras);
                         return Ok(Answered {
                             framing: h.framing,
                             backend_close: h.close,

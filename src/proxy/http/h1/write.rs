@@ -62,11 +62,7 @@ impl<'h, 'b> HopByHop<'h, 'b> {
         let mut drop_te = false;
         for f in fields {
             if f.name.eq_ignore_ascii_case("connection") {
-                names_others |= tokens(f.value).any(|t| {
-                    !t.eq_ignore_ascii_case(b"upgrade")
-                        && !std::str::from_utf8(t)
-                            .is_ok_and(|t| headers::is_fixed_hop_by_hop(&t.to_ascii_lowercase()))
-                });
+                names_others |= tokens(f.value).any(|t| !headers::handled_without_token(t));
             } else if f.name.eq_ignore_ascii_case("te") {
                 drop_te |= f.value != b"trailers";
             }
