@@ -91,9 +91,13 @@ pub async fn serve<IO: ClientIo>(io: &mut IO, conn: &Arc<Conn>, lim: &Limits) ->
                 }
             }
         };
+        // The part of the body already read goes with the head; the rest is
+        // read from the client as the backend takes it.
         let head_len = prepared.head_len;
-        let keep = exchange(io, conn, lim, prepared).await;
-        buf.drain(..head_len);
+        let in_buf =
+            (buf.len() - head_len).min(usize::try_from(prepared.body).unwrap_or(usize::MAX));
+        let keep = exchange(io, conn, lim, prepared, &buf[head_len..head_len + in_buf]).await;
+        buf.drain(..head_len + in_buf);
         if !keep {
             let _ = timeout(lim.send, io.shutdown()).await;
             return Served::Closed;
@@ -138,6 +142,8 @@ async fn wait_for_head<IO: ClientIo>(
 /// A routed request, ready to go to its backend.
 struct Prepared {
     head_len: usize,
+    /// The request body's length (Content-Length).
+    body: u64,
     /// The client asked to close after it.
     close: bool,
     head_method: bool,
@@ -165,9 +171,11 @@ fn prepare(conn: &Conn, buf: &[u8], lim: &Limits) -> Prep {
         Parsed::Partial => return Prep::Partial,
         Parsed::Unusual => return Prep::Unusual,
     };
-    if head.framing != Framing::Empty {
-        return Prep::Unusual;
-    }
+    let body = match head.framing {
+        Framing::Empty => 0,
+        Framing::Length(n) => n,
+        Framing::Chunked | Framing::Close => return Prep::Unusual,
+    };
     let (Ok(method), Ok(uri)) = (
         Method::from_bytes(head.method.as_bytes()),
         Uri::try_from(head.target),
@@ -185,7 +193,7 @@ fn prepare(conn: &Conn, buf: &[u8], lim: &Limits) -> Prep {
         host: Some(head.host),
         more_hosts: false,
         headers: head.fields.len(),
-        body_hint: 0,
+        body_hint: body,
     };
     let mut vhost = None;
     let Ok(plan) = plan::plan(conn, &snap, &view, &mut vhost) else {
@@ -209,6 +217,7 @@ fn prepare(conn: &Conn, buf: &[u8], lim: &Limits) -> Prep {
     };
     Prep::Ready(Box::new(Prepared {
         head_len: head.len,
+        body,
         close: head.close,
         head_method: head.method == "HEAD",
         plan,
@@ -230,6 +239,8 @@ struct Answered {
     code: u16,
     /// The response head's length at the start of the backend buffer.
     head_len: usize,
+    /// The backend answered before it had the whole request body.
+    early: bool,
 }
 
 /// Exchange one request with a backend and stream the answer back. True:
@@ -239,8 +250,10 @@ async fn exchange<IO: ClientIo>(
     conn: &Arc<Conn>,
     lim: &Limits,
     p: Box<Prepared>,
+    first_body: &[u8],
 ) -> bool {
     let Prepared {
+        body,
         close,
         head_method,
         plan,
@@ -255,6 +268,13 @@ async fn exchange<IO: ClientIo>(
     let mut attempt = 1;
     let mut lease = plan.lease;
     let mut backend = Vec::new();
+    out.extend_from_slice(first_body);
+    let mut upload = Upload {
+        io: &mut *io,
+        left: body - first_body.len() as u64,
+        streamed: false,
+        timeout: conn.request_body_timeout,
+    };
     let hsts = conn
         .https
         .then(|| vhost.hsts.as_ref())
@@ -271,7 +291,15 @@ async fn exchange<IO: ClientIo>(
         ex.record.upstream = Some(addr);
         let state = lease.state().clone();
         ex.lease = Some(lease);
-        let sent = send(&plan.upstream, addr, &mut out, &mut backend, asked).await;
+        let sent = send(
+            &plan.upstream,
+            addr,
+            &mut out,
+            &mut backend,
+            asked,
+            &mut upload,
+        )
+        .await;
         let e = match sent {
             Ok(a) => {
                 if state.connect_succeeded() {
@@ -285,9 +313,12 @@ async fn exchange<IO: ClientIo>(
             }
             Err(e) => e,
         };
-        warn!(side = e.side(), error = %e, attempt, "request failed");
+        if !matches!(e, ForwardError::ClientBodyTimeout { .. }) {
+            // (A stalled body has logged itself.)
+            warn!(side = e.side(), error = %e, attempt, "request failed");
+        }
         passive_check(&snap, &plan.pool, addr, &state, &e);
-        if !e.is_connect() {
+        if !e.is_connect() || upload.streamed {
             break Err(e);
         }
         if let Some(l) = ex.lease.take() {
@@ -300,11 +331,14 @@ async fn exchange<IO: ClientIo>(
         lease = other;
         attempt += 1;
     };
+    // A body not read to its end leaves nothing to find the next request by.
+    let unread = upload.left > 0;
     let a = match answered {
         Ok(a) => a,
         Err(e) => {
             out.clear();
             let status = e.status();
+            let close = close || unread || e.side() == "client";
             write::local(&mut out, status, plan::error_text(status), close, hsts);
             ex.record.status = status.as_u16();
             conn.stats
@@ -312,7 +346,7 @@ async fn exchange<IO: ClientIo>(
             return write_client(io, lim, &out).await && !close;
         }
     };
-    let client_close = asked.close || a.framing == Framing::Close;
+    let client_close = asked.close || a.framing == Framing::Close || unread;
     ex.record.status = a.code;
     conn.stats.record_request(a.code, ex.record.start.elapsed());
     if let Some(lease) = &ex.lease {
@@ -324,6 +358,7 @@ async fn exchange<IO: ClientIo>(
         framing,
         backend_close,
         head_len,
+        early,
         ..
     } = a;
     let mut body = Body::new(framing);
@@ -377,7 +412,7 @@ async fn exchange<IO: ClientIo>(
     }
     // A connection goes back only at the exact end of a response its
     // backend did not close; bytes after it are a backend out of step.
-    if !backend_close && leftover == 0 && framing != Framing::Close {
+    if !backend_close && !early && leftover == 0 && framing != Framing::Close {
         plan.upstream.release_raw(addr, stream);
     }
     drop(ex);
@@ -429,12 +464,13 @@ struct Asked<'a> {
 /// then `out` holds the head for the client. A pooled connection the
 /// backend had closed is replaced (the request had not reached it);
 /// informational responses are skipped.
-async fn send(
+async fn send<IO: ClientIo>(
     upstream: &Upstream,
     addr: SocketAddr,
     out: &mut Vec<u8>,
     buf: &mut Vec<u8>,
     asked: Asked<'_>,
+    upload: &mut Upload<'_, IO>,
 ) -> Result<Answered, ForwardError> {
     let head_method = asked.head_method;
     let limit = upstream.response_timeout;
@@ -452,8 +488,19 @@ async fn send(
             Ok(Err(e)) => return Err(backend(e.to_string())),
             Ok(Ok(())) => {}
         }
-        let deadline = Instant::now() + limit;
         buf.clear();
+        let early = upload.pump(&mut stream, addr, limit, buf).await?;
+        // A backend that drops the connection mid-upload may be refusing
+        // the upload (a 413 lost to the reset), which any client can
+        // provoke: not a passive check failure.
+        let backend = |reason: String| {
+            if upload.left > 0 {
+                ForwardError::UploadAborted { addr, reason }
+            } else {
+                ForwardError::Backend { addr, reason }
+            }
+        };
+        let deadline = Instant::now() + limit;
         loop {
             // Parse what has come (1xx heads are dropped from the front).
             loop {
@@ -481,6 +528,7 @@ async fn send(
                             backend_close: h.close,
                             code: h.code,
                             head_len: h.len,
+                            early,
                             stream,
                             addr,
                         });
@@ -495,7 +543,9 @@ async fn send(
                         timeout: limit,
                     });
                 }
-                Ok(Ok(0) | Err(_)) if reused && buf.is_empty() => continue 'connection,
+                Ok(Ok(0) | Err(_)) if reused && buf.is_empty() && !upload.streamed => {
+                    continue 'connection;
+                }
                 Ok(Ok(0)) => {
                     return Err(backend("connection closed before message completed".into()));
                 }
@@ -578,5 +628,93 @@ impl Body {
                 forward: 0,
             },
         })
+    }
+}
+
+/// The rest of a request body, read from the client as the backend takes
+/// it: at most `left` bytes, so a pipelined request after it stays unread.
+struct Upload<'a, IO> {
+    io: &'a mut IO,
+    left: u64,
+    /// Bytes were read from the client (the request cannot be sent again).
+    streamed: bool,
+    /// `request_body_timeout`: longest wait for the client's next piece.
+    timeout: Duration,
+}
+
+impl<IO: ClientIo> Upload<'_, IO> {
+    /// Copy the rest of the body to `stream`; each piece is due from the
+    /// client within `request_body_timeout` and taken by the backend within
+    /// `limit` (its `response_timeout`). True: the backend answered (or
+    /// closed) first, its first bytes are in `buf`, and the upload stops.
+    async fn pump(
+        &mut self,
+        stream: &mut TcpStream,
+        addr: SocketAddr,
+        limit: Duration,
+        buf: &mut Vec<u8>,
+    ) -> Result<bool, ForwardError> {
+        if self.left == 0 {
+            return Ok(false);
+        }
+        let mut chunk = vec![
+            0u8;
+            usize::try_from(self.left)
+                .unwrap_or(BODY_CHUNK)
+                .min(BODY_CHUNK)
+        ];
+        while self.left > 0 {
+            let want = usize::try_from(self.left)
+                .unwrap_or(chunk.len())
+                .min(chunk.len());
+            let read = tokio::select! {
+                biased;
+                ready = stream.readable() => {
+                    buf.reserve(BODY_CHUNK);
+                    match (ready, stream.try_read_buf(buf)) {
+                        (Ok(()), Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        _ => return Ok(true),
+                    }
+                }
+                read = timeout(self.timeout, self.io.read(&mut chunk[..want])) => read,
+            };
+            let n = match read {
+                Err(_) => {
+                    warn!(
+                        side = "client",
+                        timeout_ms = self.timeout.as_millis() as u64,
+                        "request body stalled longer than request_body_timeout; answering 408 and closing"
+                    );
+                    return Err(ForwardError::ClientBodyTimeout {
+                        timeout: self.timeout,
+                    });
+                }
+                Ok(Ok(0)) => {
+                    return Err(ForwardError::ClientBody(
+                        "the client closed the connection mid-body".into(),
+                    ));
+                }
+                Ok(Err(e)) => return Err(ForwardError::ClientBody(e.to_string())),
+                Ok(Ok(n)) => n,
+            };
+            self.streamed = true;
+            self.left -= n as u64;
+            match timeout(limit, stream.write_all(&chunk[..n])).await {
+                Err(_) => {
+                    return Err(ForwardError::ResponseTimeout {
+                        addr,
+                        timeout: limit,
+                    });
+                }
+                Ok(Err(e)) => {
+                    return Err(ForwardError::UploadAborted {
+                        addr,
+                        reason: e.to_string(),
+                    });
+                }
+                Ok(Ok(())) => {}
+            }
+        }
+        Ok(false)
     }
 }

@@ -18,7 +18,8 @@
 //! request gets the same status and body text from either codec, and the
 //! codec is only ever stricter than hyper. HTTP/2 (ALPN or preface),
 //! upgrades, `Expect`, chunked uploads, HTTP/1.0 and HTTP/2 backends all
-//! go that way.
+//! go that way. `Content-Length` bodies are served here, streamed to the
+//! backend as it takes them.
 //!
 //! - [`parse`]: heads into offsets, framing checks, what goes to hyper.
 //! - [`framing`]: a chunked body checked as it passes.
