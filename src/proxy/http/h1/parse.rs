@@ -232,7 +232,7 @@ pub fn response<'h, 'b>(
     if !crlf_only(&buf[..len]) {
         return Err(ResponseError::Malformed);
     }
-    let (Some(code), Some(version)) = (resp.code, resp.version) else {
+    let (Some(code @ 100..), Some(version)) = (resp.code, resp.version) else {
         return Err(ResponseError::Malformed);
     };
     let mut length = None;

@@ -155,4 +155,9 @@ fn response_framing_is_one_length_chunked_alone_none_or_close() {
         framing_of("HTTP/1.1 2000 OK\r\n\r\n", false),
         Err(ResponseError::Malformed)
     );
+    // Below 100 is no status at all (not an informational one to skip).
+    assert_eq!(
+        framing_of("HTTP/1.1 099 Early\r\n\r\n", false),
+        Err(ResponseError::Malformed)
+    );
 }
