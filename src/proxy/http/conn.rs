@@ -432,7 +432,6 @@ async fn serve_http<IO: ClientIo>(mut io: IO, a: Accepted<'_>, h2: bool) {
         idle: cfg.idle_timeout,
         send: cfg.send_timeout,
     };
-    let header_timeout = timeouts.header;
     let mut replay = Vec::new();
     if !h2 && cfg.http1_codec == config::Http1Codec::Vipd {
         let limits = h1::Limits {
@@ -452,8 +451,24 @@ async fn serve_http<IO: ClientIo>(mut io: IO, a: Accepted<'_>, h2: bool) {
             conn.state.bytes_read();
         }
     }
+    // Boxed: the codec's connection (the common case) then does not carry
+    // hyper's connection state in its task while it waits.
+    let io = h1::Rewind::new(replay, io);
+    Box::pin(serve_hyper(io, conn, server, timeouts, a.shutdown)).await
+}
+
+/// hyper's server over the rest of the connection, with the watchdog of
+/// vipd's header, idle and send clocks.
+async fn serve_hyper<IO: ClientIo>(
+    io: h1::Rewind<IO>,
+    conn: Arc<Conn>,
+    server: Arc<auto::Builder<TokioExecutor>>,
+    timeouts: Timeouts,
+    shutdown: Shutdown,
+) {
+    let header_timeout = timeouts.header;
     let io = TokioIo::new(Watched {
-        inner: h1::Rewind::new(replay, io),
+        inner: io,
         conn: conn.clone(),
     });
     let svc_conn = conn.clone();
@@ -478,7 +493,7 @@ async fn serve_http<IO: ClientIo>(mut io: IO, a: Accepted<'_>, h2: bool) {
                 }
                 return;
             }
-            _ = a.shutdown.triggered(), if !graceful => {
+            _ = shutdown.triggered(), if !graceful => {
                 served.as_mut().graceful_shutdown();
                 graceful = true;
             }
