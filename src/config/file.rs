@@ -76,6 +76,7 @@ pub(super) struct RawListener {
     pub(super) max_header_bytes: Option<usize>,
     pub(super) max_headers: Option<usize>,
     pub(super) upgrades: Option<Vec<String>>,
+    pub(super) http1_codec: Option<String>,
 }
 
 /// One backend inside a pool.

@@ -268,6 +268,21 @@ pub struct Listener {
     /// after a `101`; others are stripped and the request is forwarded as a
     /// plain one (`http`/`https`). Never `h2c`.
     pub upgrades: Vec<String>,
+    /// Which code serves plain HTTP/1.1 requests (`http`/`https`): vipd's
+    /// pass-through codec by default; `hyper` is a diagnostic switch.
+    pub http1_codec: Http1Codec,
+}
+
+/// Which codec serves plain HTTP/1.1 requests on a listener. HTTP/2,
+/// upgrades and everything unusual go to hyper either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Http1Codec {
+    /// The pass-through codec (`proxy::http::h1`).
+    #[default]
+    Vipd,
+    /// hyper for every request, as before the pass-through codec (a
+    /// diagnostic, and the reference the codec is tested against).
+    Hyper,
 }
 
 /// Scheduling algorithm, named as in ipvsadm: one enum for both tiers. The

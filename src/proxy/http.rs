@@ -16,9 +16,13 @@
 //!
 //! - [`route`]: vhost and path tables, rebuilt per configuration.
 //! - [`upstream`]: the per-pool backend clients, kept across reloads.
-//! - [`conn`]: one client connection, its header, send and idle deadlines,
+//! - [`h1`]: the pass-through HTTP/1.1 codec, served in the connection's
+//!   task.
+//! - [`conn`]: one client connection (the seam between the codecs), its header, send and idle deadlines,
 //!   and shutdown.
-//! - [`service`]: the request path: one host, plan, forward, tunnels.
+//! - [`plan`]: routing a request head (either codec's) to a backend or a
+//!   local answer.
+//! - [`service`]: the hyper request path: forward, tunnels.
 //! - [`headers`]: hop-by-hop, forwarding and upgrade headers, trailers.
 //! - [`body`]: body limits and idle deadlines, byte counts, the end of an
 //!   exchange.
@@ -27,7 +31,9 @@
 pub mod access;
 pub mod body;
 pub mod conn;
+pub mod h1;
 pub mod headers;
+pub mod plan;
 pub mod route;
 pub mod service;
 pub mod upstream;

@@ -191,6 +191,23 @@ pub(super) fn listener(
     let (max_header_bytes, max_headers) = header_limits(c, &span, &p, &raw, protocol);
     let upgrades = upgrades(c, &span, &p, &raw, protocol);
     let (request_body_timeout, send_timeout) = transfer_timeouts(c, &span, &p, &raw, protocol);
+    let http1_codec = c.choice(
+        &span,
+        &p,
+        "http1_codec",
+        &raw.http1_codec,
+        &[(Http1Codec::Vipd, "vipd"), (Http1Codec::Hyper, "hyper")],
+        Http1Codec::Vipd,
+    );
+    if raw.http1_codec.is_some() && !protocol.is_http() {
+        c.report(
+            &span,
+            &p,
+            Some("http1_codec"),
+            "`http1_codec` picks how HTTP requests are parsed, and this listener does not speak HTTP",
+            "remove it, or use protocol \"http\" or \"https\"",
+        );
+    }
     let max_connections = c.number(
         &span,
         &p,
@@ -273,6 +290,7 @@ pub(super) fn listener(
         max_header_bytes,
         max_headers,
         upgrades,
+        http1_codec,
         name,
     }
 }

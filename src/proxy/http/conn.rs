@@ -1,6 +1,12 @@
-//! One client connection: hyper's HTTP/1.1 + HTTP/2 server over the client
-//! stream, with vipd's own header-read (slowloris), send and idle keep-alive
-//! timeouts, and graceful shutdown.
+//! One client connection: the seam between the two codecs, then hyper's
+//! HTTP/1.1 + HTTP/2 server over the client stream, with vipd's own
+//! header-read (slowloris), send and idle keep-alive timeouts, and graceful
+//! shutdown.
+//!
+//! An HTTP/1.1 connection (no `h2` by ALPN) is served first by the
+//! pass-through codec ([`super::h1`]) unless the listener's `http1_codec`
+//! is `hyper`; when the codec meets a request it does not serve, hyper
+//! takes the rest of the connection with the unserved bytes replayed.
 //!
 //! hyper's own `header_read_timeout` also runs while a keep-alive connection
 //! waits for its next request, which would tie the idle timeout to the
@@ -39,6 +45,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::h1::{self, ClientIo};
 use super::headers::Peer;
 use super::route::Arrival;
 use super::service;
@@ -201,7 +208,8 @@ impl ConnState {
         (since != 0).then(|| self.epoch + Duration::from_millis(since - 1))
     }
 
-    fn bytes_read(&self) {
+    /// Bytes of a request head arrived (the header clock starts).
+    pub(super) fn bytes_read(&self) {
         if self.inflight.load(Ordering::Relaxed) == 0
             && self.head_since.load(Ordering::Relaxed) == 0
         {
@@ -374,22 +382,26 @@ pub async fn accept(stream: TcpStream, a: Accepted<'_>, snap: &Snapshot) {
     };
     a.stats.record_handshake(kind, started.elapsed());
     let sni = tls.get_ref().1.server_name().map(str::to_owned);
-    serve(
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    serve_http(
         tls,
         Accepted {
             sni: sni.as_deref(),
             ..a
         },
+        h2,
     )
     .await
 }
 
 /// Serve HTTP on one client stream until the client leaves, a timeout
 /// closes it, or shutdown has drained it.
-pub async fn serve<IO>(io: IO, a: Accepted<'_>)
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+pub async fn serve<IO: ClientIo>(io: IO, a: Accepted<'_>) {
+    serve_http(io, a, false).await
+}
+
+/// [`serve`], knowing whether ALPN chose HTTP/2 (then hyper serves it all).
+async fn serve_http<IO: ClientIo>(mut io: IO, a: Accepted<'_>, h2: bool) {
     let cfg = a.listener;
     let https = cfg.protocol == config::Protocol::Https;
     let server = a
@@ -424,6 +436,40 @@ where
         idle: cfg.idle_timeout,
         send: cfg.send_timeout,
     };
+    let mut replay = Vec::new();
+    if !h2 && cfg.http1_codec == config::Http1Codec::Vipd {
+        let limits = h1::Limits {
+            opened: conn.state.epoch,
+            header: cfg.header_timeout,
+            idle: cfg.idle_timeout,
+            send: cfg.send_timeout,
+            max_header_bytes: cfg.max_header_bytes,
+            max_headers: cfg.max_headers,
+        };
+        match h1::serve(&mut io, &conn, &limits).await {
+            h1::Served::Closed => return,
+            h1::Served::HandOff(bytes) => replay = bytes,
+        }
+        // The head hyper reads next began arriving before the hand-off.
+        if !replay.is_empty() {
+            conn.state.bytes_read();
+        }
+    }
+    // Boxed: the codec's connection (the common case) then does not carry
+    // hyper's connection state in its task while it waits.
+    let io = h1::Rewind::new(replay, io);
+    Box::pin(serve_hyper(io, conn, server, timeouts, a.shutdown)).await
+}
+
+/// hyper's server over the rest of the connection, with the watchdog of
+/// vipd's header, idle and send clocks.
+async fn serve_hyper<IO: ClientIo>(
+    io: h1::Rewind<IO>,
+    conn: Arc<Conn>,
+    server: Arc<auto::Builder<TokioExecutor>>,
+    timeouts: Timeouts,
+    shutdown: Shutdown,
+) {
     let header_timeout = timeouts.header;
     let io = TokioIo::new(Watched {
         inner: io,
@@ -451,7 +497,7 @@ where
                 }
                 return;
             }
-            _ = a.shutdown.triggered(), if !graceful => {
+            _ = shutdown.triggered(), if !graceful => {
                 served.as_mut().graceful_shutdown();
                 graceful = true;
             }

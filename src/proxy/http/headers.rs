@@ -47,7 +47,7 @@ fn is_claim(name: &str) -> bool {
 /// claim from an untrusted client, or, from anyone, a claim spelt with `_`
 /// for `-`. CGI, WSGI and Rack read `X_Forwarded_For` as the same variable
 /// as `X-Forwarded-For`, and no proxy writes that spelling.
-fn forged(name: &str, trusted: bool) -> bool {
+pub(super) fn forged(name: &str, trusted: bool) -> bool {
     if name.contains('_') {
         return is_claim(&name.replace('_', "-"));
     }
@@ -143,13 +143,13 @@ const FIXED_HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// Whether `name` (lower case, as `HeaderName`s are) is in [`FIXED_HOP_BY_HOP`].
-fn is_fixed_hop_by_hop(name: &str) -> bool {
+pub(super) fn is_fixed_hop_by_hop(name: &str) -> bool {
     FIXED_HOP_BY_HOP.contains(&name)
 }
 
 /// Whether a `Connection` token names a header that [`strip_hop_by_hop`]
 /// handles without the token: a fixed hop-by-hop header, or `Upgrade`.
-fn handled_without_token(token: &[u8]) -> bool {
+pub(super) fn handled_without_token(token: &[u8]) -> bool {
     token.eq_ignore_ascii_case(b"upgrade")
         || FIXED_HOP_BY_HOP
             .iter()
@@ -267,6 +267,16 @@ impl Peer {
     pub fn proto(&self) -> &'static str {
         self.proto
     }
+
+    /// The client's address as an `X-Forwarded-For` element.
+    pub(super) fn xff(&self) -> &[u8] {
+        self.xff.as_bytes()
+    }
+
+    /// The client's address as an RFC 7239 `for=` node.
+    pub(super) fn node(&self) -> &str {
+        &self.node
+    }
 }
 
 /// What [`add_forwarding`] adds beyond the `X-Forwarded-*` headers.
@@ -349,7 +359,7 @@ pub fn add_forwarding(
 /// quote can occur), but this keeps any byte from ending the string and
 /// starting an element of its own. (`for` and `proto` are written by vipd
 /// itself: a token, or a quoted bracketed IPv6 literal.)
-fn push_quoted(out: &mut Vec<u8>, value: &[u8]) {
+pub(super) fn push_quoted(out: &mut Vec<u8>, value: &[u8]) {
     out.push(b'"');
     for &b in value {
         if matches!(b, b'"' | b'\\') {
@@ -362,11 +372,7 @@ fn push_quoted(out: &mut Vec<u8>, value: &[u8]) {
 
 /// Append this proxy to `Via`, naming the protocol version it received.
 pub fn add_via(headers: &mut HeaderMap, version: Version) {
-    let me: &'static str = match version {
-        Version::HTTP_10 => "1.0 vipd",
-        Version::HTTP_2 => "2 vipd",
-        _ => "1.1 vipd",
-    };
+    let me = via_element(version);
     let value = match joined(headers, &header::VIA) {
         Some(mut v) => {
             v.extend_from_slice(b", ");
@@ -376,6 +382,15 @@ pub fn add_via(headers: &mut HeaderMap, version: Version) {
         None => HeaderValue::from_static(me),
     };
     headers.insert(header::VIA, value);
+}
+
+/// This proxy's `Via` element for a message received in `version`.
+pub(super) fn via_element(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_10 => "1.0 vipd",
+        Version::HTTP_2 => "2 vipd",
+        _ => "1.1 vipd",
+    }
 }
 
 /// All non-empty values of `name` joined with `, ` (empty list elements

@@ -2,6 +2,12 @@
 //! every client connection and thread, kept across reloads while the
 //! pool's connection settings stay the same.
 //!
+//! The pass-through HTTP/1.1 codec ([`super::h1`]) takes plain TCP
+//! connections ([`Upstream::checkout_raw`]) from idle lists sharded by
+//! worker thread: each worker takes and returns connections under a lock
+//! no other worker touches (uncontended), so the hot path shares no cache
+//! line between cores, while the sweeper still closes what expires.
+//!
 //! HTTP/1.1 backends get a pool of idle keep-alive connections per backend
 //! address (newest first, at most `max_idle`, closed after `idle_timeout`);
 //! a connection goes back to it when its response body has been read to the
@@ -124,6 +130,23 @@ impl Upstream {
         parts.authority = Some(authority);
         parts.path_and_query = Some(path);
         Uri::from_parts(parts).expect("scheme, authority and path make a URI")
+    }
+
+    /// A plain TCP connection to `addr` for the pass-through codec: an idle
+    /// one of this worker's (true: reused, so it may turn out closed), or a
+    /// new one within `connect_timeout`.
+    pub async fn checkout_raw(&self, addr: SocketAddr) -> Result<(TcpStream, bool), ForwardError> {
+        if let Some(s) = self.conns.take_raw(addr) {
+            return Ok((s, true));
+        }
+        let io = self.conns.connect(addr).await?;
+        Ok((io.into_inner(), false))
+    }
+
+    /// Give back a connection whose response was read in full, exactly to
+    /// its end, after a request sent in full.
+    pub fn release_raw(&self, addr: SocketAddr, stream: TcpStream) {
+        self.conns.put_raw(addr, stream);
     }
 
     /// Send `req` to backend `addr` over a pooled or new connection and wait
@@ -337,9 +360,32 @@ struct Idle {
     since: Instant,
 }
 
+/// Shards of the raw idle lists: more than the workers of most hosts.
+const RAW_SHARDS: usize = 16;
+
+/// The shard of the calling worker thread.
+fn raw_shard() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % RAW_SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+/// An idle plain TCP connection of the pass-through codec.
+struct RawIdle {
+    stream: TcpStream,
+    since: Instant,
+}
+
+type RawLists = Mutex<HashMap<SocketAddr, Vec<RawIdle>>>;
+
 /// The connections of one pool, by backend address.
 struct Conns {
     settings: Settings,
+    /// Pass-through codec: idle connections, oldest first, per worker.
+    raw: [RawLists; RAW_SHARDS],
     /// HTTP/1.1: idle connections, oldest first.
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
     /// HTTP/2: the shared connection of each backend.
@@ -352,6 +398,7 @@ impl Conns {
     fn new(settings: Settings) -> Self {
         Self {
             settings,
+            raw: std::array::from_fn(|_| Mutex::default()),
             idle: Mutex::default(),
             shared: Mutex::default(),
             sweeping: false.into(),
@@ -486,8 +533,51 @@ impl Conns {
                     list.retain(|i| i.since.elapsed() < limit && !i.conn.sender.is_closed());
                     !list.is_empty()
                 });
+                for shard in &conns.raw {
+                    lock(shard).retain(|_, list| {
+                        list.retain(|i| i.since.elapsed() < limit);
+                        !list.is_empty()
+                    });
+                }
             }
         });
+    }
+
+    /// The newest live idle raw connection to `addr` of this worker.
+    fn take_raw(&self, addr: SocketAddr) -> Option<TcpStream> {
+        let mut lists = lock(&self.raw[raw_shard()]);
+        let list = lists.get_mut(&addr)?;
+        while let Some(newest) = list.pop() {
+            if newest.since.elapsed() >= self.settings.idle_timeout {
+                // The newest expired, so have all the others.
+                list.clear();
+                return None;
+            }
+            // Closed by the backend (or it sent something unasked): gone.
+            let mut probe = [0u8; 1];
+            match newest.stream.try_read(&mut probe) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(newest.stream),
+                _ => continue,
+            }
+        }
+        None
+    }
+
+    fn put_raw(self: &Arc<Self>, addr: SocketAddr, stream: TcpStream) {
+        if self.settings.max_idle == 0 {
+            return;
+        }
+        let mut lists = lock(&self.raw[raw_shard()]);
+        let list = lists.entry(addr).or_default();
+        if list.len() >= self.settings.max_idle {
+            list.remove(0);
+        }
+        list.push(RawIdle {
+            stream,
+            since: Instant::now(),
+        });
+        drop(lists);
+        self.start_sweeping();
     }
 
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
@@ -499,6 +589,10 @@ impl Conns {
     ) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, http2::SendRequest<RequestBody>>> {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A handshake that fails on a new connection counts as failing to connect:
