@@ -32,6 +32,10 @@ enum Command {
         config: PathBuf,
     },
     /// Validate a configuration file without binding anything (like nginx -t).
+    #[command(after_help = "Exit status:\n  \
+        0   the configuration is valid (certificates and keys read and matched)\n  \
+        64  the configuration has errors (each printed as file:line:column: field: problem, then its fix)\n  \
+        66  the configuration file cannot be read (missing, not a regular file, too large, not UTF-8)")]
     Check {
         /// Configuration file (TOML).
         #[arg(short, long)]
@@ -93,12 +97,12 @@ fn main() -> ExitCode {
                     }
                 }
                 println!(
-                    "{}: configuration OK ({} listeners, {} pools, {} vhosts, {} IPVS services)",
+                    "{}: configuration OK ({}, {}, {}, {})",
                     config.display(),
-                    c.listeners.len(),
-                    c.pools.len(),
-                    c.vhosts.len(),
-                    c.ipvs.services.len()
+                    count(c.listeners.len(), "listener"),
+                    count(c.pools.len(), "pool"),
+                    count(c.vhosts.len(), "vhost"),
+                    count(c.ipvs.services.len(), "IPVS service")
                 );
                 ExitCode::SUCCESS
             }
@@ -151,6 +155,11 @@ fn gen_cert(
         key.display().to_string()
     );
     Ok(())
+}
+
+/// "1 listener", "2 listeners".
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 fn config_failure(e: &ConfigError) -> ExitCode {

@@ -33,8 +33,8 @@ pool = "nope"
     assert_eq!(
         problems(&text),
         vec![
-            "3:1: global.workerz: unknown field `workerz`, expected one of `workers`, `grace_period`, `max_connections`, `log_format`, `access_log`, `user`, `group`\n    fix: remove it, or correct its spelling to one of the fields listed",
             "2:1: global.grace_period: invalid duration \"3 parsecs\": unknown unit \"parsecs\"\n    fix: write a number with a unit: \"500ms\", \"30s\", \"5m\", \"1h\" or \"1d\"",
+            "3:1: global.workerz: unknown field `workerz`\n    fix: did you mean `workers`?",
             "7:1: listener \"www\".bind: invalid socket address \"192.0.2.10\"\n    fix: write an IP address and a port: \"192.0.2.10:80\" or \"[2001:db8::10]:443\" (host names are not resolved)",
             "8:1: listener \"www\".protocol: unknown value \"htp\"\n    fix: use one of \"tcp\", \"tls\", \"http\", \"https\"",
             "9:1: listener \"www\".pool: no pool is named \"nope\"\n    fix: define a [[pool]] with name = \"nope\", or use one of: web",
@@ -95,10 +95,123 @@ pool = "web"
     assert_eq!(
         problems(&text),
         vec![
-            "7:1: listener[0].backlog: invalid type: string \"lots\", expected u32\n    fix: give the value the type shown (see the configuration reference in README.md)",
-            "13:1: listener \"b\".persistence: no persistence group is named \"sticky\"\n    fix: define [[persistence]] with name = \"sticky\"",
+            "7:1: listener \"a\".backlog: invalid type: string \"lots\", expected u32\n    fix: give the value the type shown (see the configuration reference in README.md)",
             "11:1: listener \"b\".bind: 127.0.0.1:80 is already bound by another listener\n    fix: give each listener its own address:port; one listener can serve many vhosts",
+            "13:1: listener \"b\".persistence: no persistence group is named \"sticky\"\n    fix: define [[persistence]] with name = \"sticky\"",
         ]
+    );
+}
+
+const LISTENER: &str = r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8080"
+protocol = "http"
+vhosts = ["site"]
+
+[[vhost]]
+name = "site"
+hosts = ["a.test"]
+pool = "app"
+"#;
+
+#[test]
+fn a_misspelled_field_in_one_backend_is_one_error_at_its_own_line_and_column() {
+    let text = format!(
+        r#"{LISTENER}
+[[pool]]
+name = "app"
+backends = [
+  {{ address = "192.0.2.21:80" }},
+  {{ address = "192.0.2.22:80", wieght = 2 }},
+]
+"#
+    );
+    assert_eq!(
+        problems(&text),
+        vec![
+            "17:32: pool \"app\".backends[1].wieght: unknown field `wieght`\n    fix: did you mean `weight`?"
+        ]
+    );
+}
+
+#[test]
+fn mistakes_in_backend_tables_and_health_are_each_reported_once_where_written() {
+    let text = format!(
+        r#"{LISTENER}
+[[pool]]
+name = "app"
+[[pool.backends]]
+address = "192.0.2.21:80"
+weight = "heavy"
+[[pool.backends]]
+  adress = "192.0.2.22:80"
+[pool.health]
+kind = "tcp"
+intervall = "1s"
+"#
+    );
+    assert_eq!(
+        problems(&text),
+        vec![
+            "17:1: pool \"app\".backends[0].weight: invalid type: string \"heavy\", expected u32\n    fix: give the value the type shown (see the configuration reference in README.md)",
+            "19:3: pool \"app\".backends[1].adress: unknown field `adress`\n    fix: did you mean `address`?",
+            "22:1: pool \"app\".health.intervall: unknown field `intervall`\n    fix: did you mean `interval`?",
+        ]
+    );
+}
+
+#[test]
+fn a_name_of_the_wrong_type_is_one_error_not_also_a_missing_name() {
+    let text = format!(
+        r#"{LISTENER}
+[[pool]]
+name = "app"
+backends = [{{ address = "192.0.2.21:80" }}]
+
+[[pool]]
+name = 5
+backends = [{{ address = "192.0.2.22:80" }}]
+"#
+    );
+    assert_eq!(
+        problems(&text),
+        vec![
+            "18:1: pool[1].name: invalid type: integer `5`, expected a string\n    fix: give the value the type shown (see the configuration reference in README.md)"
+        ]
+    );
+}
+
+#[test]
+fn a_field_far_from_every_known_name_gets_the_list_instead_of_a_guess() {
+    let text = format!(
+        r#"{LISTENER}
+[[pool]]
+name = "app"
+backends = [{{ address = "192.0.2.21:80", colour = "blue" }}]
+"#
+    );
+    assert_eq!(
+        problems(&text),
+        vec![
+            "15:42: pool \"app\".backends[0].colour: unknown field `colour`\n    fix: remove it, or use one of the fields here: `address`, `weight`"
+        ]
+    );
+}
+
+#[test]
+fn check_help_lists_the_exit_codes() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vipd"))
+        .args(["check", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        help.ends_with(
+            "Exit status:\n  0   the configuration is valid (certificates and keys read and matched)\n  64  the configuration has errors (each printed as file:line:column: field: problem, then its fix)\n  66  the configuration file cannot be read (missing, not a regular file, too large, not UTF-8)\n"
+        ),
+        "{help}"
     );
 }
 
@@ -163,7 +276,7 @@ fn check_exits_0_on_a_good_file_64_on_a_bad_one_and_66_on_a_missing_one() {
     let (code, stdout, _) = vipd_check(&good);
     assert_eq!(code, Some(0));
     assert!(
-        stdout.contains("configuration OK (1 listeners, 1 pools"),
+        stdout.contains("configuration OK (1 listener, 1 pool, 0 vhosts, 0 IPVS services)"),
         "{stdout}"
     );
 

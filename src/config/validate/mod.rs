@@ -19,6 +19,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod admin;
+mod entry;
 mod ipvs;
 mod listener;
 mod pool;
@@ -72,6 +73,12 @@ struct Checker<'a> {
     problems: Vec<Problem>,
     /// Problems found past [`MAX_PROBLEMS`].
     unlisted: usize,
+    /// The file as a tree that keeps every key's position, for
+    /// [`Self::entry`]; `None` for a file TOML could not read.
+    doc: Option<toml_edit::ImDocument<&'a str>>,
+    /// Keys [`Self::entry`] reported and dropped: (start of their entry,
+    /// path inside it).
+    dropped: Vec<(usize, String)>,
 }
 
 impl<'a> Checker<'a> {
@@ -81,11 +88,16 @@ impl<'a> Checker<'a> {
             newlines: src.match_indices('\n').map(|(i, _)| i).collect(),
             problems: Vec::new(),
             unlisted: 0,
+            doc: toml_edit::ImDocument::parse(src).ok(),
+            dropped: Vec::new(),
         }
     }
 
-    /// Every problem found, the unlisted ones summed up in a last one.
+    /// Every problem found, in the order of the file, the unlisted ones
+    /// summed up in a last one.
     fn finish(mut self) -> Vec<Problem> {
+        self.problems
+            .sort_by_key(|p| (p.line.unwrap_or(usize::MAX), p.column.unwrap_or(0)));
         if self.unlisted > 0 {
             self.problems.push(Problem {
                 line: None,
@@ -134,59 +146,41 @@ impl<'a> Checker<'a> {
         problem: impl Into<String>,
         fix: impl Into<String>,
     ) {
-        if self.problems.len() >= MAX_PROBLEMS {
-            self.unlisted += 1;
-            return;
-        }
-        let (line, column) = self.locate(span, field);
         let full = match field {
             Some(f) => format!("{path}.{f}"),
             None => path.to_string(),
         };
+        if field.is_some() && self.dropped(span, &full) {
+            return;
+        }
+        let at = self.locate(span, field);
+        self.push(at, full, problem.into(), fix.into());
+    }
+
+    /// Report a problem at `offset` in the file; `field` is its full path.
+    fn report_at(
+        &mut self,
+        offset: usize,
+        field: String,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        let at = self.position(offset);
+        self.push(at, field, problem.into(), fix.into());
+    }
+
+    fn push(&mut self, (line, column): (usize, usize), field: String, problem: String, fix: String) {
+        if self.problems.len() >= MAX_PROBLEMS {
+            self.unlisted += 1;
+            return;
+        }
         self.problems.push(Problem {
             line: Some(line),
             column: Some(column),
-            field: full,
-            problem: problem.into(),
-            fix: fix.into(),
+            field,
+            problem,
+            fix,
         });
-    }
-
-    /// Deserialize one entry, reporting serde problems. An unknown field is
-    /// reported and dropped, and the entry read again, so that one typo does
-    /// not hide the entry's other problems.
-    fn entry<T: for<'de> Deserialize<'de> + Default>(
-        &mut self,
-        table: &Spanned<toml::Table>,
-        path: &str,
-    ) -> T {
-        let mut fields = table.get_ref().clone();
-        loop {
-            match T::deserialize(toml::Value::Table(fields.clone())) {
-                Ok(raw) => return raw,
-                Err(e) => {
-                    let msg = e.message().trim().to_string();
-                    let unknown = msg.starts_with("unknown field");
-                    let field = if unknown {
-                        backticked(&msg).filter(|f| fields.contains_key(f.as_str()))
-                    } else {
-                        culprit::<T>(&fields, &msg)
-                    };
-                    let fix = if unknown {
-                        "remove it, or correct its spelling to one of the fields listed"
-                    } else {
-                        "give the value the type shown (see the configuration reference in README.md)"
-                    };
-                    self.report(&table.span(), path, field.as_deref(), msg, fix);
-                    match field {
-                        Some(f) => {
-                            fields.remove(&f);
-                        }
-                        _ => return T::default(),
-                    }
-                }
-            }
-        }
     }
 
     fn required<'v>(
@@ -199,6 +193,7 @@ impl<'a> Checker<'a> {
     ) -> Option<&'v str> {
         match value {
             Some(v) => Some(v.as_str()),
+            None if self.dropped(span, &format!("{path}.{field}")) => None,
             None => {
                 self.report(
                     span,
@@ -354,6 +349,7 @@ impl<'a> Checker<'a> {
         index: usize,
     ) -> String {
         match name {
+            None if self.dropped(span, &format!("{path}.name")) => format!("#{index}"),
             None => {
                 self.report(
                     span,
@@ -398,26 +394,6 @@ impl<'a> Checker<'a> {
             }
         }
     }
-}
-
-/// The key whose removal makes a type error go away: serde's message for a
-/// wrong type does not name the field, so find it by elimination.
-fn culprit<T: for<'de> Deserialize<'de>>(fields: &toml::Table, msg: &str) -> Option<String> {
-    fields.keys().find_map(|k| {
-        let mut fewer = fields.clone();
-        fewer.remove(k);
-        match T::deserialize(toml::Value::Table(fewer)) {
-            Ok(_) => Some(k.clone()),
-            Err(e) if e.message().trim() != msg => Some(k.clone()),
-            Err(_) => None,
-        }
-    })
-}
-
-fn backticked(msg: &str) -> Option<String> {
-    let start = msg.find('`')? + 1;
-    let len = msg[start..].find('`')?;
-    Some(msg[start..start + len].to_string())
 }
 
 /// Parse "500ms", "30s", "5m", "1h", "1d" or a bare number of seconds.

@@ -1,0 +1,250 @@
+//! Reading one section entry into its raw serde type, one problem per
+//! mistake.
+//!
+//! serde stops at the first unknown or mistyped key, anywhere inside the
+//! entry (a typo in the third backend of a pool), and its message names
+//! neither the line nor the path. The entry is therefore read from the
+//! spanned `toml_edit` tree of the file: the error's span finds the key at
+//! fault, the problem is reported at that key with its full path and a fix,
+//! the key is dropped and the entry read again. So one typo gives one
+//! problem at its own line, and the rest of the entry (its name, its other
+//! backends) is still read and checked. Later checks stay quiet about a
+//! key dropped here ([`Checker::dropped`]).
+
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml_edit::{Item, Value};
+
+use super::Checker;
+
+impl Checker<'_> {
+    /// Deserialize one entry of a section (`t`, as the skeleton read it),
+    /// reporting each serde problem at its key and reading the rest.
+    pub(super) fn entry<T: for<'de> Deserialize<'de> + Default>(
+        &mut self,
+        t: &Spanned<toml::Table>,
+        path: &str,
+    ) -> T {
+        let span = t.span();
+        let found = self.spanned_entry(&span, path);
+        let named;
+        let path = match (path.split_once('['), t.get_ref().get("name")) {
+            (Some((section, _)), Some(toml::Value::String(name))) => {
+                named = format!("{section} {name:?}");
+                named.as_str()
+            }
+            _ => path,
+        };
+        let Some(mut value) = found else {
+            // not found in the spanned tree: read it without positions
+            return T::deserialize(toml::Value::Table(t.get_ref().clone())).unwrap_or_default();
+        };
+        loop {
+            let err = match T::deserialize(serde::de::IntoDeserializer::into_deserializer(
+                value.clone(),
+            )) {
+                Ok(raw) => return raw,
+                Err(e) => e,
+            };
+            let msg = err.message().trim().to_string();
+            let found = err.span().and_then(|at| drop_key(&mut value, &at, ""));
+            let Some((rel, offset)) = found else {
+                self.report(&span, path, None, msg, TYPE_FIX);
+                return T::default();
+            };
+            let field = format!("{path}.{rel}");
+            let (problem, fix, meant) = explain(&msg);
+            self.report_at(offset, field, problem, fix);
+            if let Some(meant) = meant {
+                // `adress` dropped: `address` is not missing, it is misspelled
+                let head = rel.rsplit_once('.').map_or("", |(head, _)| head);
+                let sep = if head.is_empty() { "" } else { "." };
+                self.dropped.push((span.start, format!("{head}{sep}{meant}")));
+            }
+            self.dropped.push((span.start, rel));
+        }
+    }
+
+    /// The entry spanning `span` in the spanned tree, as a value (`[ipvs]`
+    /// has no span of its own: it is found by its name).
+    fn spanned_entry(&self, span: &Range<usize>, path: &str) -> Option<Value> {
+        let doc = self.doc.as_ref()?;
+        if !path.contains('[') {
+            return doc.get(path).and_then(|item| as_value(item.clone()));
+        }
+        doc.iter().find_map(|(_, item)| match item {
+            Item::Table(t) if t.span().as_ref() == Some(span) => as_value(item.clone()),
+            Item::ArrayOfTables(a) => a
+                .iter()
+                .find(|t| t.span().as_ref() == Some(span))
+                .map(|t| Value::InlineTable(t.clone().into_inline_table())),
+            Item::Value(Value::Array(a)) => a
+                .iter()
+                .find(|v| v.span().as_ref() == Some(span))
+                .cloned(),
+            _ => None,
+        })
+    }
+
+    /// Whether `field` (a full path such as `pool "web".backends[0].address`)
+    /// of the entry spanning `span` was already reported and dropped by
+    /// [`Self::entry`]: a later "missing" or "empty" about it would be noise.
+    pub(super) fn dropped(&self, span: &Range<usize>, field: &str) -> bool {
+        self.dropped.iter().any(|(start, rel)| {
+            *start == span.start
+                && (field == rel.as_str()
+                    || field
+                        .strip_suffix(rel.as_str())
+                        .is_some_and(|head| head.ends_with('.')))
+        })
+    }
+}
+
+const TYPE_FIX: &str =
+    "give the value the type shown (see the configuration reference in README.md)";
+
+fn as_value(item: Item) -> Option<Value> {
+    match item {
+        Item::Table(t) => Some(Value::InlineTable(t.into_inline_table())),
+        Item::Value(v) => Some(v),
+        _ => None,
+    }
+}
+
+/// Remove the key (or array element) written at `at` inside `value`, or
+/// whose value is written there; return its path below `value` and the
+/// offset where it is written.
+fn drop_key(value: &mut Value, at: &Range<usize>, prefix: &str) -> Option<(String, usize)> {
+    match value {
+        Value::InlineTable(t) => {
+            let keys: Vec<String> = t.iter().map(|(k, _)| k.to_string()).collect();
+            for k in keys {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                let key_span = t.key(&k).and_then(|key| key.span());
+                let value_span = t.get(&k).and_then(Value::span);
+                if key_span.as_ref() == Some(at) || value_span.as_ref() == Some(at) {
+                    let offset = key_span.or(value_span).map_or(at.start, |s| s.start);
+                    t.remove(&k);
+                    return Some((path, offset));
+                }
+                if let Some(inner) = t.get_mut(&k) {
+                    if let Some(found) = drop_key(inner, at, &path) {
+                        return Some(found);
+                    }
+                }
+            }
+            None
+        }
+        Value::Array(a) => {
+            for i in 0..a.len() {
+                let path = format!("{prefix}[{i}]");
+                if a.get(i).and_then(Value::span).as_ref() == Some(at) {
+                    a.remove(i);
+                    return Some((path, at.start));
+                }
+                if let Some(found) = a.get_mut(i).and_then(|v| drop_key(v, at, &path)) {
+                    return Some(found);
+                }
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+/// serde's message, split into the problem and its fix: an unknown field
+/// gets the closest known name ("did you mean `weight`?"), returned too.
+fn explain(msg: &str) -> (String, String, Option<&str>) {
+    let Some(rest) = msg.strip_prefix("unknown field `") else {
+        return (msg.to_string(), TYPE_FIX.to_string(), None);
+    };
+    let name = rest.split('`').next().unwrap_or_default();
+    let known: Vec<&str> = msg
+        .split_once("expected")
+        .map(|(_, list)| list.split('`').skip(1).step_by(2).collect())
+        .unwrap_or_default();
+    let problem = format!("unknown field `{name}`");
+    let listed = known
+        .iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let meant = closest(name, &known);
+    let fix = match meant {
+        Some(k) => format!("did you mean `{k}`?"),
+        None if known.is_empty() => "remove it".to_string(),
+        None => format!("remove it, or use one of the fields here: {listed}"),
+    };
+    (problem, fix, meant)
+}
+
+/// The known name nearest to `name`, if it is near enough to be a typo:
+/// at most a third of its letters differ (one, for short names).
+fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
+    let limit = (name.chars().count() / 3).max(1);
+    known
+        .iter()
+        .map(|k| (edits(name, k), *k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions
+/// and swaps of two neighbours (`wieght` is one edit from `weight`).
+fn edits(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_swapped_pair_of_letters_is_one_edit() {
+        assert_eq!(edits("wieght", "weight"), 1);
+        assert_eq!(edits("address", "adress"), 1);
+        assert_eq!(edits("bind", "pool"), 4);
+    }
+
+    #[test]
+    fn an_unknown_field_is_explained_with_the_nearest_known_name() {
+        assert_eq!(
+            explain("unknown field `wieght`, expected `address` or `weight`"),
+            (
+                "unknown field `wieght`".to_string(),
+                "did you mean `weight`?".to_string(),
+                Some("weight")
+            )
+        );
+        assert_eq!(
+            explain("unknown field `colour`, expected `address` or `weight`").1,
+            "remove it, or use one of the fields here: `address`, `weight`"
+        );
+    }
+}
