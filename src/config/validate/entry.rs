@@ -11,6 +11,7 @@
 //! backends) is still read and checked. Later checks stay quiet about a
 //! key dropped here ([`Checker::dropped`]).
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 use serde::Deserialize;
@@ -27,6 +28,9 @@ impl Checker<'_> {
         t: &Spanned<toml::Table>,
         path: &str,
     ) -> T {
+        if let Ok(raw) = T::deserialize(toml::Value::Table(t.get_ref().clone())) {
+            return raw;
+        }
         let span = t.span();
         let found = self.spanned_entry(&span, path);
         let named;
@@ -38,8 +42,8 @@ impl Checker<'_> {
             _ => path,
         };
         let Some(mut value) = found else {
-            // not found in the spanned tree: read it without positions
-            return T::deserialize(toml::Value::Table(t.get_ref().clone())).unwrap_or_default();
+            self.report(&span, path, None, "cannot read this section", TYPE_FIX);
+            return T::default();
         };
         loop {
             let err = match T::deserialize(serde::de::IntoDeserializer::into_deserializer(
@@ -61,43 +65,46 @@ impl Checker<'_> {
                 // `adress` dropped: `address` is not missing, it is misspelled
                 let head = rel.rsplit_once('.').map_or("", |(head, _)| head);
                 let sep = if head.is_empty() { "" } else { "." };
-                self.dropped.push((span.start, format!("{head}{sep}{meant}")));
+                let meant = format!("{head}{sep}{meant}");
+                self.dropped.entry(span.start).or_default().push(meant);
             }
-            self.dropped.push((span.start, rel));
+            self.dropped.entry(span.start).or_default().push(rel);
         }
     }
 
     /// The entry spanning `span` in the spanned tree, as a value (`[ipvs]`
     /// has no span of its own: it is found by its name).
-    fn spanned_entry(&self, span: &Range<usize>, path: &str) -> Option<Value> {
-        let doc = self.doc.as_ref()?;
+    fn spanned_entry(&mut self, span: &Range<usize>, path: &str) -> Option<Value> {
+        if self.doc.is_none() {
+            let doc = toml_edit::ImDocument::parse(self.src).ok();
+            self.entries = doc.as_ref().map(entries).unwrap_or_default();
+            self.doc = Some(doc);
+        }
+        let doc = self.doc.as_ref()?.as_ref()?;
         if !path.contains('[') {
             return doc.get(path).and_then(|item| as_value(item.clone()));
         }
-        doc.iter().find_map(|(_, item)| match item {
-            Item::Table(t) if t.span().as_ref() == Some(span) => as_value(item.clone()),
+        let (key, i) = self.entries.get(&span.start)?;
+        match doc.get(key)? {
             Item::ArrayOfTables(a) => a
-                .iter()
-                .find(|t| t.span().as_ref() == Some(span))
+                .get(*i)
                 .map(|t| Value::InlineTable(t.clone().into_inline_table())),
-            Item::Value(Value::Array(a)) => a
-                .iter()
-                .find(|v| v.span().as_ref() == Some(span))
-                .cloned(),
+            Item::Value(Value::Array(a)) => a.get(*i).cloned(),
             _ => None,
-        })
+        }
     }
 
     /// Whether `field` (a full path such as `pool "web".backends[0].address`)
     /// of the entry spanning `span` was already reported and dropped by
     /// [`Self::entry`]: a later "missing" or "empty" about it would be noise.
     pub(super) fn dropped(&self, span: &Range<usize>, field: &str) -> bool {
-        self.dropped.iter().any(|(start, rel)| {
-            *start == span.start
-                && (field == rel.as_str()
+        self.dropped.get(&span.start).is_some_and(|rels| {
+            rels.iter().any(|rel| {
+                field == rel.as_str()
                     || field
                         .strip_suffix(rel.as_str())
-                        .is_some_and(|head| head.ends_with('.')))
+                        .is_some_and(|head| head.ends_with('.'))
+            })
         })
     }
 }
@@ -219,6 +226,26 @@ fn edits(a: &str, b: &str) -> usize {
         }
     }
     d[a.len()][b.len()]
+}
+
+/// Where each entry of an array of sections (`[[pool]]`, `pool = [...]`)
+/// starts, and its section and index: [`Checker::entry`] finds an entry
+/// of 100 000 in constant time.
+pub(super) fn entries(doc: &toml_edit::ImDocument<&str>) -> HashMap<usize, (String, usize)> {
+    let mut out = HashMap::new();
+    for (key, item) in doc.iter() {
+        let spans: Vec<Option<Range<usize>>> = match item {
+            Item::ArrayOfTables(a) => a.iter().map(|t| t.span()).collect(),
+            Item::Value(Value::Array(a)) => a.iter().map(Value::span).collect(),
+            _ => continue,
+        };
+        for (i, span) in spans.into_iter().enumerate() {
+            if let Some(span) = span {
+                out.insert(span.start, (key.to_string(), i));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

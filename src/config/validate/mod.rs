@@ -7,7 +7,7 @@
 //! persistence), [`vhost`], [`ipvs`], [`admin`]; [`sizes`] bounds the sizes
 //! of collections.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::{Range, RangeInclusive};
 use std::path::Path;
@@ -73,12 +73,15 @@ struct Checker<'a> {
     problems: Vec<Problem>,
     /// Problems found past [`MAX_PROBLEMS`].
     unlisted: usize,
-    /// The file as a tree that keeps every key's position, for
-    /// [`Self::entry`]; `None` for a file TOML could not read.
-    doc: Option<toml_edit::ImDocument<&'a str>>,
-    /// Keys [`Self::entry`] reported and dropped: (start of their entry,
-    /// path inside it).
-    dropped: Vec<(usize, String)>,
+    /// The file as a tree that keeps every key's position, parsed by
+    /// [`Self::entry`] at the first entry serde refuses (a valid file is
+    /// parsed once); `Some(None)` if TOML could not read it.
+    doc: Option<Option<toml_edit::ImDocument<&'a str>>>,
+    /// Where each entry of `doc` starts ([`entry::entries`]).
+    entries: HashMap<usize, (String, usize)>,
+    /// Keys [`Self::entry`] reported and dropped, by the start of their
+    /// entry: their paths inside it.
+    dropped: HashMap<usize, Vec<String>>,
 }
 
 impl<'a> Checker<'a> {
@@ -88,8 +91,9 @@ impl<'a> Checker<'a> {
             newlines: src.match_indices('\n').map(|(i, _)| i).collect(),
             problems: Vec::new(),
             unlisted: 0,
-            doc: toml_edit::ImDocument::parse(src).ok(),
-            dropped: Vec::new(),
+            doc: None,
+            entries: HashMap::new(),
+            dropped: HashMap::new(),
         }
     }
 
@@ -169,7 +173,13 @@ impl<'a> Checker<'a> {
         self.push(at, field, problem.into(), fix.into());
     }
 
-    fn push(&mut self, (line, column): (usize, usize), field: String, problem: String, fix: String) {
+    fn push(
+        &mut self,
+        (line, column): (usize, usize),
+        field: String,
+        problem: String,
+        fix: String,
+    ) {
         if self.problems.len() >= MAX_PROBLEMS {
             self.unlisted += 1;
             return;
