@@ -43,6 +43,9 @@ enum Command {
     },
     /// Run the built-in demo on localhost: two backends and the proxy in front.
     Demo,
+    /// Persistence tables of a running vipd, through its admin endpoint.
+    #[command(subcommand)]
+    Persistence(PersistenceCommand),
     /// Kernel IPVS: plan or apply a config's services, list the kernel table.
     #[command(subcommand)]
     Ipvs(vipd::ipvs::cli::IpvsCommand),
@@ -66,6 +69,24 @@ enum Command {
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PersistenceCommand {
+    /// Every group's entries, like `ipvsadm -Lnc` lists templates: group,
+    /// client prefix, backend host, open connections, expires in (mm:ss).
+    List {
+        /// Configuration file of the running vipd: its [admin] listen and
+        /// token_file say where to ask.
+        #[arg(short, long, required_unless_present = "admin")]
+        config: Option<PathBuf>,
+        /// Admin endpoint address, instead of reading it from a config.
+        #[arg(long, conflicts_with = "config")]
+        admin: Option<std::net::SocketAddr>,
+        /// Bearer token file, with --admin.
+        #[arg(long, requires = "admin")]
+        token_file: Option<PathBuf>,
     },
 }
 
@@ -127,8 +148,44 @@ fn main() -> ExitCode {
             };
             exit(vipd::ipvs::cli::run(&cmd, config.as_ref()))
         }
+        Command::Persistence(PersistenceCommand::List {
+            config,
+            admin,
+            token_file,
+        }) => {
+            let config = match config.as_deref().map(config::load).transpose() {
+                Ok(c) => c,
+                Err(e) => return config_failure(&e),
+            };
+            exit(persistence_list(
+                config.as_ref(),
+                admin,
+                token_file.as_deref(),
+            ))
+        }
         Command::Demo => exit(demo()),
     }
+}
+
+fn persistence_list(
+    config: Option<&Config>,
+    admin: Option<std::net::SocketAddr>,
+    token_file: Option<&Path>,
+) -> anyhow::Result<()> {
+    use vipd::admin::client::{self, Endpoint};
+    let endpoint = match (config, admin) {
+        (Some(c), _) => Endpoint::from_config(c)?.context(
+            "the configuration has no [admin] section: vipd serves no admin endpoint to ask",
+        )?,
+        (None, Some(addr)) => Endpoint {
+            addr,
+            token: token_file.map(client::read_token).transpose()?,
+        },
+        (None, None) => anyhow::bail!("give --config or --admin"),
+    };
+    let answer = client::get_json(&endpoint, "/api/persistence/entries")?;
+    print!("{}", client::render_persistence(&answer));
+    Ok(())
 }
 
 fn gen_cert(

@@ -360,6 +360,29 @@ impl PersistenceTable {
         row(&inner.settings, key, e, Instant::now())
     }
 
+    /// The first `limit` live entries by client prefix and the number of
+    /// live entries (`vipd persistence list`). The rows are copied under
+    /// the lock and sorted after it, so connections wait for one pass over
+    /// the table, not for the sort.
+    pub fn list_first(&self, limit: usize) -> (Vec<PersistenceEntry>, usize) {
+        let now = Instant::now();
+        let mut rows: Vec<PersistenceEntry> = {
+            let inner = self.lock();
+            inner
+                .entries
+                .iter()
+                .filter_map(|(k, e)| row(&inner.settings, *k, e, now))
+                .collect()
+        };
+        let live = rows.len();
+        if live > limit {
+            rows.select_nth_unstable_by_key(limit, |e| e.client);
+            rows.truncate(limit);
+        }
+        rows.sort_unstable_by_key(|e| e.client);
+        (rows, live)
+    }
+
     /// Every live entry, sorted by client prefix (admin listing).
     pub fn list(&self) -> Vec<PersistenceEntry> {
         let now = Instant::now();
