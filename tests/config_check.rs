@@ -297,51 +297,56 @@ fn check_exits_0_on_a_good_file_64_on_a_bad_one_and_66_on_a_missing_one() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The `vipd gen-cert` commands an example's header comment lists.
+fn gen_cert_commands(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("#   vipd gen-cert "))
+        .map(|l| {
+            l.split_whitespace()
+                .map(|w| w.trim_matches('\'').to_string())
+                .collect()
+        })
+        .collect()
+}
+
 #[test]
-fn every_shipped_example_passes_check() {
+fn every_shipped_example_passes_check_once_its_listed_certificates_are_made() {
+    use std::os::unix::fs::PermissionsExt;
+    // a copy of config/ without certificates, as a fresh clone has it
+    let root = std::env::temp_dir().join(format!("vipd-examples-{}", std::process::id()));
+    let dir = root.join("config");
+    std::fs::create_dir_all(dir.join("certs")).unwrap();
     let mut n = 0;
+    let mut keys = 0;
     for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let (code, _, stderr) = vipd_check(&path);
+            let text = std::fs::read_to_string(&path).unwrap();
+            for args in gen_cert_commands(&text) {
+                let out = Command::new(env!("CARGO_BIN_EXE_vipd"))
+                    .arg("gen-cert")
+                    .args(&args)
+                    .current_dir(&root)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{args:?}: {out:?}");
+                keys += 1;
+            }
+            let copy = dir.join(path.file_name().unwrap());
+            std::fs::write(&copy, text).unwrap();
+            let (code, _, stderr) = vipd_check(&copy);
             assert_eq!(code, Some(0), "{}: {stderr}", path.display());
             n += 1;
         }
     }
-    assert!(n >= 1, "no example configurations found");
-}
-
-#[test]
-fn an_ipvs_service_needs_no_explicit_ipvs_table() {
-    let text = r#"
-[[ipvs.service]]
-name = "web"
-address = "198.51.100.100:80"
-real_servers = [{ address = "198.51.100.11:80" }]
-"#;
-    let c = vipd::config::parse(text, Path::new("site.toml")).unwrap();
-    assert_eq!(c.ipvs.services.len(), 1);
-    assert_eq!(
-        c.ipvs.services[0].real_servers[0].address.to_string(),
-        "198.51.100.11:80"
-    );
-}
-
-#[test]
-fn dropping_privileges_is_refused_together_with_ipvs_services() {
-    let text = r#"
-[global]
-user = "nobody"
-
-[[ipvs.service]]
-name = "web"
-address = "198.51.100.100:80"
-"#;
-    let p = problems(text);
-    assert_eq!(p.len(), 1, "{p:#?}");
-    assert!(
-        p[0].starts_with("3:1: global.user: switching to user \"nobody\" drops CAP_NET_ADMIN"),
-        "{}",
-        p[0]
-    );
+    assert!(n >= 4, "{n} example configurations found");
+    assert_eq!(keys, 3, "the https example lists its three certificates");
+    for entry in std::fs::read_dir(dir.join("certs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "key") {
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", path.display());
+        }
+    }
+    std::fs::remove_dir_all(&root).unwrap();
 }
