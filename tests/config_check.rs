@@ -350,3 +350,38 @@ fn every_shipped_example_passes_check_once_its_listed_certificates_are_made() {
     }
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn an_ipvs_service_needs_no_explicit_ipvs_table() {
+    let text = r#"
+[[ipvs.service]]
+name = "web"
+address = "198.51.100.100:80"
+real_servers = [{ address = "198.51.100.11:80" }]
+"#;
+    let c = vipd::config::parse(text, Path::new("site.toml")).unwrap();
+    assert_eq!(c.ipvs.services.len(), 1);
+    assert_eq!(
+        c.ipvs.services[0].real_servers[0].address.to_string(),
+        "198.51.100.11:80"
+    );
+}
+
+#[test]
+fn dropping_privileges_is_refused_together_with_ipvs_services() {
+    let text = r#"
+[global]
+user = "nobody"
+
+[[ipvs.service]]
+name = "web"
+address = "198.51.100.100:80"
+"#;
+    let p = problems(text);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].starts_with("3:1: global.user: switching to user \"nobody\" drops CAP_NET_ADMIN"),
+        "{}",
+        p[0]
+    );
+}
