@@ -385,3 +385,35 @@ address = "198.51.100.100:80"
         p[0]
     );
 }
+
+#[test]
+fn the_session_cache_size_is_a_number_of_sessions_or_a_size_in_bytes_as_nginx_writes_it() {
+    let tls = |size: &str| {
+        let text = format!("[tls]\nsession_cache_size = {size}\n");
+        vipd::config::parse(&text, Path::new("site.toml")).map(|c| c.tls.session_cache_size)
+    };
+    assert_eq!(tls("20000").unwrap(), 20_000);
+    assert_eq!(tls("\"2m\"").unwrap(), 8192);
+    assert_eq!(tls("\"512k\"").unwrap(), 2048);
+    let defaults = vipd::config::parse("", Path::new("site.toml")).unwrap().tls;
+    assert_eq!(
+        (
+            defaults.session_timeout.as_secs(),
+            defaults.ticket_lifetime.as_secs()
+        ),
+        (300, 43_200)
+    );
+    assert_eq!(
+        problems("[tls]\nsession_cache_size = \"100m\"\n"),
+        vec![
+            "2:1: tls.session_cache_size: 409600 is outside 0..=100000 sessions (\"100m\" at 256 bytes a session)\n    fix: set `session_cache_size` between 0 and 100000 (default 20480)"
+        ]
+    );
+    assert_eq!(
+        problems("[tls]\nsession_cache_size = \"ten\"\nticket_lifetime = \"1d\"\n"),
+        vec![
+            "2:1: tls.session_cache_size: invalid size \"ten\"\n    fix: write a number of sessions (20480) or a size in bytes with a unit, as nginx does: \"512k\", \"10m\"",
+            "3:1: tls.ticket_lifetime: \"1d\" is outside 1s..=12h\n    fix: set `ticket_lifetime` between \"1s\" and \"12h\" (default \"12h\")",
+        ]
+    );
+}

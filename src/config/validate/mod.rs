@@ -703,18 +703,93 @@ fn tls_settings(c: &mut Checker<'_>, t: Option<&Spanned<toml::Table>>) -> TlsSet
             &[(TlsVersion::Tls12, "1.2"), (TlsVersion::Tls13, "1.3")],
             TlsVersion::Tls12,
         ),
-        session_cache_size: c.number(
+        session_cache_size: session_cache_size(c, &span, raw.session_cache_size.as_ref()),
+        session_timeout: c.duration_in(
             &span,
             "tls",
-            "session_cache_size",
-            raw.session_cache_size,
-            0..=MAX_SESSION_CACHE,
-            "sessions",
-            20_480,
+            "session_timeout",
+            &raw.session_timeout,
+            Duration::from_secs(300),
+            Duration::from_secs(1)..=DAY,
+        ),
+        ticket_lifetime: c.duration_in(
+            &span,
+            "tls",
+            "ticket_lifetime",
+            &raw.ticket_lifetime,
+            MAX_TICKET_LIFETIME,
+            Duration::from_secs(1)..=MAX_TICKET_LIFETIME,
         ),
         session_tickets: raw.session_tickets.unwrap_or(true),
         allow_invalid_dates: raw.allow_invalid_dates.unwrap_or(false),
     }
+}
+
+/// Bytes a cached TLS session is counted for when the size is given in
+/// bytes: nginx's estimate (about 4000 sessions a megabyte).
+const SESSION_BYTES: u64 = 256;
+
+/// Longest ticket lifetime: rustls rotates ticket keys every 6 hours and
+/// accepts a ticket for two rotations at most.
+const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+
+/// `[tls] session_cache_size` in entries, from a number of sessions or a
+/// size in bytes (`"10m"`, `"512k"`).
+fn session_cache_size(
+    c: &mut Checker<'_>,
+    span: &Range<usize>,
+    raw: Option<&RawCacheSize>,
+) -> usize {
+    const DEFAULT: usize = 20_480;
+    let entries = match raw {
+        None => return DEFAULT,
+        Some(RawCacheSize::Entries(n)) => usize::try_from(*n).unwrap_or(usize::MAX),
+        Some(RawCacheSize::Bytes(text)) => match parse_bytes(text) {
+            Some(bytes) => usize::try_from(bytes / SESSION_BYTES).unwrap_or(usize::MAX),
+            None => {
+                c.report(
+                    span,
+                    "tls",
+                    Some("session_cache_size"),
+                    format!("invalid size {text:?}"),
+                    "write a number of sessions (20480) or a size in bytes with a unit, as nginx does: \"512k\", \"10m\"",
+                );
+                return DEFAULT;
+            }
+        },
+    };
+    let unit = match raw {
+        Some(RawCacheSize::Bytes(text)) => {
+            format!("sessions ({text:?} at {SESSION_BYTES} bytes a session)")
+        }
+        _ => "sessions".to_string(),
+    };
+    c.number(
+        span,
+        "tls",
+        "session_cache_size",
+        Some(entries),
+        0..=MAX_SESSION_CACHE,
+        &unit,
+        DEFAULT,
+    )
+}
+
+/// "512k", "10m", "1g" (powers of 1024, as nginx reads sizes) or a bare
+/// number of bytes.
+fn parse_bytes(text: &str) -> Option<u64> {
+    let t = text.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let scale: u64 = match unit.trim() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(scale)
 }
 
 /// Two listeners on one address, or the admin endpoint on a listener's address.
