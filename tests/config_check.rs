@@ -417,3 +417,31 @@ fn the_session_cache_size_is_a_number_of_sessions_or_a_size_in_bytes_as_nginx_wr
         ]
     );
 }
+
+#[test]
+fn a_section_of_thousands_of_unknown_keys_lists_twenty_and_is_not_read_again_past_them() {
+    let mut text = String::from("[global]\n");
+    for i in 0..20_000 {
+        text += &format!("k{i} = 1\n");
+    }
+    let started = std::time::Instant::now();
+    let p = problems(&text);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(p.len(), 21);
+    assert_eq!(
+        p[0],
+        "1:1: global: more than 20 keys of this section are unknown or mistyped\n    fix: correct the keys listed above and run `vipd check` again"
+    );
+    assert_eq!(
+        p[1],
+        "2:1: global.k0: unknown field `k0`\n    fix: remove it, or use one of the fields here: `workers`, `grace_period`, `max_connections`, `log_format`, `access_log`, `user`, `group`"
+    );
+    assert_eq!(
+        p[20],
+        "21:1: global.k19: unknown field `k19`\n    fix: remove it, or use one of the fields here: `workers`, `grace_period`, `max_connections`, `log_format`, `access_log`, `user`, `group`"
+    );
+}

@@ -45,7 +45,28 @@ impl Checker<'_> {
             self.report(&span, path, None, "cannot read this section", TYPE_FIX);
             return T::default();
         };
-        loop {
+        for retry in 0.. {
+            // Each retry reads the whole entry again: past the listed
+            // problems, or past MAX_RETRIES in one entry, stop, so that a
+            // table of 100 000 unknown keys is not read 100 000 times.
+            if self.problems.len() >= super::MAX_PROBLEMS || retry == MAX_RETRIES {
+                if retry == MAX_RETRIES {
+                    self.report(
+                        &span,
+                        path,
+                        None,
+                        format!(
+                            "more than {MAX_RETRIES} keys of this section are unknown or mistyped"
+                        ),
+                        "correct the keys listed above and run `vipd check` again",
+                    );
+                } else {
+                    self.unlisted += 1;
+                }
+                self.skipped = true;
+                self.dropped.entry(span.start).or_default().push(ALL.into());
+                return T::default();
+            }
             let err = match T::deserialize(serde::de::IntoDeserializer::into_deserializer(
                 value.clone(),
             )) {
@@ -70,6 +91,7 @@ impl Checker<'_> {
             }
             self.dropped.entry(span.start).or_default().push(rel);
         }
+        T::default()
     }
 
     /// The entry spanning `span` in the spanned tree, as a value (`[ipvs]`
@@ -100,7 +122,8 @@ impl Checker<'_> {
     pub(super) fn dropped(&self, span: &Range<usize>, field: &str) -> bool {
         self.dropped.get(&span.start).is_some_and(|rels| {
             rels.iter().any(|rel| {
-                field == rel.as_str()
+                rel == ALL
+                    || field == rel.as_str()
                     || field
                         .strip_suffix(rel.as_str())
                         .is_some_and(|head| head.ends_with('.'))
@@ -108,6 +131,12 @@ impl Checker<'_> {
         })
     }
 }
+
+/// Most keys of one entry reported and dropped one by one.
+const MAX_RETRIES: usize = 20;
+
+/// In [`Checker::dropped`]: the whole entry was given up.
+const ALL: &str = "*";
 
 const TYPE_FIX: &str =
     "give the value the type shown (see the configuration reference in README.md)";
@@ -126,27 +155,27 @@ fn as_value(item: Item) -> Option<Value> {
 fn drop_key(value: &mut Value, at: &Range<usize>, prefix: &str) -> Option<(String, usize)> {
     match value {
         Value::InlineTable(t) => {
-            let keys: Vec<String> = t.iter().map(|(k, _)| k.to_string()).collect();
-            for k in keys {
-                let path = if prefix.is_empty() {
-                    k.clone()
+            let join = |k: &str| {
+                if prefix.is_empty() {
+                    k.to_string()
                 } else {
                     format!("{prefix}.{k}")
-                };
-                let key_span = t.key(&k).and_then(|key| key.span());
-                let value_span = t.get(&k).and_then(Value::span);
-                if key_span.as_ref() == Some(at) || value_span.as_ref() == Some(at) {
+                }
+            };
+            // serde stops at the first bad key, so it is usually near the front
+            let here = t.iter().find_map(|(k, v)| {
+                let key_span = t.key(k).and_then(|key| key.span());
+                let value_span = v.span();
+                (key_span.as_ref() == Some(at) || value_span.as_ref() == Some(at)).then(|| {
                     let offset = key_span.or(value_span).map_or(at.start, |s| s.start);
-                    t.remove(&k);
-                    return Some((path, offset));
-                }
-                if let Some(inner) = t.get_mut(&k) {
-                    if let Some(found) = drop_key(inner, at, &path) {
-                        return Some(found);
-                    }
-                }
+                    (k.to_string(), offset)
+                })
+            });
+            if let Some((k, offset)) = here {
+                t.remove(&k);
+                return Some((join(&k), offset));
             }
-            None
+            t.iter_mut().find_map(|(k, v)| drop_key(v, at, &join(&k)))
         }
         Value::Array(a) => {
             for i in 0..a.len() {

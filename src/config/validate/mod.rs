@@ -73,6 +73,9 @@ struct Checker<'a> {
     problems: Vec<Problem>,
     /// Problems found past [`MAX_PROBLEMS`].
     unlisted: usize,
+    /// Whether entries were left unread past [`MAX_PROBLEMS`] (their
+    /// problems are not all counted).
+    skipped: bool,
     /// The file as a tree that keeps every key's position, parsed by
     /// [`Self::entry`] at the first entry serde refuses (a valid file is
     /// parsed once); `Some(None)` if TOML could not read it.
@@ -91,6 +94,7 @@ impl<'a> Checker<'a> {
             newlines: src.match_indices('\n').map(|(i, _)| i).collect(),
             problems: Vec::new(),
             unlisted: 0,
+            skipped: false,
             doc: None,
             entries: HashMap::new(),
             dropped: HashMap::new(),
@@ -108,7 +112,8 @@ impl<'a> Checker<'a> {
                 column: None,
                 field: "(file)".into(),
                 problem: format!(
-                    "{} more problems are not listed (vipd lists the first {MAX_PROBLEMS})",
+                    "{}{} more problems are not listed (vipd lists the first {MAX_PROBLEMS})",
+                    if self.skipped { "at least " } else { "" },
                     self.unlisted
                 ),
                 fix: "correct the problems above and run `vipd check` again".into(),
