@@ -16,8 +16,8 @@ const UNIT: &str = include_str!("../contrib/vipd.service");
 /// The value of `key=` in the unit (the last one, as systemd reads it).
 fn setting(key: &str) -> String {
     UNIT.lines()
-        .filter_map(|l| l.strip_prefix(&format!("{key}=")))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
         .unwrap_or_else(|| panic!("the unit sets no {key}="))
         .to_string()
 }
