@@ -445,3 +445,22 @@ fn a_section_of_thousands_of_unknown_keys_lists_twenty_and_is_not_read_again_pas
         "21:1: global.k19: unknown field `k19`\n    fix: remove it, or use one of the fields here: `workers`, `grace_period`, `max_connections`, `log_format`, `access_log`, `user`, `group`"
     );
 }
+
+#[test]
+fn a_misspelled_real_server_field_is_one_error_named_as_the_service_is() {
+    let text = r#"
+[[ipvs.service]]
+name = "web"
+address = "198.51.100.100:80"
+forwarding = "nat"
+real_servers = [
+  { adress = "192.0.2.21:80" },
+]
+"#;
+    assert_eq!(
+        problems(text),
+        vec![
+            "7:5: ipvs.service \"web\".real_servers[0].adress: unknown field `adress`\n    fix: did you mean `address`?"
+        ]
+    );
+}

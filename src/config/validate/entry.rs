@@ -179,7 +179,16 @@ fn drop_key(value: &mut Value, at: &Range<usize>, prefix: &str) -> Option<(Strin
         }
         Value::Array(a) => {
             for i in 0..a.len() {
-                let path = format!("{prefix}[{i}]");
+                // named entries are called as the checks call them: `service "web"`
+                let name = a
+                    .get(i)
+                    .and_then(Value::as_inline_table)
+                    .and_then(|t| t.get("name"))
+                    .and_then(Value::as_str);
+                let path = match name {
+                    Some(name) => format!("{prefix} {name:?}"),
+                    None => format!("{prefix}[{i}]"),
+                };
                 if a.get(i).and_then(Value::span).as_ref() == Some(at) {
                     a.remove(i);
                     return Some((path, at.start));
