@@ -32,6 +32,10 @@ enum Command {
         config: PathBuf,
     },
     /// Validate a configuration file without binding anything (like nginx -t).
+    #[command(after_help = "Exit status:\n  \
+        0   the configuration is valid (certificates and keys read and matched)\n  \
+        64  the configuration has errors (each printed as file:line:column: field: problem, then its fix)\n  \
+        66  the configuration file cannot be read (missing, not a regular file, too large, not UTF-8)")]
     Check {
         /// Configuration file (TOML).
         #[arg(short, long)]
@@ -39,6 +43,9 @@ enum Command {
     },
     /// Run the built-in demo on localhost: two backends and the proxy in front.
     Demo,
+    /// Persistence tables of a running vipd, through its admin endpoint.
+    #[command(subcommand)]
+    Persistence(PersistenceCommand),
     /// Kernel IPVS: plan or apply a config's services, list the kernel table.
     #[command(subcommand)]
     Ipvs(vipd::ipvs::cli::IpvsCommand),
@@ -62,6 +69,24 @@ enum Command {
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PersistenceCommand {
+    /// Every group's entries, like `ipvsadm -Lnc` lists templates: group,
+    /// client prefix, backend host, open connections, expires in (mm:ss).
+    List {
+        /// Configuration file of the running vipd: its [admin] listen and
+        /// token_file say where to ask.
+        #[arg(short, long, required_unless_present = "admin")]
+        config: Option<PathBuf>,
+        /// Admin endpoint address, instead of reading it from a config.
+        #[arg(long, conflicts_with = "config")]
+        admin: Option<std::net::SocketAddr>,
+        /// Bearer token file, with --admin.
+        #[arg(long, requires = "admin")]
+        token_file: Option<PathBuf>,
     },
 }
 
@@ -93,12 +118,12 @@ fn main() -> ExitCode {
                     }
                 }
                 println!(
-                    "{}: configuration OK ({} listeners, {} pools, {} vhosts, {} IPVS services)",
+                    "{}: configuration OK ({}, {}, {}, {})",
                     config.display(),
-                    c.listeners.len(),
-                    c.pools.len(),
-                    c.vhosts.len(),
-                    c.ipvs.services.len()
+                    count(c.listeners.len(), "listener"),
+                    count(c.pools.len(), "pool"),
+                    count(c.vhosts.len(), "vhost"),
+                    count(c.ipvs.services.len(), "IPVS service")
                 );
                 ExitCode::SUCCESS
             }
@@ -123,8 +148,44 @@ fn main() -> ExitCode {
             };
             exit(vipd::ipvs::cli::run(&cmd, config.as_ref()))
         }
+        Command::Persistence(PersistenceCommand::List {
+            config,
+            admin,
+            token_file,
+        }) => {
+            let config = match config.as_deref().map(config::load).transpose() {
+                Ok(c) => c,
+                Err(e) => return config_failure(&e),
+            };
+            exit(persistence_list(
+                config.as_ref(),
+                admin,
+                token_file.as_deref(),
+            ))
+        }
         Command::Demo => exit(demo()),
     }
+}
+
+fn persistence_list(
+    config: Option<&Config>,
+    admin: Option<std::net::SocketAddr>,
+    token_file: Option<&Path>,
+) -> anyhow::Result<()> {
+    use vipd::admin::client::{self, Endpoint};
+    let endpoint = match (config, admin) {
+        (Some(c), _) => Endpoint::from_config(c)?.context(
+            "the configuration has no [admin] section: vipd serves no admin endpoint to ask",
+        )?,
+        (None, Some(addr)) => Endpoint {
+            addr,
+            token: token_file.map(client::read_token).transpose()?,
+        },
+        (None, None) => anyhow::bail!("give --config or --admin"),
+    };
+    let answer = client::get_json(&endpoint, "/api/persistence/entries")?;
+    print!("{}", client::render_persistence(&answer));
+    Ok(())
 }
 
 fn gen_cert(
@@ -153,6 +214,11 @@ fn gen_cert(
     Ok(())
 }
 
+/// "1 listener", "2 listeners".
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
 fn config_failure(e: &ConfigError) -> ExitCode {
     eprintln!("{e}");
     if matches!(e, ConfigError::Invalid { .. }) {
@@ -166,10 +232,25 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vipd: {e:#}");
+            eprintln!("vipd: {}", chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each cause once: most of vipd's errors
+/// already name their cause (`cannot bind ...: Cannot assign requested
+/// address (os error 99)`), and `{:#}` would print it a second time.
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !out.contains(&cause) {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
+    }
+    out
 }
 
 fn init_logging(format: LogFormat) {

@@ -318,11 +318,11 @@ fn admin_limits_outside_their_ranges_are_refused() {
     assert_eq!(
         err.to_string(),
         "a.toml: 3 configuration errors\n\
-         a.toml:5:1: admin.hosts: \"evil/x\" is not a host name or IP address\n    \
-         fix: write names without scheme or port, as clients put them in Host: \"lb1.mgmt.example\", \"10.0.0.5\"\n\
+         a.toml:3:1: admin.max_connections: 0 is outside 1..=4096 connections\n    \
+         fix: set `max_connections` between 1 and 4096 (default 64)\n\
          a.toml:4:1: admin.header_timeout: \"0s\" is outside 100ms..=10m\n    \
          fix: set `header_timeout` between \"100ms\" and \"10m\" (default \"10s\")\n\
-         a.toml:3:1: admin.max_connections: 0 is outside 1..=4096 connections\n    \
-         fix: set `max_connections` between 1 and 4096 (default 64)"
+         a.toml:5:1: admin.hosts: \"evil/x\" is not a host name or IP address\n    \
+         fix: write names without scheme or port, as clients put them in Host: \"lb1.mgmt.example\", \"10.0.0.5\""
     );
 }

@@ -274,14 +274,7 @@ fn an_admin_reload_of_a_large_file_leaves_a_single_worker_serving_meanwhile() {
     );
     let vipd = Vipd::run(&base);
     let addr = vipd.listening(&["web"])["web"];
-    let line = vipd.wait_for("admin endpoint listening", Duration::from_secs(10));
-    let admin: SocketAddr = line
-        .split("addr=Some(")
-        .nth(1)
-        .and_then(|r| r.split(')').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let admin = vipd.admin_addr();
     let mut big = base.clone();
     for i in 0..30_000 {
         big += &format!(

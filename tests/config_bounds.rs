@@ -251,11 +251,11 @@ backends = [{ address = "127.0.0.1:0", weight = 65536 }]
         support::problems(text),
         vec![
             "2:1: global.workers: 100000 is outside 0..=1024 threads\n    fix: set `workers` between 0 and 1024 (default 0)",
+            "9:1: listener \"web\".idle_timeout: \"0s\" is outside 100ms..=7d\n    fix: set `idle_timeout` between \"100ms\" and \"7d\" (default \"1h\")",
             "11:1: pool \"web\".backends[0].address: 127.0.0.1:0 has port 0, which no connection can reach\n    fix: write the port the server listens on, e.g. \"192.0.2.21:80\"",
             "11:1: pool \"web\".backends[0].weight: 65536 is outside 0..=65535\n    fix: set `weight` between 0 and 65535 (default 1)",
             "13:1: pool \"web\".mh_table_size: 2147483647 is not a prime in 7..=131071\n    fix: use a prime well above 100 x the number of backends, at most 131071 (the kernel's largest), e.g. 65537",
             "14:1: pool \"web\".connect_timeout: \"99999999999d\" is outside 100ms..=1d\n    fix: set `connect_timeout` between \"100ms\" and \"1d\" (default \"5s\")",
-            "9:1: listener \"web\".idle_timeout: \"0s\" is outside 100ms..=7d\n    fix: set `idle_timeout` between \"100ms\" and \"7d\" (default \"1h\")",
         ]
     );
 }

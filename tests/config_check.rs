@@ -33,8 +33,8 @@ pool = "nope"
     assert_eq!(
         problems(&text),
         vec![
-            "3:1: global.workerz: unknown field `workerz`, expected one of `workers`, `grace_period`, `max_connections`, `log_format`, `access_log`, `user`, `group`\n    fix: remove it, or correct its spelling to one of the fields listed",
             "2:1: global.grace_period: invalid duration \"3 parsecs\": unknown unit \"parsecs\"\n    fix: write a number with a unit: \"500ms\", \"30s\", \"5m\", \"1h\" or \"1d\"",
+            "3:1: global.workerz: unknown field `workerz`\n    fix: did you mean `workers`?",
             "7:1: listener \"www\".bind: invalid socket address \"192.0.2.10\"\n    fix: write an IP address and a port: \"192.0.2.10:80\" or \"[2001:db8::10]:443\" (host names are not resolved)",
             "8:1: listener \"www\".protocol: unknown value \"htp\"\n    fix: use one of \"tcp\", \"tls\", \"http\", \"https\"",
             "9:1: listener \"www\".pool: no pool is named \"nope\"\n    fix: define a [[pool]] with name = \"nope\", or use one of: web",
@@ -95,10 +95,123 @@ pool = "web"
     assert_eq!(
         problems(&text),
         vec![
-            "7:1: listener[0].backlog: invalid type: string \"lots\", expected u32\n    fix: give the value the type shown (see the configuration reference in README.md)",
-            "13:1: listener \"b\".persistence: no persistence group is named \"sticky\"\n    fix: define [[persistence]] with name = \"sticky\"",
+            "7:1: listener \"a\".backlog: invalid type: string \"lots\", expected u32\n    fix: give the value the type shown (see the configuration reference in README.md)",
             "11:1: listener \"b\".bind: 127.0.0.1:80 is already bound by another listener\n    fix: give each listener its own address:port; one listener can serve many vhosts",
+            "13:1: listener \"b\".persistence: no persistence group is named \"sticky\"\n    fix: define [[persistence]] with name = \"sticky\"",
         ]
+    );
+}
+
+const LISTENER: &str = r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8080"
+protocol = "http"
+vhosts = ["site"]
+
+[[vhost]]
+name = "site"
+hosts = ["a.test"]
+pool = "app"
+"#;
+
+#[test]
+fn a_misspelled_field_in_one_backend_is_one_error_at_its_own_line_and_column() {
+    let text = format!(
+        r#"{LISTENER}
+[[pool]]
+name = "app"
+backends = [
+  {{ address = "192.0.2.21:80" }},
+  {{ address = "192.0.2.22:80", wieght = 2 }},
+]
+"#
+    );
+    assert_eq!(
+        problems(&text),
+        vec![
+            "17:32: pool \"app\".backends[1].wieght: unknown field `wieght`\n    fix: did you mean `weight`?"
+        ]
+    );
+}
+
+#[test]
+fn mistakes_in_backend_tables_and_health_are_each_reported_once_where_written() {
+    let text = format!(
+        r#"{LISTENER}
+[[pool]]
+name = "app"
+[[pool.backends]]
+address = "192.0.2.21:80"
+weight = "heavy"
+[[pool.backends]]
+  adress = "192.0.2.22:80"
+[pool.health]
+kind = "tcp"
+intervall = "1s"
+"#
+    );
+    assert_eq!(
+        problems(&text),
+        vec![
+            "17:1: pool \"app\".backends[0].weight: invalid type: string \"heavy\", expected u32\n    fix: give the value the type shown (see the configuration reference in README.md)",
+            "19:3: pool \"app\".backends[1].adress: unknown field `adress`\n    fix: did you mean `address`?",
+            "22:1: pool \"app\".health.intervall: unknown field `intervall`\n    fix: did you mean `interval`?",
+        ]
+    );
+}
+
+#[test]
+fn a_name_of_the_wrong_type_is_one_error_not_also_a_missing_name() {
+    let text = format!(
+        r#"{LISTENER}
+[[pool]]
+name = "app"
+backends = [{{ address = "192.0.2.21:80" }}]
+
+[[pool]]
+name = 5
+backends = [{{ address = "192.0.2.22:80" }}]
+"#
+    );
+    assert_eq!(
+        problems(&text),
+        vec![
+            "18:1: pool[1].name: invalid type: integer `5`, expected a string\n    fix: give the value the type shown (see the configuration reference in README.md)"
+        ]
+    );
+}
+
+#[test]
+fn a_field_far_from_every_known_name_gets_the_list_instead_of_a_guess() {
+    let text = format!(
+        r#"{LISTENER}
+[[pool]]
+name = "app"
+backends = [{{ address = "192.0.2.21:80", colour = "blue" }}]
+"#
+    );
+    assert_eq!(
+        problems(&text),
+        vec![
+            "15:42: pool \"app\".backends[0].colour: unknown field `colour`\n    fix: remove it, or use one of the fields here: `address`, `weight`"
+        ]
+    );
+}
+
+#[test]
+fn check_help_lists_the_exit_codes() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vipd"))
+        .args(["check", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        help.ends_with(
+            "Exit status:\n  0   the configuration is valid (certificates and keys read and matched)\n  64  the configuration has errors (each printed as file:line:column: field: problem, then its fix)\n  66  the configuration file cannot be read (missing, not a regular file, too large, not UTF-8)\n"
+        ),
+        "{help}"
     );
 }
 
@@ -163,7 +276,7 @@ fn check_exits_0_on_a_good_file_64_on_a_bad_one_and_66_on_a_missing_one() {
     let (code, stdout, _) = vipd_check(&good);
     assert_eq!(code, Some(0));
     assert!(
-        stdout.contains("configuration OK (1 listeners, 1 pools"),
+        stdout.contains("configuration OK (1 listener, 1 pool, 0 vhosts, 0 IPVS services)"),
         "{stdout}"
     );
 
@@ -184,18 +297,58 @@ fn check_exits_0_on_a_good_file_64_on_a_bad_one_and_66_on_a_missing_one() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The `vipd gen-cert` commands an example's header comment lists.
+fn gen_cert_commands(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("#   vipd gen-cert "))
+        .map(|l| {
+            l.split_whitespace()
+                .map(|w| w.trim_matches('\'').to_string())
+                .collect()
+        })
+        .collect()
+}
+
 #[test]
-fn every_shipped_example_passes_check() {
+fn every_shipped_example_passes_check_once_its_listed_certificates_are_made() {
+    use std::os::unix::fs::PermissionsExt;
+    // a copy of config/ without certificates, as a fresh clone has it
+    let root = std::env::temp_dir().join(format!("vipd-examples-{}", std::process::id()));
+    let dir = root.join("config");
+    std::fs::create_dir_all(dir.join("certs")).unwrap();
     let mut n = 0;
+    let mut keys = 0;
     for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let (code, _, stderr) = vipd_check(&path);
+            let text = std::fs::read_to_string(&path).unwrap();
+            for args in gen_cert_commands(&text) {
+                let out = Command::new(env!("CARGO_BIN_EXE_vipd"))
+                    .arg("gen-cert")
+                    .args(&args)
+                    .current_dir(&root)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{args:?}: {out:?}");
+                keys += 1;
+            }
+            let copy = dir.join(path.file_name().unwrap());
+            std::fs::write(&copy, text).unwrap();
+            let (code, _, stderr) = vipd_check(&copy);
             assert_eq!(code, Some(0), "{}: {stderr}", path.display());
             n += 1;
         }
     }
-    assert!(n >= 1, "no example configurations found");
+    assert!(n >= 4, "{n} example configurations found");
+    assert_eq!(keys, 3, "the https example lists its three certificates");
+    for entry in std::fs::read_dir(dir.join("certs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "key") {
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", path.display());
+        }
+    }
+    std::fs::remove_dir_all(&root).unwrap();
 }
 
 #[test]
@@ -230,5 +383,84 @@ address = "198.51.100.100:80"
         p[0].starts_with("3:1: global.user: switching to user \"nobody\" drops CAP_NET_ADMIN"),
         "{}",
         p[0]
+    );
+}
+
+#[test]
+fn the_session_cache_size_is_a_number_of_sessions_or_a_size_in_bytes_as_nginx_writes_it() {
+    let tls = |size: &str| {
+        let text = format!("[tls]\nsession_cache_size = {size}\n");
+        vipd::config::parse(&text, Path::new("site.toml")).map(|c| c.tls.session_cache_size)
+    };
+    assert_eq!(tls("20000").unwrap(), 20_000);
+    assert_eq!(tls("\"2m\"").unwrap(), 8192);
+    assert_eq!(tls("\"512k\"").unwrap(), 2048);
+    let defaults = vipd::config::parse("", Path::new("site.toml")).unwrap().tls;
+    assert_eq!(
+        (
+            defaults.session_timeout.as_secs(),
+            defaults.ticket_lifetime.as_secs()
+        ),
+        (300, 43_200)
+    );
+    assert_eq!(
+        problems("[tls]\nsession_cache_size = \"100m\"\n"),
+        vec![
+            "2:1: tls.session_cache_size: 409600 is outside 0..=100000 sessions (\"100m\" at 256 bytes a session)\n    fix: set `session_cache_size` between 0 and 100000 (default 20480)"
+        ]
+    );
+    assert_eq!(
+        problems("[tls]\nsession_cache_size = \"ten\"\nticket_lifetime = \"1d\"\n"),
+        vec![
+            "2:1: tls.session_cache_size: invalid size \"ten\"\n    fix: write a number of sessions (20480) or a size in bytes with a unit, as nginx does: \"512k\", \"10m\"",
+            "3:1: tls.ticket_lifetime: \"1d\" is outside 1s..=12h\n    fix: set `ticket_lifetime` between \"1s\" and \"12h\" (default \"12h\")",
+        ]
+    );
+}
+
+#[test]
+fn a_section_of_thousands_of_unknown_keys_lists_twenty_and_is_not_read_again_past_them() {
+    let mut text = String::from("[global]\n");
+    for i in 0..20_000 {
+        text += &format!("k{i} = 1\n");
+    }
+    let started = std::time::Instant::now();
+    let p = problems(&text);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(p.len(), 21);
+    assert_eq!(
+        p[0],
+        "1:1: global: more than 20 keys of this section are unknown or mistyped\n    fix: correct the keys listed above and run `vipd check` again"
+    );
+    assert_eq!(
+        p[1],
+        "2:1: global.k0: unknown field `k0`\n    fix: remove it, or use one of the fields here: `workers`, `grace_period`, `max_connections`, `log_format`, `access_log`, `user`, `group`"
+    );
+    assert_eq!(
+        p[20],
+        "21:1: global.k19: unknown field `k19`\n    fix: remove it, or use one of the fields here: `workers`, `grace_period`, `max_connections`, `log_format`, `access_log`, `user`, `group`"
+    );
+}
+
+#[test]
+fn a_misspelled_real_server_field_is_one_error_named_as_the_service_is() {
+    let text = r#"
+[[ipvs.service]]
+name = "web"
+address = "198.51.100.100:80"
+forwarding = "nat"
+real_servers = [
+  { adress = "192.0.2.21:80" },
+]
+"#;
+    assert_eq!(
+        problems(text),
+        vec![
+            "7:5: ipvs.service \"web\".real_servers[0].adress: unknown field `adress`\n    fix: did you mean `address`?"
+        ]
     );
 }

@@ -149,3 +149,28 @@ async fn tickets_and_cached_sessions_issued_before_a_reload_resume_after_it() {
     ids.running.reload().await.unwrap();
     assert_eq!(handshake(&ids, &by_id).await, HandshakeKind::Resumed);
 }
+
+#[tokio::test]
+async fn a_cached_session_is_not_resumed_once_session_timeout_has_passed() {
+    let f =
+        start("session_tickets = false\nsession_cache_size = 1000\nsession_timeout = \"2s\"").await;
+    let mut cfg = client(TLS12_ONLY);
+    cfg.resumption =
+        Resumption::in_memory_sessions(16).tls12_resumption(Tls12Resumption::SessionIdOnly);
+    let client = Arc::new(cfg);
+    assert_eq!(handshake(&f, &client).await, HandshakeKind::Full);
+    assert_eq!(handshake(&f, &client).await, HandshakeKind::Resumed);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(handshake(&f, &client).await, HandshakeKind::Full);
+    assert_eq!(handshake(&f, &client).await, HandshakeKind::Resumed);
+}
+
+#[tokio::test]
+async fn a_ticket_is_not_resumed_once_ticket_lifetime_has_passed() {
+    let f = start("session_tickets = true\nsession_cache_size = 0\nticket_lifetime = \"2s\"").await;
+    let client = resuming_client(TLS13_ONLY);
+    assert_eq!(handshake(&f, &client).await, HandshakeKind::Full);
+    assert_eq!(handshake(&f, &client).await, HandshakeKind::Resumed);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(handshake(&f, &client).await, HandshakeKind::Full);
+}

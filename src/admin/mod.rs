@@ -16,6 +16,7 @@
 //! | GET | `/api/listeners` | listeners and their counters |
 //! | GET | `/api/pools`, `/api/pools/{pool}` | pools, backends, health, weights |
 //! | GET | `/api/persistence` | persistence groups |
+//! | GET | `/api/persistence/entries` | every group's entries (`vipd persistence list`) |
 //! | GET | `/api/certificates` | served certificates and expiry |
 //! | GET | `/api/ipvs` | IPVS services and real-server health |
 //! | POST | `/api/pools/{pool}/backends/{addr}/weight` | body `{"weight": N}` or `{"weight": null}` |
@@ -23,6 +24,7 @@
 //! | POST | `/api/pools/{pool}/backends/{addr}/undrain` | back to the configured weight |
 //! | POST | `/api/reload` | same as SIGHUP |
 
+pub mod client;
 mod guard;
 mod history;
 mod page;
@@ -143,7 +145,9 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
 /// must arrive within `header_timeout`, and the whole exchange must be done
 /// within `request_timeout` of the accept, or the connection is closed.
 pub async fn run(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
-    let addr = listener.local_addr().ok();
+    let addr = listener
+        .local_addr()
+        .map_or_else(|e| format!("(unknown: {e})"), |a| a.to_string());
     // Defaults while a reload has removed the `[admin]` section and this
     // endpoint has not been stopped yet.
     let settings = || {
@@ -158,7 +162,7 @@ pub async fn run(listener: TcpListener, state: Arc<AdminState>, stop: Cancellati
     };
     let slots = Arc::new(Semaphore::new(settings().0));
     tokio::spawn(sample_history(state.clone(), stop.clone()));
-    info!(addr = ?addr, max_connections = settings().0, "admin endpoint listening");
+    info!(%addr, max_connections = settings().0, "admin endpoint listening");
     loop {
         let permit = tokio::select! {
             _ = stop.cancelled() => break,
@@ -358,6 +362,9 @@ async fn handle(
             }
         }
         (&Method::GET, ["api", "persistence"]) => json(StatusCode::OK, &views::persistence(state)),
+        (&Method::GET, ["api", "persistence", "entries"]) => {
+            json(StatusCode::OK, &persistence_entries(state))
+        }
         (&Method::GET, ["api", "certificates"]) => {
             json(StatusCode::OK, &views::certificates(state))
         }
@@ -392,6 +399,44 @@ fn status_page() -> Reply {
         }
     }
     r
+}
+
+/// Most entries listed per group: a table may hold millions, and one
+/// listing must not hold the table's lock, or the endpoint's memory, for
+/// long. The answer says how many there are.
+pub const MAX_LISTED: usize = 10_000;
+
+/// Every persistence group with its entries, client prefixes in order:
+/// what `vipd persistence list` prints.
+fn persistence_entries(state: &AdminState) -> serde_json::Value {
+    let snap = state.snapshot.load_full();
+    let groups: Vec<_> = snap
+        .config
+        .persistence
+        .iter()
+        .filter_map(|g| snap.persistence.get(&g.name).map(|t| (g, t)))
+        .map(|(g, t)| {
+            let (rows, live) = t.list_first(MAX_LISTED);
+            let entries: Vec<_> = rows
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "client": e.client.to_string(),
+                        "backend": e.backend.to_string(),
+                        "connections": e.connections,
+                        "expires_in_s": e.expires_in.map(|d| d.as_secs()),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "name": g.name,
+                "timeout_s": g.timeout.as_secs(),
+                "entries_total": live,
+                "entries": entries,
+            })
+        })
+        .collect();
+    serde_json::json!({ "groups": groups })
 }
 
 async fn reload(state: &AdminState, peer: SocketAddr) -> Reply {

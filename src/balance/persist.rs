@@ -181,6 +181,29 @@ pub struct PersistenceEntry {
     pub expires_in: Option<Duration>,
 }
 
+/// A row ordered by its client prefix alone (prefixes are unique keys).
+struct ByClient(PersistenceEntry);
+
+impl PartialEq for ByClient {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.client == other.0.client
+    }
+}
+
+impl Eq for ByClient {}
+
+impl PartialOrd for ByClient {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByClient {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.client.cmp(&other.0.client)
+    }
+}
+
 /// A connection's hold on a persistence entry, released when the connection's
 /// [`Lease`] drops.
 #[derive(Debug)]
@@ -358,6 +381,33 @@ impl PersistenceTable {
         let key = inner.settings.key(client);
         let e = inner.entries.get(&key)?;
         row(&inner.settings, key, e, Instant::now())
+    }
+
+    /// The first `limit` live entries by client prefix and the number of
+    /// live entries (`vipd persistence list`). One pass under the lock
+    /// keeps the `limit` smallest prefixes in a heap, so a table of
+    /// millions costs `limit` rows of memory, not millions.
+    pub fn list_first(&self, limit: usize) -> (Vec<PersistenceEntry>, usize) {
+        use std::collections::BinaryHeap;
+        let now = Instant::now();
+        let mut first: BinaryHeap<ByClient> = BinaryHeap::with_capacity(limit.min(1024) + 1);
+        let mut live = 0;
+        {
+            let inner = self.lock();
+            for row in inner
+                .entries
+                .iter()
+                .filter_map(|(k, e)| row(&inner.settings, *k, e, now))
+            {
+                live += 1;
+                first.push(ByClient(row));
+                if first.len() > limit {
+                    first.pop();
+                }
+            }
+        }
+        let rows = first.into_sorted_vec().into_iter().map(|r| r.0).collect();
+        (rows, live)
     }
 
     /// Every live entry, sorted by client prefix (admin listing).

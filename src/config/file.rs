@@ -37,9 +37,43 @@ pub(super) struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTls {
     pub(super) min_version: Option<String>,
-    pub(super) session_cache_size: Option<usize>,
+    pub(super) session_cache_size: Option<RawCacheSize>,
+    pub(super) session_timeout: Option<String>,
+    pub(super) ticket_lifetime: Option<String>,
     pub(super) session_tickets: Option<bool>,
     pub(super) allow_invalid_dates: Option<bool>,
+}
+
+/// `session_cache_size`: a number of sessions (`20480`), or a size in
+/// bytes as nginx writes `ssl_session_cache shared:SSL:10m` (`"10m"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum RawCacheSize {
+    Entries(u64),
+    Bytes(String),
+}
+
+impl<'de> Deserialize<'de> for RawCacheSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = RawCacheSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number of sessions (20480) or a size in bytes (\"10m\")")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                u64::try_from(v)
+                    .map(RawCacheSize::Entries)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(RawCacheSize::Entries(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawCacheSize::Bytes(v.to_string()))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 /// One `[[listener]]`.

@@ -167,6 +167,11 @@ pub struct TlsSettings {
     pub min_version: TlsVersion,
     /// Server-side session cache entries (0 disables it).
     pub session_cache_size: usize,
+    /// How long a cached session may be resumed (nginx `ssl_session_timeout`).
+    pub session_timeout: Duration,
+    /// How long a session ticket may be resumed; also the lifetime hint
+    /// sent with it.
+    pub ticket_lifetime: Duration,
     pub session_tickets: bool,
     /// Accept expired / not yet valid certificates with a warning.
     pub allow_invalid_dates: bool,

@@ -1,4 +1,4 @@
-//! `vipd ipvs plan|apply|list`: one-shot commands over the kernel table. The
+//! `vipd ipvs plan|apply|list|save`: one-shot commands over the kernel table. The
 //! caller loads and validates the config (exit codes for bad configs are
 //! main's business) and hands it in.
 
@@ -16,6 +16,13 @@ use crate::config::Config;
 pub enum IpvsCommand {
     /// Print what `apply` would change, as the equivalent ipvsadm commands.
     Plan {
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Print the config's kernel table as an `ipvsadm-restore` script
+    /// (`ipvsadm -Sn` format), from the config alone: no kernel IPVS needed.
+    Save {
         /// Configuration file (TOML).
         #[arg(short, long)]
         config: PathBuf,
@@ -54,7 +61,9 @@ impl IpvsCommand {
     /// The config file the command needs, if any.
     pub fn config_path(&self) -> Option<&Path> {
         match self {
-            IpvsCommand::Plan { config } | IpvsCommand::Apply { config } => Some(config),
+            IpvsCommand::Plan { config }
+            | IpvsCommand::Apply { config }
+            | IpvsCommand::Save { config } => Some(config),
             IpvsCommand::List { .. } => None,
         }
     }
@@ -92,6 +101,12 @@ pub fn run(cmd: &IpvsCommand, config: Option<&Config>) -> anyhow::Result<()> {
             let info = sock.info()?;
             let services = sock.services()?;
             out.write_all(list::render_exact(&info, &services, format, *exact).as_bytes())?;
+        }
+        IpvsCommand::Save { config: path } => {
+            let Some(cfg) = config else {
+                bail!("{}: configuration not loaded", path.display())
+            };
+            out.write_all(super::save::script(cfg)?.as_bytes())?;
         }
         IpvsCommand::Plan { config: path } | IpvsCommand::Apply { config: path } => {
             let Some(cfg) = config else {

@@ -22,6 +22,7 @@ pub mod consts;
 pub mod desired;
 pub mod list;
 pub mod reconcile;
+pub mod save;
 pub mod socket;
 pub mod task;
 

@@ -19,6 +19,7 @@ pub mod gencert;
 pub mod load;
 pub mod reload;
 pub mod resolver;
+mod session;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

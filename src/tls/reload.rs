@@ -14,6 +14,7 @@ use rustls::server::{NoServerSessionStorage, ProducesTickets, StoresServerSessio
 use tracing::{info, warn};
 
 use super::TlsState;
+use super::session::{TimedCache, TimedTickets};
 use crate::config::TlsSettings;
 
 /// Crypto provider, ticketer and session cache shared by all listeners and
@@ -24,39 +25,65 @@ pub struct Resumption {
     /// a process-wide default provider).
     pub provider: Arc<CryptoProvider>,
     /// Stateless tickets: AES-256 + HMAC-SHA256 keys rotated every 6 hours
-    /// by rustls' `TicketRotator`, tickets valid 12 hours.
+    /// by rustls' `TicketRotator`, each ticket valid `ticket_lifetime`.
     pub ticketer: Arc<dyn ProducesTickets>,
     /// Server-side cache for session ids (TLS 1.2) and stateful TLS 1.3
-    /// tickets, `session_cache_size` entries.
+    /// tickets, `session_cache_size` entries of `session_timeout` each.
     pub cache: Arc<dyn StoresServerSessions>,
+    /// The ticketer and cache under the lifetimes, kept when a reload
+    /// changes only a lifetime.
+    keys: Arc<dyn ProducesTickets>,
+    store: Arc<dyn StoresServerSessions>,
     cache_size: usize,
 }
 
 impl Resumption {
     /// Fresh state for `settings`.
     pub fn new(settings: &TlsSettings) -> Result<Self, rustls::Error> {
-        Ok(Self {
-            provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
-            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new()?,
-            cache: new_cache(settings.session_cache_size),
+        Ok(Self::timed(
+            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+            rustls::crypto::aws_lc_rs::Ticketer::new()?,
+            new_cache(settings.session_cache_size),
+            settings,
+        ))
+    }
+
+    fn timed(
+        provider: Arc<CryptoProvider>,
+        keys: Arc<dyn ProducesTickets>,
+        store: Arc<dyn StoresServerSessions>,
+        settings: &TlsSettings,
+    ) -> Self {
+        Self {
+            provider,
+            ticketer: Arc::new(TimedTickets {
+                inner: keys.clone(),
+                lifetime: settings.ticket_lifetime,
+            }),
+            cache: Arc::new(TimedCache {
+                inner: store.clone(),
+                lifetime: settings.session_timeout,
+            }),
+            keys,
+            store,
             cache_size: settings.session_cache_size,
-        })
+        }
     }
 
     /// The state to use after a reload to `settings`: everything is kept,
-    /// except the session cache when its size changed.
+    /// except the session cache when its size changed; new lifetimes apply
+    /// to sessions and tickets issued before.
     pub fn carry_over(&self, settings: &TlsSettings) -> Self {
-        let mut next = self.clone();
+        let mut store = self.store.clone();
         if settings.session_cache_size != self.cache_size {
             info!(
                 from = self.cache_size,
                 to = settings.session_cache_size,
                 "TLS session cache resized; cached sessions are dropped"
             );
-            next.cache = new_cache(settings.session_cache_size);
-            next.cache_size = settings.session_cache_size;
+            store = new_cache(settings.session_cache_size);
         }
-        next
+        Self::timed(self.provider.clone(), self.keys.clone(), store, settings)
     }
 }
 

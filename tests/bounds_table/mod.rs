@@ -111,6 +111,8 @@ pub(crate) const FIELDS: &[Field] = &[
     dur(Admin, "request_timeout", "100ms", "10m"),
     int(Admin, "max_connections", 1, 4096, USIZE),
     int(Tls, "session_cache_size", 0, 100_000, USIZE),
+    dur(Tls, "session_timeout", "1s", "1d"),
+    dur(Tls, "ticket_lifetime", "1s", "12h"),
     int(Listener, "backlog", 1, 65_535, U32),
     int(Listener, "max_connections", 1, 10_000_000, USIZE),
     int(Listener, "max_connections_per_client", 0, 10_000_000, USIZE),
@@ -408,8 +410,18 @@ pub(crate) fn declared_fields() -> Vec<(Section, String)> {
         ("RawIpvsService", Service),
         ("RawRealServer", RealServer),
     ];
+    // RawCacheSize: a number of sessions, or a size in bytes
     let integers = [
-        "u8", "u16", "u32", "u64", "usize", "i8", "i16", "i32", "i64",
+        "u8",
+        "u16",
+        "u32",
+        "u64",
+        "usize",
+        "i8",
+        "i16",
+        "i32",
+        "i64",
+        "RawCacheSize",
     ];
     let durations = [
         "timeout",
@@ -418,6 +430,7 @@ pub(crate) fn declared_fields() -> Vec<(Section, String)> {
         "slow_start",
         "cooldown",
         "max_age",
+        "lifetime",
     ];
     let mut out = Vec::new();
     let mut section = None;

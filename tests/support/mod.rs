@@ -182,6 +182,15 @@ impl Vipd {
             .collect()
     }
 
+    /// The admin endpoint's address, once it listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        let line = self.wait_for("admin endpoint listening", Duration::from_secs(10));
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no addr=IP:PORT in {line:?}"))
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()

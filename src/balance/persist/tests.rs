@@ -86,6 +86,29 @@ fn clients_of_one_netmask_share_an_entry() {
     );
 }
 
+#[test]
+fn a_limited_listing_gives_the_smallest_prefixes_in_order_and_counts_them_all() {
+    let table = Arc::new(PersistenceTable::new(&group(360, 32, 100, false)));
+    let p = pool(80, 3);
+    let leases: Vec<_> = [
+        "192.0.2.9",
+        "192.0.2.3",
+        "192.0.2.7",
+        "192.0.2.1",
+        "192.0.2.5",
+    ]
+    .iter()
+    .map(|c| p.select_persistent(ip(c), &table).unwrap())
+    .collect();
+    let (rows, live) = table.list_first(3);
+    let clients: Vec<String> = rows.iter().map(|e| e.client.to_string()).collect();
+    assert_eq!(clients, ["192.0.2.1/32", "192.0.2.3/32", "192.0.2.5/32"]);
+    assert_eq!(live, 5);
+    assert_eq!(table.list_first(10).0.len(), 5);
+    assert!(table.list_first(0).0.is_empty());
+    drop(leases);
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_entry_lives_while_connections_are_open_and_expires_timeout_after_the_last() {
     let table = Arc::new(PersistenceTable::new(&group(360, 32, 100, false)));

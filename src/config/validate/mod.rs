@@ -7,7 +7,7 @@
 //! persistence), [`vhost`], [`ipvs`], [`admin`]; [`sizes`] bounds the sizes
 //! of collections.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::{Range, RangeInclusive};
 use std::path::Path;
@@ -19,6 +19,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod admin;
+mod entry;
 mod ipvs;
 mod listener;
 mod pool;
@@ -72,6 +73,18 @@ struct Checker<'a> {
     problems: Vec<Problem>,
     /// Problems found past [`MAX_PROBLEMS`].
     unlisted: usize,
+    /// Whether entries were left unread past [`MAX_PROBLEMS`] (their
+    /// problems are not all counted).
+    skipped: bool,
+    /// The file as a tree that keeps every key's position, parsed by
+    /// [`Self::entry`] at the first entry serde refuses (a valid file is
+    /// parsed once); `Some(None)` if TOML could not read it.
+    doc: Option<Option<toml_edit::ImDocument<&'a str>>>,
+    /// Where each entry of `doc` starts ([`entry::entries`]).
+    entries: HashMap<usize, (String, usize)>,
+    /// Keys [`Self::entry`] reported and dropped, by the start of their
+    /// entry: their paths inside it.
+    dropped: HashMap<usize, Vec<String>>,
 }
 
 impl<'a> Checker<'a> {
@@ -81,18 +94,26 @@ impl<'a> Checker<'a> {
             newlines: src.match_indices('\n').map(|(i, _)| i).collect(),
             problems: Vec::new(),
             unlisted: 0,
+            skipped: false,
+            doc: None,
+            entries: HashMap::new(),
+            dropped: HashMap::new(),
         }
     }
 
-    /// Every problem found, the unlisted ones summed up in a last one.
+    /// Every problem found, in the order of the file, the unlisted ones
+    /// summed up in a last one.
     fn finish(mut self) -> Vec<Problem> {
+        self.problems
+            .sort_by_key(|p| (p.line.unwrap_or(usize::MAX), p.column.unwrap_or(0)));
         if self.unlisted > 0 {
             self.problems.push(Problem {
                 line: None,
                 column: None,
                 field: "(file)".into(),
                 problem: format!(
-                    "{} more problems are not listed (vipd lists the first {MAX_PROBLEMS})",
+                    "{}{} more problems are not listed (vipd lists the first {MAX_PROBLEMS})",
+                    if self.skipped { "at least " } else { "" },
                     self.unlisted
                 ),
                 fix: "correct the problems above and run `vipd check` again".into(),
@@ -134,59 +155,47 @@ impl<'a> Checker<'a> {
         problem: impl Into<String>,
         fix: impl Into<String>,
     ) {
-        if self.problems.len() >= MAX_PROBLEMS {
-            self.unlisted += 1;
-            return;
-        }
-        let (line, column) = self.locate(span, field);
         let full = match field {
             Some(f) => format!("{path}.{f}"),
             None => path.to_string(),
         };
+        if field.is_some() && self.dropped(span, &full) {
+            return;
+        }
+        let at = self.locate(span, field);
+        self.push(at, full, problem.into(), fix.into());
+    }
+
+    /// Report a problem at `offset` in the file; `field` is its full path.
+    fn report_at(
+        &mut self,
+        offset: usize,
+        field: String,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        let at = self.position(offset);
+        self.push(at, field, problem.into(), fix.into());
+    }
+
+    fn push(
+        &mut self,
+        (line, column): (usize, usize),
+        field: String,
+        problem: String,
+        fix: String,
+    ) {
+        if self.problems.len() >= MAX_PROBLEMS {
+            self.unlisted += 1;
+            return;
+        }
         self.problems.push(Problem {
             line: Some(line),
             column: Some(column),
-            field: full,
-            problem: problem.into(),
-            fix: fix.into(),
+            field,
+            problem,
+            fix,
         });
-    }
-
-    /// Deserialize one entry, reporting serde problems. An unknown field is
-    /// reported and dropped, and the entry read again, so that one typo does
-    /// not hide the entry's other problems.
-    fn entry<T: for<'de> Deserialize<'de> + Default>(
-        &mut self,
-        table: &Spanned<toml::Table>,
-        path: &str,
-    ) -> T {
-        let mut fields = table.get_ref().clone();
-        loop {
-            match T::deserialize(toml::Value::Table(fields.clone())) {
-                Ok(raw) => return raw,
-                Err(e) => {
-                    let msg = e.message().trim().to_string();
-                    let unknown = msg.starts_with("unknown field");
-                    let field = if unknown {
-                        backticked(&msg).filter(|f| fields.contains_key(f.as_str()))
-                    } else {
-                        culprit::<T>(&fields, &msg)
-                    };
-                    let fix = if unknown {
-                        "remove it, or correct its spelling to one of the fields listed"
-                    } else {
-                        "give the value the type shown (see the configuration reference in README.md)"
-                    };
-                    self.report(&table.span(), path, field.as_deref(), msg, fix);
-                    match field {
-                        Some(f) => {
-                            fields.remove(&f);
-                        }
-                        _ => return T::default(),
-                    }
-                }
-            }
-        }
     }
 
     fn required<'v>(
@@ -199,6 +208,7 @@ impl<'a> Checker<'a> {
     ) -> Option<&'v str> {
         match value {
             Some(v) => Some(v.as_str()),
+            None if self.dropped(span, &format!("{path}.{field}")) => None,
             None => {
                 self.report(
                     span,
@@ -354,6 +364,7 @@ impl<'a> Checker<'a> {
         index: usize,
     ) -> String {
         match name {
+            None if self.dropped(span, &format!("{path}.name")) => format!("#{index}"),
             None => {
                 self.report(
                     span,
@@ -398,26 +409,6 @@ impl<'a> Checker<'a> {
             }
         }
     }
-}
-
-/// The key whose removal makes a type error go away: serde's message for a
-/// wrong type does not name the field, so find it by elimination.
-fn culprit<T: for<'de> Deserialize<'de>>(fields: &toml::Table, msg: &str) -> Option<String> {
-    fields.keys().find_map(|k| {
-        let mut fewer = fields.clone();
-        fewer.remove(k);
-        match T::deserialize(toml::Value::Table(fewer)) {
-            Ok(_) => Some(k.clone()),
-            Err(e) if e.message().trim() != msg => Some(k.clone()),
-            Err(_) => None,
-        }
-    })
-}
-
-fn backticked(msg: &str) -> Option<String> {
-    let start = msg.find('`')? + 1;
-    let len = msg[start..].find('`')?;
-    Some(msg[start..start + len].to_string())
 }
 
 /// Parse "500ms", "30s", "5m", "1h", "1d" or a bare number of seconds.
@@ -717,18 +708,93 @@ fn tls_settings(c: &mut Checker<'_>, t: Option<&Spanned<toml::Table>>) -> TlsSet
             &[(TlsVersion::Tls12, "1.2"), (TlsVersion::Tls13, "1.3")],
             TlsVersion::Tls12,
         ),
-        session_cache_size: c.number(
+        session_cache_size: session_cache_size(c, &span, raw.session_cache_size.as_ref()),
+        session_timeout: c.duration_in(
             &span,
             "tls",
-            "session_cache_size",
-            raw.session_cache_size,
-            0..=MAX_SESSION_CACHE,
-            "sessions",
-            20_480,
+            "session_timeout",
+            &raw.session_timeout,
+            Duration::from_secs(300),
+            Duration::from_secs(1)..=DAY,
+        ),
+        ticket_lifetime: c.duration_in(
+            &span,
+            "tls",
+            "ticket_lifetime",
+            &raw.ticket_lifetime,
+            MAX_TICKET_LIFETIME,
+            Duration::from_secs(1)..=MAX_TICKET_LIFETIME,
         ),
         session_tickets: raw.session_tickets.unwrap_or(true),
         allow_invalid_dates: raw.allow_invalid_dates.unwrap_or(false),
     }
+}
+
+/// Bytes a cached TLS session is counted for when the size is given in
+/// bytes: nginx's estimate (about 4000 sessions a megabyte).
+const SESSION_BYTES: u64 = 256;
+
+/// Longest ticket lifetime: rustls rotates ticket keys every 6 hours and
+/// accepts a ticket for two rotations at most.
+const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+
+/// `[tls] session_cache_size` in entries, from a number of sessions or a
+/// size in bytes (`"10m"`, `"512k"`).
+fn session_cache_size(
+    c: &mut Checker<'_>,
+    span: &Range<usize>,
+    raw: Option<&RawCacheSize>,
+) -> usize {
+    const DEFAULT: usize = 20_480;
+    let entries = match raw {
+        None => return DEFAULT,
+        Some(RawCacheSize::Entries(n)) => usize::try_from(*n).unwrap_or(usize::MAX),
+        Some(RawCacheSize::Bytes(text)) => match parse_bytes(text) {
+            Some(bytes) => usize::try_from(bytes / SESSION_BYTES).unwrap_or(usize::MAX),
+            None => {
+                c.report(
+                    span,
+                    "tls",
+                    Some("session_cache_size"),
+                    format!("invalid size {text:?}"),
+                    "write a number of sessions (20480) or a size in bytes with a unit, as nginx does: \"512k\", \"10m\"",
+                );
+                return DEFAULT;
+            }
+        },
+    };
+    let unit = match raw {
+        Some(RawCacheSize::Bytes(text)) => {
+            format!("sessions ({text:?} at {SESSION_BYTES} bytes a session)")
+        }
+        _ => "sessions".to_string(),
+    };
+    c.number(
+        span,
+        "tls",
+        "session_cache_size",
+        Some(entries),
+        0..=MAX_SESSION_CACHE,
+        &unit,
+        DEFAULT,
+    )
+}
+
+/// "512k", "10m", "1g" (powers of 1024, as nginx reads sizes) or a bare
+/// number of bytes.
+fn parse_bytes(text: &str) -> Option<u64> {
+    let t = text.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let scale: u64 = match unit.trim() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(scale)
 }
 
 /// Two listeners on one address, or the admin endpoint on a listener's address.

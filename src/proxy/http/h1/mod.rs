@@ -87,6 +87,17 @@ impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
     }
 }
 
+/// A boxed stream (the TLS stream is boxed after the handshake, so the
+/// connection's task does not carry it inline) waits as its content does.
+impl<T: ClientIo> ClientIo for Box<T> {
+    fn idle_read<'a>(
+        &'a mut self,
+        buf: &'a mut Vec<u8>,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        (**self).idle_read(buf)
+    }
+}
+
 /// The client stream handed to hyper: the bytes the codec read and did
 /// not serve come first.
 pub struct Rewind<T> {
