@@ -186,6 +186,8 @@ fn init_logging(format: LogFormat) {
 }
 
 fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
+    // One set of counters per worker thread, sized before any is made.
+    vipd::metrics::set_workers(config.global.workers);
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if config.global.workers > 0 {
         b.worker_threads(config.global.workers);

@@ -249,12 +249,7 @@ async fn watch(
             r = probe.run(addr) => r,
         };
         let ok = result.is_ok();
-        let counter = if ok {
-            &state.stats.checks_passed
-        } else {
-            &state.stats.checks_failed
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        state.stats.record_check(ok);
         if let Err(e) = &result {
             debug!(backend = %addr, error = %e, "health check failed");
         }

@@ -118,7 +118,7 @@ async fn connect_with(
         match connected {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                state.stats.connect_latency.observe(began.elapsed());
+                state.stats.record_connect(began.elapsed());
                 if state.connect_succeeded() {
                     pool.log_flip(
                         addr,

@@ -442,7 +442,7 @@ async fn forward(
         attempt += 1;
     };
     if let Some(lease) = &ex.lease {
-        lease.state().stats.responses.record(resp.status().as_u16());
+        lease.state().stats.record_response(resp.status().as_u16());
     }
     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switched && !start_tunnel(conn, upgrade.as_ref(), client_upgrade, &mut resp, ex) {
