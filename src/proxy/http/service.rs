@@ -37,7 +37,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     conn.state.saw_version(req.version());
-    let snap = conn.snapshot.load_full();
+    let snap = conn.snapshot();
     let record = Record {
         start: Instant::now(),
         client: conn.peer.ip,
