@@ -199,8 +199,11 @@ fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(config: Config) -> anyhow::Result<()> {
     init_logging(config.global.log_format);
-    runtime(&config)?.block_on(vipd::app::run(config))?;
-    Ok(())
+    let result = runtime(&config)?.block_on(vipd::app::run(config));
+    // The runtime is gone, and with it every request: write the access-log
+    // lines still buffered.
+    vipd::proxy::http::access::flush();
+    Ok(result?)
 }
 
 fn demo() -> anyhow::Result<()> {
@@ -246,6 +249,8 @@ fn demo() -> anyhow::Result<()> {
         shutdown.trigger();
         result.map_err(anyhow::Error::from)
     });
+    drop(rt);
+    vipd::proxy::http::access::flush();
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

@@ -151,6 +151,11 @@ impl Collector for Scrape {
             "Unix time the process started.",
             metrics.started_unix as i64,
         )?;
+        f.counter1(
+            "vipd_access_log_dropped_lines",
+            "Access-log lines dropped because stdout could not keep up.",
+            crate::proxy::http::access::dropped(),
+        )?;
         let reload = metrics.reload_status();
         f.counter1(
             "vipd_reloads",
