@@ -619,14 +619,20 @@ mod tests {
         assert_eq!(latency.buckets[0], (0.0005, 80_000));
         // 10 000 observations of (100 + t) us for each t in 0..8
         assert_eq!(latency.sum, 8.28);
-        assert_eq!((listener.bytes_in(), listener.bytes_out()), (80_000, 160_000));
+        assert_eq!(
+            (listener.bytes_in(), listener.bytes_out()),
+            (80_000, 160_000)
+        );
         assert_eq!((listener.accepted(), listener.active()), (80_000, 0));
         assert_eq!(listener.handshakes(Handshake::Resumed), 8);
         assert_eq!(listener.handshakes(Handshake::Full), 0);
         assert_eq!(listener.handshake_latency().count, 8);
         assert_eq!(backend.selected(), 80_000);
         assert_eq!(backend.responses(), [0, 40_000, 0, 0, 40_000]);
-        assert_eq!((backend.bytes_out(), backend.bytes_in()), (240_000, 320_000));
+        assert_eq!(
+            (backend.bytes_out(), backend.bytes_in()),
+            (240_000, 320_000)
+        );
     }
 
     #[test]

@@ -106,12 +106,8 @@ impl Family<'_, '_> {
             .enc
             .encode_descriptor(name, help, None, MetricType::Histogram)?;
         for (labels, h) in samples {
-            m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                h.sum,
-                h.count,
-                &h.buckets,
-                None,
-            )?;
+            m.encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)?;
         }
         Ok(())
     }
@@ -227,8 +223,7 @@ impl Scrape {
         f.gauge(
             "vipd_listener_connections_active",
             "Connections of the listener open now.",
-            l.iter()
-                .map(|(n, s)| (named(n), s.active())),
+            l.iter().map(|(n, s)| (named(n), s.active())),
         )?;
         f.counter(
             "vipd_listener_bytes_in",

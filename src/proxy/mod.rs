@@ -131,7 +131,13 @@ mod tests {
         let second = snapshot(CONFIG);
         shared.store(second.clone());
         let c = cache.get(&shared);
-        assert!(Arc::ptr_eq(&*c, &second), "the next request sees the reload");
-        assert!(Arc::ptr_eq(&*a, &first), "a request in flight keeps its own");
+        assert!(
+            Arc::ptr_eq(&*c, &second),
+            "the next request sees the reload"
+        );
+        assert!(
+            Arc::ptr_eq(&*a, &first),
+            "a request in flight keeps its own"
+        );
     }
 }

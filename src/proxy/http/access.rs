@@ -291,7 +291,11 @@ fn json(out: &mut Vec<u8>, clock: &mut Clock, r: &Record, now: SystemTime) {
     let string = |out: &mut Vec<u8>, s: &str| {
         let _ = serde_json::to_writer(&mut *out, s);
     };
-    let _ = write!(out, "{{\"bytes\":{},\"client\":\"{}\",\"duration_ms\":", r.bytes, r.client);
+    let _ = write!(
+        out,
+        "{{\"bytes\":{},\"client\":\"{}\",\"duration_ms\":",
+        r.bytes, r.client
+    );
     let duration = (r.start.elapsed().as_secs_f64() * 1e6).round() / 1000.0;
     let _ = serde_json::to_writer(&mut *out, &duration);
     out.extend_from_slice(b",\"method\":");
