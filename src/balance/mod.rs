@@ -617,6 +617,22 @@ mod tests {
     }
 
     #[test]
+    fn the_active_gauge_shares_no_cache_line_with_the_fields_picks_read() {
+        let state = Arc::new(BackendState::default());
+        let line = |p: *const u8| p as usize / 128;
+        let active = line((&*state.active as *const AtomicU64).cast());
+        let read_by_picks = [
+            (&state.healthy as *const AtomicBool).cast::<u8>(),
+            (&state.weight_override as *const AtomicU32).cast(),
+            (&state.slow_start_ms as *const AtomicU64).cast(),
+            (&state.retry_at_ms as *const AtomicU64).cast(),
+        ];
+        for p in read_by_picks {
+            assert_ne!(line(p), active);
+        }
+    }
+
+    #[test]
     fn reload_keeps_an_unchanged_pool_and_carries_state_into_a_changed_one() {
         let a = pool_cfg(SchedulerKind::Wrr, &[4, 3, 2]);
         let mut config = crate::config::parse(
