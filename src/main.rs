@@ -267,6 +267,8 @@ fn init_logging(format: LogFormat) {
 }
 
 fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
+    // One set of counters per worker thread, sized before any is made.
+    vipd::metrics::set_workers(config.global.workers);
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if config.global.workers > 0 {
         b.worker_threads(config.global.workers);
@@ -278,8 +280,11 @@ fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(config: Config) -> anyhow::Result<()> {
     init_logging(config.global.log_format);
-    runtime(&config)?.block_on(vipd::app::run(config))?;
-    Ok(())
+    let result = runtime(&config)?.block_on(vipd::app::run(config));
+    // The runtime is gone, and with it every request: write the access-log
+    // lines still buffered.
+    vipd::proxy::http::access::flush();
+    Ok(result?)
 }
 
 fn demo() -> anyhow::Result<()> {
@@ -341,6 +346,8 @@ fn demo() -> anyhow::Result<()> {
         shutdown.trigger();
         result.map_err(anyhow::Error::from)
     });
+    drop(rt);
+    vipd::proxy::http::access::flush();
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

@@ -1,15 +1,20 @@
 //! Counters the data path increments and the admin endpoint reads.
 //!
-//! Hot-path cost is a few relaxed atomic adds: every listener and backend gets
-//! its own pre-resolved stats handle ([`ListenerStats`], [`BackendStats`]) when
-//! it is bound or built, so a connection or request never looks up a label
-//! map. Names and labels are attached only at scrape time, by the admin
-//! module, which walks the live snapshot. This module is a leaf: it imports
-//! nothing from the crate.
+//! Hot-path cost is a few relaxed atomic adds on memory no other worker
+//! writes: every listener and backend gets its own pre-resolved stats handle
+//! ([`ListenerStats`], [`BackendStats`]) when it is bound or built, and each
+//! handle keeps one cache-line-padded set of counters per worker thread
+//! ([`Shards`]), summed when `/metrics` or `/api/status` reads them. Two
+//! workers serving requests of the same listener therefore never write the
+//! same cache line for a counter. Names and labels are attached only at
+//! scrape time, by the admin module, which walks the live snapshot. This
+//! module is a leaf: it imports nothing from the crate.
 
+use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::ops::Deref;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Upper bounds, in seconds, of the latency histogram buckets (a final
@@ -18,7 +23,110 @@ pub const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-/// A latency histogram over [`LATENCY_BUCKETS`], lock-free.
+/// Most shards a counter set gets, whatever `workers` says.
+const MAX_SHARDS: usize = 64;
+
+static SHARDS: OnceLock<usize> = OnceLock::new();
+
+/// Size the per-worker counters for `workers` runtime worker threads (0:
+/// one per CPU, as the runtime does). Call it before any stats handle is
+/// made (`main` does, before building the runtime); later calls change
+/// nothing, so every handle has the same number of shards.
+pub fn set_workers(workers: usize) {
+    let _ = SHARDS.set(clamp_shards(workers));
+}
+
+fn clamp_shards(workers: usize) -> usize {
+    let n = match workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    n.clamp(1, MAX_SHARDS)
+}
+
+/// How many shards every counter set has.
+fn shard_count() -> usize {
+    *SHARDS.get_or_init(|| clamp_shards(0))
+}
+
+/// The shard of the calling thread. Threads take indexes in the order they
+/// first record something, so the runtime's worker threads (the ones that
+/// serve traffic) take distinct shards; a thread beyond the shard count
+/// shares one, which stays correct (the counters are atomic) and only costs
+/// speed. (tokio's `on_thread_start` also runs for blocking-pool threads,
+/// so numbering threads there would hand shards to threads that never
+/// count anything.)
+fn shard_index() -> usize {
+    thread_local! {
+        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    INDEX.with(|i| {
+        let mut v = i.get();
+        if v == usize::MAX {
+            v = NEXT.fetch_add(1, Ordering::Relaxed) % shard_count();
+            i.set(v);
+        }
+        v
+    })
+}
+
+/// A value alone on its cache lines (128 bytes: x86's adjacent-line
+/// prefetcher pulls lines in pairs), so that writes to it never invalidate
+/// a neighbour another core is using.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct Padded<T>(pub T);
+
+impl<T> Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// One `T` per worker thread, each on its own cache lines: a thread writes
+/// its own shard ([`Shards::local`]), readers sum over all of them.
+#[derive(Debug)]
+pub struct Shards<T> {
+    cells: Box<[Padded<T>]>,
+}
+
+impl<T: Default> Default for Shards<T> {
+    fn default() -> Self {
+        Self {
+            cells: (0..shard_count()).map(|_| Padded::default()).collect(),
+        }
+    }
+}
+
+impl<T> Shards<T> {
+    /// The calling thread's shard.
+    pub fn local(&self) -> &T {
+        let i = shard_index();
+        // Every set has `shard_count()` cells; `get` only guards the bound.
+        self.cells.get(i).unwrap_or(&self.cells[0])
+    }
+
+    /// Every shard, for summing.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.cells.iter().map(|c| &c.0)
+    }
+
+    /// The sum over all shards of one counter.
+    fn sum(&self, get: impl Fn(&T) -> &AtomicU64) -> u64 {
+        self.iter()
+            .map(|t| get(t).load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+}
+
+/// Add one to a counter of the local shard.
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One shard of a latency histogram over [`LATENCY_BUCKETS`].
 #[derive(Debug, Default)]
 pub struct Histogram {
     /// Per-bucket (not cumulative) counts; the last slot is `+Inf`.
@@ -35,36 +143,54 @@ impl Histogram {
             .iter()
             .position(|&b| secs <= b)
             .unwrap_or(LATENCY_BUCKETS.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        bump(&self.buckets[i]);
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
+}
 
-    /// `(sum in seconds, count, per-bucket counts with upper bounds)`; the
-    /// last bound is `f64::MAX`, which the text encoder writes as `+Inf`.
-    pub fn read(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        let mut count = 0;
-        let buckets = self
-            .buckets
+/// A histogram as read: the sum over every shard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramRead {
+    /// Sum of observations in seconds.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+    /// Per-bucket counts with their upper bounds; the last bound is
+    /// `f64::MAX`, which the text encoder writes as `+Inf`.
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl HistogramRead {
+    /// Sum the histograms `shards`.
+    pub fn of<'a>(shards: impl Iterator<Item = &'a Histogram>) -> Self {
+        let mut counts = [0u64; LATENCY_BUCKETS.len() + 1];
+        let mut sum_us = 0u64;
+        for h in shards {
+            for (c, b) in counts.iter_mut().zip(&h.buckets) {
+                *c = c.wrapping_add(b.load(Ordering::Relaxed));
+            }
+            sum_us = sum_us.wrapping_add(h.sum_us.load(Ordering::Relaxed));
+        }
+        let buckets = counts
             .iter()
             .enumerate()
-            .map(|(i, b)| {
-                let n = b.load(Ordering::Relaxed);
-                count += n;
-                (LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::MAX), n)
-            })
+            .map(|(i, &n)| (LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::MAX), n))
             .collect();
-        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        (sum, count, buckets)
+        Self {
+            sum: sum_us as f64 / 1e6,
+            count: counts.iter().fold(0, |a, &n| a.wrapping_add(n)),
+            buckets,
+        }
     }
 }
 
-/// HTTP responses counted by status class.
+/// One shard of HTTP responses counted by status class.
 #[derive(Debug, Default)]
 pub struct StatusClasses([AtomicU64; 5]);
 
 impl StatusClasses {
-    /// The label values, index-aligned with [`StatusClasses::read`].
+    /// The label values, index-aligned with [`StatusClasses::sum`].
     pub const LABELS: [&'static str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
     /// Count a response with `status` (codes outside 100..=599 count as 5xx).
@@ -73,12 +199,19 @@ impl StatusClasses {
             100..=599 => usize::from(status / 100 - 1),
             _ => 4,
         };
-        self.0[i].fetch_add(1, Ordering::Relaxed);
+        bump(&self.0[i]);
     }
 
-    /// Counts per class, in the order of [`StatusClasses::LABELS`].
-    pub fn read(&self) -> [u64; 5] {
-        std::array::from_fn(|i| self.0[i].load(Ordering::Relaxed))
+    /// Counts per class summed over `shards`, in the order of
+    /// [`StatusClasses::LABELS`].
+    pub fn sum<'a>(shards: impl Iterator<Item = &'a StatusClasses>) -> [u64; 5] {
+        let mut out = [0u64; 5];
+        for s in shards {
+            for (o, c) in out.iter_mut().zip(&s.0) {
+                *o = o.wrapping_add(c.load(Ordering::Relaxed));
+            }
+        }
+        out
     }
 }
 
@@ -93,61 +226,96 @@ pub enum Handshake {
     Failed,
 }
 
+/// One worker's counters of a listener.
+#[derive(Debug, Default)]
+struct ListenerCounters {
+    accepted: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    requests: StatusClasses,
+    request_latency: Histogram,
+    /// Full, resumed, failed.
+    tls: [AtomicU64; 3],
+    handshake_latency: Histogram,
+}
+
 /// Counters of one listener, resolved once when it is bound and kept across
 /// reloads while the listener keeps its name.
 #[derive(Debug, Default)]
 pub struct ListenerStats {
-    /// Connections accepted.
-    pub accepted: AtomicU64,
-    /// Connections open now.
-    pub active: AtomicI64,
-    /// Bytes received from clients.
-    pub bytes_in: AtomicU64,
-    /// Bytes sent to clients.
-    pub bytes_out: AtomicU64,
-    /// HTTP responses sent, by status class.
-    pub requests: StatusClasses,
-    /// HTTP request latency, request head received to response head sent.
-    pub request_latency: Histogram,
-    /// TLS handshakes completed in full.
-    pub tls_full: AtomicU64,
-    /// TLS handshakes resumed.
-    pub tls_resumed: AtomicU64,
-    /// TLS handshakes failed or timed out.
-    pub tls_failed: AtomicU64,
-    /// TLS handshake latency.
-    pub handshake_latency: Histogram,
+    /// Connections open now: one exact gauge (written once per connection,
+    /// never per request), which reloads read to forget removed listeners.
+    active: Padded<AtomicI64>,
+    counters: Shards<ListenerCounters>,
 }
 
 impl ListenerStats {
     /// Count an accepted connection; the guard counts it active until dropped.
     pub fn open(self: &Arc<Self>) -> ActiveGuard {
-        self.accepted.fetch_add(1, Ordering::Relaxed);
+        bump(&self.counters.local().accepted);
         self.active.fetch_add(1, Ordering::Relaxed);
         ActiveGuard(self.clone())
     }
 
     /// Count a finished TLS handshake.
     pub fn record_handshake(&self, outcome: Handshake, took: Duration) {
-        let c = match outcome {
-            Handshake::Full => &self.tls_full,
-            Handshake::Resumed => &self.tls_resumed,
-            Handshake::Failed => &self.tls_failed,
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-        self.handshake_latency.observe(took);
+        let c = self.counters.local();
+        bump(&c.tls[outcome as usize]);
+        c.handshake_latency.observe(took);
     }
 
     /// Count an HTTP response and its latency.
     pub fn record_request(&self, status: u16, took: Duration) {
-        self.requests.record(status);
-        self.request_latency.observe(took);
+        let c = self.counters.local();
+        c.requests.record(status);
+        c.request_latency.observe(took);
     }
 
     /// Add a finished connection's byte counts.
     pub fn add_bytes(&self, from_client: u64, to_client: u64) {
-        self.bytes_in.fetch_add(from_client, Ordering::Relaxed);
-        self.bytes_out.fetch_add(to_client, Ordering::Relaxed);
+        let c = self.counters.local();
+        c.bytes_in.fetch_add(from_client, Ordering::Relaxed);
+        c.bytes_out.fetch_add(to_client, Ordering::Relaxed);
+    }
+
+    /// Connections accepted.
+    pub fn accepted(&self) -> u64 {
+        self.counters.sum(|c| &c.accepted)
+    }
+
+    /// Connections open now.
+    pub fn active(&self) -> i64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Bytes received from clients.
+    pub fn bytes_in(&self) -> u64 {
+        self.counters.sum(|c| &c.bytes_in)
+    }
+
+    /// Bytes sent to clients.
+    pub fn bytes_out(&self) -> u64 {
+        self.counters.sum(|c| &c.bytes_out)
+    }
+
+    /// HTTP responses sent, by status class ([`StatusClasses::LABELS`]).
+    pub fn requests(&self) -> [u64; 5] {
+        StatusClasses::sum(self.counters.iter().map(|c| &c.requests))
+    }
+
+    /// HTTP request latency, request head received to response head sent.
+    pub fn request_latency(&self) -> HistogramRead {
+        HistogramRead::of(self.counters.iter().map(|c| &c.request_latency))
+    }
+
+    /// TLS handshakes that ended as `outcome`.
+    pub fn handshakes(&self, outcome: Handshake) -> u64 {
+        self.counters.sum(|c| &c.tls[outcome as usize])
+    }
+
+    /// TLS handshake latency.
+    pub fn handshake_latency(&self) -> HistogramRead {
+        HistogramRead::of(self.counters.iter().map(|c| &c.handshake_latency))
     }
 }
 
@@ -161,34 +329,114 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// One worker's counters of a backend.
+#[derive(Debug, Default)]
+struct BackendCounters {
+    selected: AtomicU64,
+    bytes_out: AtomicU64,
+    bytes_in: AtomicU64,
+    connect_failures: AtomicU64,
+    connect_latency: Histogram,
+    responses: StatusClasses,
+    checks_passed: AtomicU64,
+    checks_failed: AtomicU64,
+    flips: AtomicU64,
+}
+
 /// Traffic counters of one backend, owned by its live state so that they
-/// survive reloads with it. (Active and total connections are counted by the
-/// backend's lease.)
+/// survive reloads with it. (Connections open now are an exact gauge on the
+/// backend's state, which least-connection schedulers read.)
 #[derive(Debug, Default)]
 pub struct BackendStats {
-    /// Bytes sent to the backend.
-    pub bytes_out: AtomicU64,
-    /// Bytes received from the backend.
-    pub bytes_in: AtomicU64,
-    /// Connect attempts that failed or timed out.
-    pub connect_failures: AtomicU64,
-    /// Time to establish a TCP connection to the backend.
-    pub connect_latency: Histogram,
-    /// HTTP responses received from the backend, by status class.
-    pub responses: StatusClasses,
-    /// Active health checks that passed.
-    pub checks_passed: AtomicU64,
-    /// Active health checks that failed.
-    pub checks_failed: AtomicU64,
-    /// Up/down transitions (active and passive).
-    pub flips: AtomicU64,
+    counters: Shards<BackendCounters>,
 }
 
 impl BackendStats {
     /// Add a finished connection's byte counts.
     pub fn add_bytes(&self, to_backend: u64, from_backend: u64) {
-        self.bytes_out.fetch_add(to_backend, Ordering::Relaxed);
-        self.bytes_in.fetch_add(from_backend, Ordering::Relaxed);
+        let c = self.counters.local();
+        c.bytes_out.fetch_add(to_backend, Ordering::Relaxed);
+        c.bytes_in.fetch_add(from_backend, Ordering::Relaxed);
+    }
+
+    /// Count one pick of the backend by the scheduler (one per attempt).
+    pub fn record_selected(&self) {
+        bump(&self.counters.local().selected);
+    }
+
+    /// Count an HTTP response received from the backend.
+    pub fn record_response(&self, status: u16) {
+        self.counters.local().responses.record(status);
+    }
+
+    /// Count a connection established to the backend and its connect time.
+    pub fn record_connect(&self, took: Duration) {
+        self.counters.local().connect_latency.observe(took);
+    }
+
+    /// Count a connect attempt that failed or timed out.
+    pub fn record_connect_failure(&self) {
+        bump(&self.counters.local().connect_failures);
+    }
+
+    /// Count an active health check's result.
+    pub fn record_check(&self, passed: bool) {
+        let c = self.counters.local();
+        bump(if passed {
+            &c.checks_passed
+        } else {
+            &c.checks_failed
+        });
+    }
+
+    /// Count an up/down transition (active or passive).
+    pub fn record_flip(&self) {
+        bump(&self.counters.local().flips);
+    }
+
+    /// Times the scheduler picked the backend.
+    pub fn selected(&self) -> u64 {
+        self.counters.sum(|c| &c.selected)
+    }
+
+    /// Bytes sent to the backend.
+    pub fn bytes_out(&self) -> u64 {
+        self.counters.sum(|c| &c.bytes_out)
+    }
+
+    /// Bytes received from the backend.
+    pub fn bytes_in(&self) -> u64 {
+        self.counters.sum(|c| &c.bytes_in)
+    }
+
+    /// Connect attempts that failed or timed out.
+    pub fn connect_failures(&self) -> u64 {
+        self.counters.sum(|c| &c.connect_failures)
+    }
+
+    /// Time to establish a TCP connection to the backend.
+    pub fn connect_latency(&self) -> HistogramRead {
+        HistogramRead::of(self.counters.iter().map(|c| &c.connect_latency))
+    }
+
+    /// HTTP responses received, by status class ([`StatusClasses::LABELS`]).
+    pub fn responses(&self) -> [u64; 5] {
+        StatusClasses::sum(self.counters.iter().map(|c| &c.responses))
+    }
+
+    /// Active health checks that passed.
+    pub fn checks_passed(&self) -> u64 {
+        self.counters.sum(|c| &c.checks_passed)
+    }
+
+    /// Active health checks that failed.
+    pub fn checks_failed(&self) -> u64 {
+        self.counters.sum(|c| &c.checks_failed)
+    }
+
+    /// Up/down transitions.
+    pub fn flips(&self) -> u64 {
+        self.counters.sum(|c| &c.flips)
     }
 }
 
@@ -289,7 +537,7 @@ impl Metrics {
     /// connections stay in its gauge (and in the same stats if a reload
     /// adds it back) until they end.
     pub fn retain_listeners(&self, keep: impl Fn(&str) -> bool) {
-        lock(&self.listeners).retain(|k, s| keep(k) || s.active.load(Ordering::Relaxed) > 0);
+        lock(&self.listeners).retain(|k, s| keep(k) || s.active() > 0);
     }
 
     /// Record the outcome of a reload (SIGHUP or admin API).
@@ -320,7 +568,11 @@ mod tests {
         h.observe(Duration::from_micros(300));
         h.observe(Duration::from_millis(3));
         h.observe(Duration::from_secs(9));
-        let (sum, count, buckets) = h.read();
+        let HistogramRead {
+            sum,
+            count,
+            buckets,
+        } = HistogramRead::of([&h].into_iter());
         assert_eq!(count, 3);
         assert_eq!(sum, 9.0033);
         assert_eq!(buckets[0], (0.0005, 1));
@@ -335,7 +587,64 @@ mod tests {
         for code in [101, 200, 204, 302, 404, 503, 999] {
             s.record(code);
         }
-        assert_eq!(s.read(), [1, 2, 1, 1, 2]);
+        assert_eq!(StatusClasses::sum([&s].into_iter()), [1, 2, 1, 1, 2]);
+    }
+
+    #[test]
+    fn counters_written_by_many_threads_at_once_sum_exactly() {
+        let listener = Arc::new(ListenerStats::default());
+        let backend = Arc::new(BackendStats::default());
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let (l, b) = (listener.clone(), backend.clone());
+                std::thread::spawn(move || {
+                    for i in 0..10_000u64 {
+                        let status = if i % 2 == 0 { 200 } else { 503 };
+                        l.record_request(status, Duration::from_micros(100 + t));
+                        l.add_bytes(1, 2);
+                        b.record_selected();
+                        b.record_response(status);
+                        b.add_bytes(3, 4);
+                        drop(l.open());
+                    }
+                    l.record_handshake(Handshake::Resumed, Duration::from_millis(2));
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(listener.requests(), [0, 40_000, 0, 0, 40_000]);
+        let latency = listener.request_latency();
+        assert_eq!(latency.count, 80_000);
+        assert_eq!(latency.buckets[0], (0.0005, 80_000));
+        // 10 000 observations of (100 + t) us for each t in 0..8
+        assert_eq!(latency.sum, 8.28);
+        assert_eq!(
+            (listener.bytes_in(), listener.bytes_out()),
+            (80_000, 160_000)
+        );
+        assert_eq!((listener.accepted(), listener.active()), (80_000, 0));
+        assert_eq!(listener.handshakes(Handshake::Resumed), 8);
+        assert_eq!(listener.handshakes(Handshake::Full), 0);
+        assert_eq!(listener.handshake_latency().count, 8);
+        assert_eq!(backend.selected(), 80_000);
+        assert_eq!(backend.responses(), [0, 40_000, 0, 0, 40_000]);
+        assert_eq!(
+            (backend.bytes_out(), backend.bytes_in()),
+            (240_000, 320_000)
+        );
+    }
+
+    #[test]
+    fn every_shard_sits_on_its_own_cache_lines() {
+        assert_eq!(std::mem::align_of::<Padded<AtomicU64>>(), 128);
+        let s = Shards::<ListenerCounters>::default();
+        let addrs: Vec<usize> = s.iter().map(|c| c as *const _ as usize).collect();
+        assert_eq!(addrs.len(), shard_count());
+        for w in addrs.windows(2) {
+            assert!(w[1] - w[0] >= 128 && w[1] % 128 == 0, "{addrs:?}");
+        }
     }
 
     #[test]

@@ -78,12 +78,12 @@ async fn a_second_tls_1_3_handshake_resumes_with_a_stateless_ticket() {
     // The listener's metrics count what the client saw (the server task
     // records before splicing, so both are in by the time data echoed).
     let stats = f.running.metrics().listener("front");
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    use vipd::metrics::Handshake;
     assert_eq!(
         (
-            load(&stats.tls_full),
-            load(&stats.tls_resumed),
-            load(&stats.tls_failed)
+            stats.handshakes(Handshake::Full),
+            stats.handshakes(Handshake::Resumed),
+            stats.handshakes(Handshake::Failed)
         ),
         (1, 1, 0)
     );

@@ -97,7 +97,7 @@ impl History {
         last.retain(|name, _| listeners.iter().any(|(n, _)| n == name));
         samples.retain(|name, _| last.contains_key(name));
         for (name, stats) in &listeners {
-            let now_counts = stats.requests.read();
+            let now_counts = stats.requests();
             let Some((t, before)) = last.insert(name.clone(), (now, now_counts)) else {
                 continue;
             };
@@ -142,12 +142,12 @@ mod tests {
         h.sample_at(&m, 100.0);
         assert!(h.read().is_empty(), "the first reading is a baseline");
         for _ in 0..6 {
-            web.requests.record(200);
+            web.record_request(200, std::time::Duration::ZERO);
         }
         for _ in 0..2 {
-            web.requests.record(503);
+            web.record_request(503, std::time::Duration::ZERO);
         }
-        web.requests.record(404);
+        web.record_request(404, std::time::Duration::ZERO);
         h.sample_at(&m, 102.0);
         assert_eq!(
             h.read()["web"],

@@ -18,7 +18,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::AdminState;
-use crate::metrics::{Histogram, StatusClasses};
+use crate::metrics::{Handshake, HistogramRead, StatusClasses};
 use crate::proxy::Snapshot;
 
 /// The two exposition formats.
@@ -180,19 +180,18 @@ impl Family<'_, '_> {
         Ok(())
     }
 
-    fn histogram<'h, L: EncodeLabelSet>(
+    fn histogram<L: EncodeLabelSet>(
         &mut self,
         name: &str,
         help: &str,
-        samples: impl IntoIterator<Item = (L, &'h Histogram)>,
+        samples: impl IntoIterator<Item = (L, HistogramRead)>,
     ) -> fmt::Result {
         let mut m = self
             .enc
             .encode_descriptor(name, help, None, MetricType::Histogram)?;
         for (labels, h) in samples {
-            let (sum, count, buckets) = h.read();
             m.encode_family(&labels)?
-                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+                .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)?;
         }
         Ok(())
     }
@@ -208,11 +207,11 @@ type L3<'a> = [(&'static str, &'a str); 3];
 
 fn by_class<'a>(
     base: impl Fn(&'static str) -> Vec<(&'static str, &'a str)>,
-    classes: &StatusClasses,
+    classes: [u64; 5],
 ) -> Vec<(Vec<(&'static str, &'a str)>, u64)> {
     StatusClasses::LABELS
         .iter()
-        .zip(classes.read())
+        .zip(classes)
         .map(|(class, n)| (base(class), n))
         .collect()
 }
@@ -231,6 +230,11 @@ impl Collector for Scrape {
             "vipd_start_time_seconds",
             "Unix time the process started.",
             metrics.started_unix as i64,
+        )?;
+        f.counter1(
+            "vipd_access_log_dropped_lines",
+            "Access-log lines dropped because stdout could not keep up.",
+            crate::proxy::http::access::dropped(),
         )?;
         let reload = metrics.reload_status();
         f.counter1(
@@ -314,29 +318,28 @@ impl Scrape {
         f.counter(
             "vipd_listener_connections_accepted",
             "Connections accepted by the listener.",
-            counter(|s| s.accepted.load(Ordering::Relaxed)),
+            counter(|s| s.accepted()),
         )?;
         f.gauge(
             "vipd_listener_connections_active",
             "Connections of the listener open now.",
-            l.iter()
-                .map(|(n, s)| (named(n), s.active.load(Ordering::Relaxed))),
+            l.iter().map(|(n, s)| (named(n), s.active())),
         )?;
         f.counter(
             "vipd_listener_bytes_in",
             "Bytes received from clients (counted when a connection ends).",
-            counter(|s| s.bytes_in.load(Ordering::Relaxed)),
+            counter(|s| s.bytes_in()),
         )?;
         f.counter(
             "vipd_listener_bytes_out",
             "Bytes sent to clients (counted when a connection ends).",
-            counter(|s| s.bytes_out.load(Ordering::Relaxed)),
+            counter(|s| s.bytes_out()),
         )?;
         let mut requests = Vec::new();
         for (n, s) in &l {
             requests.extend(by_class(
                 |c| vec![("listener", *n), ("class", c)],
-                &s.requests,
+                s.requests(),
             ));
         }
         f.counter(
@@ -346,13 +349,13 @@ impl Scrape {
         )?;
         let mut tls = Vec::new();
         for (n, s) in &l {
-            for (result, c) in [
-                ("full", &s.tls_full),
-                ("resumed", &s.tls_resumed),
-                ("failed", &s.tls_failed),
+            for (result, outcome) in [
+                ("full", Handshake::Full),
+                ("resumed", Handshake::Resumed),
+                ("failed", Handshake::Failed),
             ] {
                 let labels: L2<'_> = [("listener", n), ("result", result)];
-                tls.push((labels, c.load(Ordering::Relaxed)));
+                tls.push((labels, s.handshakes(outcome)));
             }
         }
         f.counter(
@@ -363,12 +366,12 @@ impl Scrape {
         f.histogram(
             "vipd_listener_tls_handshake_duration_seconds",
             "Time to complete a TLS handshake.",
-            l.iter().map(|(n, s)| (named(n), &s.handshake_latency)),
+            l.iter().map(|(n, s)| (named(n), s.handshake_latency())),
         )?;
         f.histogram(
             "vipd_listener_request_duration_seconds",
             "Time from a request's head to its response's head.",
-            l.iter().map(|(n, s)| (named(n), &s.request_latency)),
+            l.iter().map(|(n, s)| (named(n), s.request_latency())),
         )?;
         Ok(())
     }
@@ -425,28 +428,28 @@ impl Scrape {
         f.counter(
             "vipd_backend_selected",
             "Times the scheduler picked the backend (one per connection attempt).",
-            each(&|b| b.state.total.load(Ordering::Relaxed)),
+            each(&|b| b.state.stats.selected()),
         )?;
         f.counter(
             "vipd_backend_connect_failures",
             "Connection attempts to the backend that failed or timed out.",
-            each(&|b| b.state.stats.connect_failures.load(Ordering::Relaxed)),
+            each(&|b| b.state.stats.connect_failures()),
         )?;
         f.counter(
             "vipd_backend_bytes_out",
             "Bytes sent to the backend (counted when a connection ends).",
-            each(&|b| b.state.stats.bytes_out.load(Ordering::Relaxed)),
+            each(&|b| b.state.stats.bytes_out()),
         )?;
         f.counter(
             "vipd_backend_bytes_in",
             "Bytes received from the backend (counted when a connection ends).",
-            each(&|b| b.state.stats.bytes_in.load(Ordering::Relaxed)),
+            each(&|b| b.state.stats.bytes_in()),
         )?;
         let mut responses = Vec::new();
         for (p, a, b) in &rows {
             responses.extend(by_class(
                 |c| vec![("pool", *p), ("backend", a.as_str()), ("class", c)],
-                &b.state.stats.responses,
+                b.state.stats.responses(),
             ));
         }
         f.counter(
@@ -456,12 +459,12 @@ impl Scrape {
         )?;
         let mut checks = Vec::new();
         for (p, a, b) in &rows {
-            for (result, c) in [
-                ("passed", &b.state.stats.checks_passed),
-                ("failed", &b.state.stats.checks_failed),
+            for (result, n) in [
+                ("passed", b.state.stats.checks_passed()),
+                ("failed", b.state.stats.checks_failed()),
             ] {
                 let l: L3<'_> = [("pool", p), ("backend", a.as_str()), ("result", result)];
-                checks.push((l, c.load(Ordering::Relaxed)));
+                checks.push((l, n));
             }
         }
         f.counter(
@@ -472,13 +475,13 @@ impl Scrape {
         f.counter(
             "vipd_backend_health_flips",
             "Up/down transitions of the backend (active and passive checks).",
-            each(&|b| b.state.stats.flips.load(Ordering::Relaxed)),
+            each(&|b| b.state.stats.flips()),
         )?;
         f.histogram(
             "vipd_backend_connect_duration_seconds",
             "Time to establish a TCP connection to the backend.",
             rows.iter()
-                .map(|(p, a, b)| (labels(p, a), &b.state.stats.connect_latency)),
+                .map(|(p, a, b)| (labels(p, a), b.state.stats.connect_latency())),
         )?;
         Ok(())
     }

@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::AdminState;
 use crate::balance::{Backend, Pool};
 use crate::ipvs;
+use crate::metrics::Handshake;
 use crate::tls::reload::EXPIRY_WARN_DAYS;
 
 /// Client prefixes per persistence group on the status page.
@@ -72,13 +73,13 @@ impl BackendView {
             effective_weight: b.effective_weight(),
             slow_start_permille: s.ramp_permille(),
             active_connections: s.active.load(Ordering::Relaxed),
-            total_connections: s.total.load(Ordering::Relaxed),
-            connect_failures: s.stats.connect_failures.load(Ordering::Relaxed),
-            bytes_in: s.stats.bytes_in.load(Ordering::Relaxed),
-            bytes_out: s.stats.bytes_out.load(Ordering::Relaxed),
-            checks_passed: s.stats.checks_passed.load(Ordering::Relaxed),
-            checks_failed: s.stats.checks_failed.load(Ordering::Relaxed),
-            flips: s.stats.flips.load(Ordering::Relaxed),
+            total_connections: s.stats.selected(),
+            connect_failures: s.stats.connect_failures(),
+            bytes_in: s.stats.bytes_in(),
+            bytes_out: s.stats.bytes_out(),
+            checks_passed: s.stats.checks_passed(),
+            checks_failed: s.stats.checks_failed(),
+            flips: s.stats.flips(),
             last_change: s.last_change().map(|c| ChangeView {
                 to: c.to,
                 cause: c.cause,
@@ -156,7 +157,7 @@ pub(super) fn listeners(state: &AdminState) -> Vec<ListenerView> {
         .iter()
         .map(|l| {
             let s = state.metrics.listener(&l.name);
-            let classes = s.requests.read();
+            let classes = s.requests();
             let requests: serde_json::Map<_, _> = crate::metrics::StatusClasses::LABELS
                 .iter()
                 .zip(classes)
@@ -168,15 +169,15 @@ pub(super) fn listeners(state: &AdminState) -> Vec<ListenerView> {
                 protocol: l.protocol.as_str(),
                 pool: l.pool.clone(),
                 vhosts: l.vhosts.clone(),
-                connections_accepted: s.accepted.load(Ordering::Relaxed),
-                connections_active: s.active.load(Ordering::Relaxed),
-                bytes_in: s.bytes_in.load(Ordering::Relaxed),
-                bytes_out: s.bytes_out.load(Ordering::Relaxed),
+                connections_accepted: s.accepted(),
+                connections_active: s.active(),
+                bytes_in: s.bytes_in(),
+                bytes_out: s.bytes_out(),
                 requests: requests.into(),
                 tls_handshakes: serde_json::json!({
-                    "full": s.tls_full.load(Ordering::Relaxed),
-                    "resumed": s.tls_resumed.load(Ordering::Relaxed),
-                    "failed": s.tls_failed.load(Ordering::Relaxed),
+                    "full": s.handshakes(Handshake::Full),
+                    "resumed": s.handshakes(Handshake::Resumed),
+                    "failed": s.handshakes(Handshake::Failed),
                 }),
             }
         })

@@ -101,7 +101,7 @@ impl BackendState {
         }
         self.ramp_tick.store(0, Ordering::Relaxed);
         self.up_since_ms.store(now_ms(), Ordering::Relaxed);
-        self.stats.flips.fetch_add(1, Ordering::Relaxed);
+        self.stats.record_flip();
         true
     }
 
@@ -109,7 +109,7 @@ impl BackendState {
     pub fn mark_down(&self) -> bool {
         let flipped = self.healthy.swap(false, Ordering::Relaxed);
         if flipped {
-            self.stats.flips.fetch_add(1, Ordering::Relaxed);
+            self.stats.record_flip();
         }
         flipped
     }
@@ -167,7 +167,7 @@ impl BackendState {
     /// this call took it down. Without an active check to bring it back, it
     /// is retried after `pool.passive_cooldown`.
     pub fn connect_failed(&self, pool: &config::Pool) -> bool {
-        self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+        self.stats.record_connect_failure();
         self.passive_failure(pool)
     }
 

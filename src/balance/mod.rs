@@ -42,7 +42,7 @@ pub use persist::{
 pub use rr::{RoundRobin, WeightedRoundRobin};
 
 use crate::config::{self, SchedulerKind};
-use crate::metrics::BackendStats;
+use crate::metrics::{BackendStats, Padded};
 
 /// Live state of one backend, shared by the scheduler, the proxy, health
 /// checks and metrics. Kept across reloads for backends that stay.
@@ -50,11 +50,11 @@ use crate::metrics::BackendStats;
 pub struct BackendState {
     /// Set by health checks; unhealthy backends get no new connections.
     pub healthy: AtomicBool,
-    /// Connections currently open to the backend.
-    pub active: AtomicU64,
-    /// Connections ever opened to the backend.
-    pub total: AtomicU64,
-    /// Traffic and check counters for metrics.
+    /// Connections currently open to the backend: one exact gauge that
+    /// least-connection schedulers read, alone on its cache lines so that
+    /// its per-connection writes do not slow the read-mostly fields here.
+    pub active: Padded<AtomicU64>,
+    /// Traffic and check counters for metrics, one set per worker.
     pub stats: BackendStats,
     /// Weight set through the admin API, overriding the configured one;
     /// `live::NO_OVERRIDE` when unset. 0 drains the backend.
@@ -88,8 +88,7 @@ impl Default for BackendState {
     fn default() -> Self {
         Self {
             healthy: AtomicBool::new(true),
-            active: AtomicU64::new(0),
-            total: AtomicU64::new(0),
+            active: Padded(AtomicU64::new(0)),
             stats: BackendStats::default(),
             weight_override: AtomicU32::new(live::NO_OVERRIDE),
             up_since_ms: AtomicU64::new(0),
@@ -384,7 +383,7 @@ pub struct Lease {
 impl Lease {
     fn new(backend: &Backend, sticky: Option<persist::Hold>) -> Self {
         backend.state.active.fetch_add(1, Ordering::Relaxed);
-        backend.state.total.fetch_add(1, Ordering::Relaxed);
+        backend.state.stats.record_selected();
         Self {
             address: backend.address,
             state: backend.state.clone(),
@@ -633,7 +632,23 @@ mod tests {
         assert_eq!(pool.backends[0].active(), 1);
         drop(lease);
         assert_eq!(pool.backends[0].active(), 0);
-        assert_eq!(pool.backends[0].state.total.load(Ordering::Relaxed), 1);
+        assert_eq!(pool.backends[0].state.stats.selected(), 1);
+    }
+
+    #[test]
+    fn the_active_gauge_shares_no_cache_line_with_the_fields_picks_read() {
+        let state = Arc::new(BackendState::default());
+        let line = |p: *const u8| p as usize / 128;
+        let active = line((&*state.active as *const AtomicU64).cast());
+        let read_by_picks = [
+            (&state.healthy as *const AtomicBool).cast::<u8>(),
+            (&state.weight_override as *const AtomicU32).cast(),
+            (&state.slow_start_ms as *const AtomicU64).cast(),
+            (&state.retry_at_ms as *const AtomicU64).cast(),
+        ];
+        for p in read_by_picks {
+            assert_ne!(line(p), active);
+        }
     }
 
     #[test]

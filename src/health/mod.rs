@@ -278,12 +278,7 @@ async fn watch(
         let took = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
         state.last_check_us.store(took.max(1), Ordering::Relaxed);
         state.last_check_ok.store(ok, Ordering::Relaxed);
-        let counter = if ok {
-            &state.stats.checks_passed
-        } else {
-            &state.stats.checks_failed
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        state.stats.record_check(ok);
         if let Err(e) = &result {
             debug!(backend = %addr, error = %e, "health check failed");
         }

@@ -112,7 +112,7 @@ async fn connect_with(
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 let state = lease.state();
-                state.stats.connect_latency.observe(began.elapsed());
+                state.stats.record_connect(began.elapsed());
                 if state.connect_succeeded() {
                     pool.log_flip(
                         addr,

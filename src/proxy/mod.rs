@@ -15,7 +15,7 @@ pub mod proxy_protocol;
 pub mod splice;
 pub mod terminate;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
@@ -65,3 +65,81 @@ impl Snapshot {
 
 /// The shared, swappable snapshot.
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+/// A snapshot held by one connection: the outer `Arc` is the connection's
+/// own, so cloning it per request writes only memory that connection uses.
+pub type HeldSnapshot = Arc<Arc<Snapshot>>;
+
+/// One connection's copy of the snapshot in service, so that a request
+/// does not take a reference on the process-wide `Arc<Snapshot>` (whose
+/// count every worker would then write on every request).
+///
+/// [`SnapshotCache::get`] compares the snapshot in service with the held
+/// one by address, through an `ArcSwap::load` that writes only the calling
+/// thread's own slots, and takes a new copy only after a reload stored
+/// another one: an open connection sees a reload at its next request, as
+/// with a `load_full` per request. The held `Arc` keeps the old snapshot
+/// alive, so its address cannot be reused by a newer one while compared.
+#[derive(Debug)]
+pub struct SnapshotCache {
+    // A std Mutex: held for a pointer compare and an `Arc` clone, never
+    // across an await; only the connection's own requests take it.
+    held: Mutex<HeldSnapshot>,
+}
+
+impl SnapshotCache {
+    /// A cache holding the snapshot in service now.
+    pub fn new(shared: &SharedSnapshot) -> Self {
+        Self {
+            held: Mutex::new(Arc::new(shared.load_full())),
+        }
+    }
+
+    /// The snapshot in service, from the held copy unless a reload
+    /// replaced it.
+    pub fn get(&self, shared: &SharedSnapshot) -> HeldSnapshot {
+        let current = shared.load();
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&**held, &*current) {
+            *held = Arc::new(Arc::clone(&current));
+        }
+        Arc::clone(&held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(text: &str) -> Arc<Snapshot> {
+        let config = crate::config::parse(text, std::path::Path::new("t.toml")).unwrap();
+        Arc::new(Snapshot::build(Arc::new(config), None).unwrap())
+    }
+
+    const CONFIG: &str = "[[pool]]\nname = \"p\"\nbackends = [{ address = \"127.0.0.1:9\" }]\n";
+
+    #[test]
+    fn a_connection_keeps_its_copy_until_a_reload_stores_another_snapshot() {
+        let first = snapshot(CONFIG);
+        let shared: SharedSnapshot = Arc::new(ArcSwap::new(first.clone()));
+        let cache = SnapshotCache::new(&shared);
+        let a = cache.get(&shared);
+        let b = cache.get(&shared);
+        assert!(Arc::ptr_eq(&a, &b), "no reload: the same held copy");
+        assert!(Arc::ptr_eq(&*a, &first));
+        // Requests do not take references on the process-wide snapshot:
+        // only the swap, the test and the one held copy do.
+        assert_eq!(Arc::strong_count(&first), 3);
+        let second = snapshot(CONFIG);
+        shared.store(second.clone());
+        let c = cache.get(&shared);
+        assert!(
+            Arc::ptr_eq(&*c, &second),
+            "the next request sees the reload"
+        );
+        assert!(
+            Arc::ptr_eq(&*a, &first),
+            "a request in flight keeps its own"
+        );
+    }
+}

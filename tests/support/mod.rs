@@ -116,10 +116,24 @@ impl Vipd {
 
     /// Run a prepared command (e.g. vipd under a shell that sets limits).
     pub fn spawn(cmd: &mut Command, dir: PathBuf) -> Self {
+        Self::start(cmd.stdout(Stdio::null()), dir)
+    }
+
+    /// Like [`Vipd::run`], with stdout (the access log) piped to
+    /// `child.stdout` for the test to read, or not.
+    pub fn run_piped(config: &str) -> Self {
+        let dir = tempdir();
+        let path = dir.join("vipd.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vipd"));
+        cmd.args(["run", "-c"]).arg(&path).stdout(Stdio::piped());
+        Self::start(&mut cmd, dir)
+    }
+
+    fn start(cmd: &mut Command, dir: PathBuf) -> Self {
         let mut child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();

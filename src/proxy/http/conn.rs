@@ -52,7 +52,7 @@ use super::service;
 use crate::config;
 use crate::metrics::{Handshake, ListenerStats};
 use crate::proxy::listener::Admission;
-use crate::proxy::{SharedSnapshot, Snapshot};
+use crate::proxy::{HeldSnapshot, SharedSnapshot, Snapshot, SnapshotCache};
 use crate::shutdown::Shutdown;
 
 /// What every request of one connection shares.
@@ -66,6 +66,9 @@ pub struct Conn {
     /// The listener's name, which keys its routes in the snapshot.
     pub listener: Arc<str>,
     pub snapshot: SharedSnapshot,
+    /// The connection's copy of `snapshot`, read per request through
+    /// [`Conn::snapshot`].
+    held: SnapshotCache,
     /// Whether the client came over TLS.
     pub https: bool,
     /// The TLS server name the client asked for, in the normal form of
@@ -82,6 +85,14 @@ pub struct Conn {
     /// The connection's slot under the listener's caps; a tunnel started
     /// on the connection keeps it until the tunnel closes.
     pub admission: Arc<Admission>,
+}
+
+impl Conn {
+    /// The snapshot in service for a request starting now: the one the
+    /// previous request used unless a reload has stored another since.
+    pub fn snapshot(&self) -> HeldSnapshot {
+        self.held.get(&self.snapshot)
+    }
 }
 
 /// Activity clocks of one connection, in milliseconds since `epoch`.
@@ -415,6 +426,7 @@ async fn serve_http<IO: ClientIo>(mut io: IO, a: Accepted<'_>, h2: bool) {
         peer: Peer::new(a.peer.ip(), https),
         arrival: a.arrival,
         listener: cfg.name.as_str().into(),
+        held: SnapshotCache::new(&a.snapshot),
         snapshot: a.snapshot,
         https,
         // A name the normaliser refuses still takes part in the 421 check

@@ -35,7 +35,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     conn.state.saw_version(req.version());
-    let snap = conn.snapshot.load_full();
+    let snap = conn.snapshot();
     let record = Record {
         start: Instant::now(),
         client: conn.peer.ip,
@@ -190,7 +190,7 @@ async fn forward(
         attempt += 1;
     };
     if let Some(lease) = &ex.lease {
-        lease.state().stats.responses.record(resp.status().as_u16());
+        lease.state().stats.record_response(resp.status().as_u16());
     }
     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switched && !start_tunnel(conn, upgrade.as_ref(), client_upgrade, &mut resp, ex) {

@@ -25,7 +25,7 @@ use super::framing::Chunked;
 use super::parse::{self, Framing, Parsed};
 use super::write::{self, ResponseExtras};
 use super::{ClientIo, HEAD_CHUNK};
-use crate::proxy::Snapshot;
+use crate::proxy::HeldSnapshot;
 use crate::proxy::http::access::{Exchange, Record};
 use crate::proxy::http::conn::Conn;
 use crate::proxy::http::plan::{self, Plan, RequestView};
@@ -149,7 +149,7 @@ struct Prepared {
     head_method: bool,
     plan: Plan,
     vhost: Arc<VhostRoute>,
-    snap: Arc<Snapshot>,
+    snap: HeldSnapshot,
     record: Record,
     /// The head for the backend.
     out: Vec<u8>,
@@ -182,7 +182,7 @@ fn prepare(conn: &Conn, buf: &[u8], lim: &Limits) -> Prep {
     ) else {
         return Prep::Unusual;
     };
-    let snap = conn.snapshot.load_full();
+    let snap = conn.snapshot();
     let view = RequestView {
         method: head.method,
         version: Version::HTTP_11,
@@ -350,7 +350,7 @@ async fn exchange<IO: ClientIo>(
     ex.record.status = a.code;
     conn.stats.record_request(a.code, ex.record.start.elapsed());
     if let Some(lease) = &ex.lease {
-        lease.state().stats.responses.record(a.code);
+        lease.state().stats.record_response(a.code);
     }
     let Answered {
         mut stream,
