@@ -24,16 +24,6 @@ fn config(backend: SocketAddr) -> String {
     )
 }
 
-fn admin_addr(vipd: &Vipd) -> SocketAddr {
-    let line = vipd.wait_for("admin endpoint listening", Duration::from_secs(10));
-    line.split("addr=Some(")
-        .nth(1)
-        .and_then(|r| r.split(')').next())
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// Every line of `stdout`, sent as it arrives.
 fn lines_of(stdout: ChildStdout) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
@@ -160,7 +150,7 @@ async fn a_stdout_nobody_reads_drops_and_counts_lines_without_holding_requests_u
     let mut vipd = Vipd::run_piped(&config(backend.addr));
     let stdout = vipd.child.stdout.take().unwrap();
     let web = vipd.listening(&["web"])["web"];
-    let admin = admin_addr(&vipd);
+    let admin = vipd.admin_addr();
     // Lines of about 4 KiB: 1500 of them (6 MiB) are far more than the
     // pipe (64 KiB), the worker's buffer (1 MiB) and the buffer the writer
     // is stuck writing (1 MiB) hold.
