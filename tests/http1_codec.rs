@@ -381,3 +381,22 @@ async fn every_corpus_case_gets_the_same_or_a_stricter_answer_from_the_codec_tha
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_with_a_chunked_body_reaches_the_backend_with_its_body_through_either_codec() {
+    let (_running, [(vipd, a), (hyper, b)]) = two_codecs().await;
+    for (addr, rec) in [(vipd, &a), (hyper, &b)] {
+        let reply = exchange(
+            addr,
+            b"GET /g HTTP/1.1\r\nHost: site.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await;
+        assert_eq!(statuses(&reply), [200], "{reply}");
+        let seen = rec.seen();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        let got = String::from_utf8_lossy(&seen[0]).to_ascii_lowercase();
+        assert!(got.starts_with("get /g http/1.1\r\n"), "{got}");
+        assert!(got.contains("\r\ntransfer-encoding: chunked\r\n"), "{got}");
+        assert!(got.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{got}");
+    }
+}

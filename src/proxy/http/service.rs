@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::http::uri::PathAndQuery;
@@ -136,6 +137,15 @@ async fn forward(
     } else {
         Version::HTTP_11
     };
+    // hyper's HTTP/1 client sends no body with a GET, HEAD or DELETE of
+    // unknown length unless the request says chunked, and the client's
+    // body would vanish (its request answered as if it had none). Say so.
+    if !plan.upstream.http2() && !body.is_end_stream() && body.size_hint().exact().is_none() {
+        parts.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     let attempts = plan.pool.backends.len().clamp(1, 3);
     let body = RequestBody::new(body, plan.max_body_size, conn.request_body_timeout);
     let mut req = Request::from_parts(parts, body);
