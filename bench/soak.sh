@@ -17,11 +17,11 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 
 "$vipd" gen-cert --names soak.test --out-dir "$work" --stem soak >/dev/null
-# Backends: the two hyper backends of `vipd demo` (127.0.0.1:9001, :9002;
+# Backends: the two hyper backends of `vipd demo` (127.0.0.11:9000, 127.0.0.12:9000;
 # the demo also listens on 8080, 8081 and 8443, unused here).
 RUST_LOG=error "$vipd" demo >/dev/null 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:9002/ && break; sleep 0.1; done
+for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.12:9000/ && break; sleep 0.1; done
 cat >"$work/vipd.toml" <<CONF
 [global]
 access_log = "off"
@@ -53,7 +53,7 @@ certificates = [{ cert = "soak.crt", key = "soak.key" }]
 [[pool]]
 name = "web"
 scheduler = "wrr"
-backends = [{ address = "127.0.0.1:9001" }, { address = "127.0.0.1:9002" }]
+backends = [{ address = "127.0.0.11:9000" }, { address = "127.0.0.12:9000" }]
 # Short upstream idle timeout, so that pooled connections are gone when the
 # open descriptors are counted at the end.
 idle_timeout = "2s"

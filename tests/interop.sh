@@ -2,7 +2,7 @@
 # Interop check of the HTTP proxy with independent clients: curl over
 # HTTP/1.1 and HTTP/2 (h2c prior knowledge and TLS with ALPN) and h2load,
 # against the built vipd binary in front of `vipd demo`'s backends
-# (127.0.0.1:9001 and :9002). Installs curl and nghttp2-client if missing.
+# (127.0.0.11:9000 and 127.0.0.12:9000). Installs curl and nghttp2-client if missing.
 #
 # Usage: tests/interop.sh   (from the repository root; builds vipd first)
 set -euo pipefail
@@ -49,7 +49,7 @@ default_vhost = "www"
 
 [[pool]]
 name = "demo"
-backends = [{ address = "127.0.0.1:9001" }, { address = "127.0.0.1:9002" }]
+backends = [{ address = "127.0.0.11:9000" }, { address = "127.0.0.12:9000" }]
 
 [[vhost]]
 name = "www"
@@ -72,7 +72,7 @@ pids+=($!)
 pids+=($!)
 
 for _ in $(seq 100); do
-  if curl -s -o /dev/null "http://127.0.0.1:$HTTP_PORT/" && curl -s -o /dev/null "http://127.0.0.1:9002/"; then
+  if curl -s -o /dev/null "http://127.0.0.1:$HTTP_PORT/" && curl -s -o /dev/null "http://127.0.0.12:9000/"; then
     break
   fi
   sleep 0.1
@@ -100,7 +100,7 @@ check "curl --http1.1 over https" "200 1.1" \
 check "curl --http2 over https (ALPN)" "200 2" \
   "$(curl -s -o /dev/null -w "$fmt" --http2 "${resolve[@]}" "https://www.example.test:$HTTPS_PORT/")"
 check "backend body through the proxy" "hello from" \
-  "$(curl -s --http2 "${resolve[@]}" "https://www.example.test:$HTTPS_PORT/" | cut -c1-10)"
+  "$(curl -s --http2 "${resolve[@]}" "https://www.example.test:$HTTPS_PORT/" | head -1 | cut -c1-10)"
 check "HSTS on https" "strict-transport-security: max-age=86400" \
   "$(curl -s -D - -o /dev/null "${resolve[@]}" "https://www.example.test:$HTTPS_PORT/" | tr -d '\r' | grep -i '^strict-transport-security' | tr 'A-Z' 'a-z')"
 check "redirect to https" "308 https://secure.example.test/a?b=1" \
