@@ -1,0 +1,157 @@
+//! Hostile clients and hostile backends against the pass-through HTTP/1.1
+//! codec, over real sockets, each case also run through a listener with
+//! `http1_codec = "hyper"` where the two should agree: what the backend
+//! receives is one well-framed request per client request, and what the
+//! client receives is one well-framed response per request.
+
+mod http_support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use http_support::start_proxy;
+
+/// A raw backend that keeps every byte each connection sent it (one entry
+/// per connection) and, per connection, answers the first request head it
+/// sees with `answer`, then keeps reading.
+struct Scripted {
+    addr: SocketAddr,
+    got: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Scripted {
+    async fn start(answer: &'static [u8]) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let g = g.clone();
+                let slot = {
+                    let mut g = g.lock().unwrap();
+                    g.push(Vec::new());
+                    g.len() - 1
+                };
+                tokio::spawn(async move {
+                    let mut chunk = [0u8; 4096];
+                    let mut answered = false;
+                    loop {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                let whole = {
+                                    let mut g = g.lock().unwrap();
+                                    g[slot].extend_from_slice(&chunk[..n]);
+                                    g[slot].windows(4).any(|w| w == b"\r\n\r\n")
+                                };
+                                if whole && !answered {
+                                    answered = true;
+                                    if s.write_all(answer).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, got }
+    }
+
+    /// Everything the backend received, all connections joined.
+    fn received(&self) -> String {
+        let g = self.got.lock().unwrap();
+        g.iter()
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join("")
+    }
+}
+
+/// Listeners `vipd` and `hyper` (the codec each uses) for site `site.test`
+/// in front of `backend`.
+async fn proxy(backend: SocketAddr) -> (Arc<vipd::app::Running>, SocketAddr, SocketAddr) {
+    let config = format!(
+        r#"
+[[listener]]
+name = "vipd"
+bind = "127.0.0.1:0"
+protocol = "http"
+vhosts = ["site"]
+header_timeout = "1s"
+request_body_timeout = "1s"
+
+[[listener]]
+name = "hyper"
+bind = "127.0.0.1:0"
+protocol = "http"
+vhosts = ["site"]
+http1_codec = "hyper"
+header_timeout = "1s"
+request_body_timeout = "1s"
+
+[[pool]]
+name = "p"
+backends = [{{ address = "{backend}" }}]
+response_timeout = "1s"
+
+[[vhost]]
+name = "site"
+hosts = ["site.test"]
+pool = "p"
+"#
+    );
+    let running = start_proxy(&config).await;
+    let v = running.local_addr("vipd").await.unwrap();
+    let h = running.local_addr("hyper").await.unwrap();
+    (running, v, h)
+}
+
+/// Write `bytes` and read until the proxy closes or `quiet` passes with
+/// nothing new.
+async fn exchange(addr: SocketAddr, bytes: &[u8], quiet: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(Ok(n)) = tokio::time::timeout(quiet, s.read(&mut chunk)).await {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_naming_content_length_does_not_strip_the_request_framing() {
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: site.test\r\n\r\n";
+    let attack = format!(
+        "POST /a HTTP/1.1\r\nHost: site.test\r\nConnection: Content-Length\r\nContent-Length: {}\r\n\r\n{smuggled}",
+        smuggled.len()
+    );
+    for codec in ["vipd", "hyper"] {
+        let backend = Scripted::start(OK).await;
+        let (_running, v, h) = proxy(backend.addr).await;
+        let addr = if codec == "vipd" { v } else { h };
+        let reply = exchange(addr, attack.as_bytes(), Duration::from_millis(800)).await;
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{codec}: {reply}");
+        let got = backend.received();
+        // Whatever the backend got, the body must be framed as one: the
+        // request it receives carries its length.
+        let head = &got[..got.find("\r\n\r\n").unwrap()];
+        assert!(
+            head.to_ascii_lowercase()
+                .contains(&format!("content-length: {}", smuggled.len())),
+            "{codec}: the backend got a body without its framing:\n{got}"
+        );
+    }
+}
