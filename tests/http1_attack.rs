@@ -155,3 +155,22 @@ async fn connection_naming_content_length_does_not_strip_the_request_framing() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_connection_field_naming_content_length_does_not_unframe_the_response() {
+    let backend = Scripted::start(
+        b"HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    let (_running, v, _h) = proxy(backend.addr).await;
+    let reply = exchange(
+        v,
+        b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n",
+        Duration::from_millis(800),
+    )
+    .await;
+    assert!(
+        reply.to_ascii_lowercase().contains("\r\ncontent-length: 2\r\n") && reply.ends_with("\r\n\r\nok"),
+        "the client got a response it cannot frame on a kept-alive connection:\n{reply}"
+    );
+}
