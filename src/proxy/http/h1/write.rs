@@ -75,12 +75,15 @@ impl<'h, 'b> HopByHop<'h, 'b> {
     }
 
     /// Whether the field called `lower` is hop-by-hop (`Upgrade` always is
-    /// here: upgrades go through hyper).
+    /// here: upgrades go through hyper). `Content-Length` never is, even
+    /// when `Connection` names it: the body is forwarded by it, so
+    /// dropping it would let the body be read as the next message.
     fn drops(&self, lower: &str) -> bool {
         headers::is_fixed_hop_by_hop(lower)
             || lower == "upgrade"
             || (lower == "te" && self.drop_te)
             || (self.names_others
+                && lower != "content-length"
                 && self
                     .fields
                     .iter()
