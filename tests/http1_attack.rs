@@ -174,3 +174,86 @@ async fn a_backend_connection_field_naming_content_length_does_not_unframe_the_r
         "the client got a response it cannot frame on a kept-alive connection:\n{reply}"
     );
 }
+
+/// A backend that answers the first request on each connection `200` and
+/// keeps it open, then takes the second request and closes without an
+/// answer (as one that crashed mid-request does). Returns every request
+/// line it received.
+async fn answers_once_per_connection() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let l = lines.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let l = l.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut served = 0;
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        let body: usize = head
+                            .lines()
+                            .find_map(|h| h.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_string))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if buf.len() < end + 4 + body {
+                            break;
+                        }
+                        buf.drain(..end + 4 + body);
+                        l.lock().unwrap().push(head.lines().next().unwrap().to_string());
+                        served += 1;
+                        if served > 1 {
+                            return;
+                        }
+                        if s.write_all(OK).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, lines)
+}
+
+// One worker thread: the pooled backend connection is the worker's.
+#[tokio::test]
+async fn a_post_the_backend_took_on_a_pooled_connection_is_not_sent_again_when_it_closes() {
+    for codec in ["vipd", "hyper"] {
+        let (backend, lines) = answers_once_per_connection().await;
+        let (_running, v, h) = proxy(backend).await;
+        let addr = if codec == "vipd" { v } else { h };
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /warm HTTP/1.1\r\nHost: site.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut first = vec![0u8; OK.len() + 512];
+        let n = s.read(&mut first).await.unwrap();
+        assert!(first[..n].starts_with(b"HTTP/1.1 200 OK\r\n"));
+        // Let the backend connection settle in the pool.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.write_all(b"POST /pay HTTP/1.1\r\nHost: site.test\r\nContent-Length: 3\r\n\r\n100")
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_millis(1500), s.read_to_end(&mut reply)).await;
+        let pays = lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("POST /pay"))
+            .count();
+        assert_eq!(
+            pays,
+            1,
+            "{codec}: the backend was sent the POST {pays} times; client got:\n{}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+}
