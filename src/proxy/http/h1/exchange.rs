@@ -282,6 +282,7 @@ async fn exchange<IO: ClientIo>(
         .map(|v| v.as_bytes());
     let asked = Asked {
         head_method,
+        idempotent: ex.record.method.is_idempotent(),
         close: close || conn.shutdown.is_triggered(),
         via: plan.opts.via,
         hsts,
@@ -454,6 +455,10 @@ async fn write_client<IO: ClientIo>(io: &mut IO, lim: &Limits, bytes: &[u8]) -> 
 #[derive(Clone, Copy)]
 struct Asked<'a> {
     head_method: bool,
+    /// The method is idempotent (RFC 9110 9.2.2): the request may be sent
+    /// again when a pooled connection closes without an answer, as the
+    /// backend may have acted on it (RFC 9112 9.3.1).
+    idempotent: bool,
     /// The client asked to close, or vipd is shutting down.
     close: bool,
     via: bool,
@@ -462,8 +467,9 @@ struct Asked<'a> {
 
 /// Send the head in `out` to `addr` and read the response head into `buf`;
 /// then `out` holds the head for the client. A pooled connection the
-/// backend had closed is replaced (the request had not reached it);
-/// informational responses are skipped.
+/// backend had closed is replaced: when the write fails, or, for an
+/// idempotent request only, when it closes with no answer (it may have
+/// acted on the request); informational responses are skipped.
 async fn send<IO: ClientIo>(
     upstream: &Upstream,
     addr: SocketAddr,
@@ -543,7 +549,9 @@ async fn send<IO: ClientIo>(
                         timeout: limit,
                     });
                 }
-                Ok(Ok(0) | Err(_)) if reused && buf.is_empty() && !upload.streamed => {
+                Ok(Ok(0) | Err(_))
+                    if reused && buf.is_empty() && !upload.streamed && asked.idempotent =>
+                {
                     continue 'connection;
                 }
                 Ok(Ok(0)) => {
