@@ -257,3 +257,26 @@ async fn a_post_the_backend_took_on_a_pooled_connection_is_not_sent_again_when_i
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_preface_after_a_served_http1_request_does_not_switch_the_connection_to_http2() {
+    let mut attack = b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n".to_vec();
+    attack.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    // An empty SETTINGS frame.
+    attack.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    for codec in ["vipd", "hyper"] {
+        let backend = Scripted::start(OK).await;
+        let (_running, v, h) = proxy(backend.addr).await;
+        let addr = if codec == "vipd" { v } else { h };
+        let reply = exchange(addr, &attack, Duration::from_millis(800)).await;
+        let after = &reply[reply.find("\r\n\r\nok").expect(&reply) + 6..];
+        assert!(
+            !after.as_bytes().windows(3).any(|w| w == [0, 0, 0] || w == [0, 0, 6]),
+            "{codec}: HTTP/2 frames after an HTTP/1.1 response: {after:?}"
+        );
+        assert!(
+            after.is_empty() || after.starts_with("HTTP/1.1 4"),
+            "{codec}: {after:?}"
+        );
+    }
+}
