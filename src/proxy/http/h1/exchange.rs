@@ -61,6 +61,7 @@ const BODY_CHUNK: usize = 16 * 1024;
 pub async fn serve<IO: ClientIo>(io: &mut IO, conn: &Arc<Conn>, lim: &Limits) -> Served {
     let mut buf = Vec::new();
     let mut first = true;
+    let mut served = false;
     loop {
         if buf.is_empty() && !wait_for_head(io, conn, lim, &mut buf, first).await {
             return Served::Closed;
@@ -74,6 +75,12 @@ pub async fn serve<IO: ClientIo>(io: &mut IO, conn: &Arc<Conn>, lim: &Limits) ->
         let prepared = loop {
             match prepare(conn, &buf, lim) {
                 Prep::Ready(p) => break p,
+                // hyper would read the HTTP/2 preface as the start of a
+                // connection: after an HTTP/1.1 exchange it is an error.
+                Prep::Unusual if served && buf.starts_with(b"PRI ") => {
+                    debug!(side = "client", "HTTP/2 preface after an HTTP/1.1 request; closing");
+                    return Served::Closed;
+                }
                 Prep::Unusual => return Served::HandOff(buf),
                 Prep::Partial => {}
             }
@@ -97,6 +104,7 @@ pub async fn serve<IO: ClientIo>(io: &mut IO, conn: &Arc<Conn>, lim: &Limits) ->
         let in_buf =
             (buf.len() - head_len).min(usize::try_from(prepared.body).unwrap_or(usize::MAX));
         let keep = exchange(io, conn, lim, prepared, &buf[head_len..head_len + in_buf]).await;
+        served = true;
         buf.drain(..head_len + in_buf);
         if !keep {
             let _ = timeout(lim.send, io.shutdown()).await;
