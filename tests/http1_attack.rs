@@ -280,3 +280,38 @@ async fn an_http2_preface_after_a_served_http1_request_does_not_switch_the_conne
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_http10_response_is_refused_as_faulty_framing_by_both_codecs() {
+    for codec in ["vipd", "hyper"] {
+        let backend =
+            Scripted::start(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+                .await;
+        let (_running, v, h) = proxy(backend.addr).await;
+        let addr = if codec == "vipd" { v } else { h };
+        let reply = exchange(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n",
+            Duration::from_millis(800),
+        )
+        .await;
+        assert!(
+            reply.starts_with("HTTP/1.1 502 Bad Gateway\r\n") && reply.ends_with("502 Bad Gateway\n"),
+            "{codec}: {reply}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_204_response_reaches_the_client_without_a_content_length() {
+    let backend =
+        Scripted::start(b"HTTP/1.1 204 No Content\r\nContent-Length: 4\r\nX-A: 1\r\n\r\n").await;
+    let (_running, v, _h) = proxy(backend.addr).await;
+    let reply = exchange(
+        v,
+        b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n",
+        Duration::from_millis(800),
+    )
+    .await;
+    assert_eq!(reply, "HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n");
+}
