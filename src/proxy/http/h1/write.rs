@@ -250,6 +250,9 @@ pub fn response(out: &mut Vec<u8>, head: &ResponseHead<'_, '_>, extras: Response
                 continue;
             }
             "strict-transport-security" => has_hsts = true,
+            // A 204 has no body, and a Content-Length on it (RFC 9110
+            // 8.6 forbids one) would mislead a client into reading one.
+            "content-length" if head.code == 204 => continue,
             _ => {}
         }
         field(out, f.name.as_bytes(), f.value);
