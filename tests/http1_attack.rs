@@ -315,3 +315,51 @@ async fn a_204_response_reaches_the_client_without_a_content_length() {
     .await;
     assert_eq!(reply, "HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n");
 }
+
+/// A backend that reads a request and then floods `100 Continue` heads for
+/// `secs` seconds.
+async fn informational_flood(secs: u64) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut c = [0u8; 1024];
+                let _ = s.read(&mut c).await;
+                let until = tokio::time::Instant::now() + Duration::from_secs(secs);
+                let flood = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(4000);
+                while tokio::time::Instant::now() < until {
+                    if s.write_all(&flood).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_flooding_informational_responses_gets_a_504_within_response_timeout() {
+    let backend = informational_flood(8).await;
+    let (_running, v, h) = proxy(backend).await;
+    for (codec, addr) in [("vipd", v), ("hyper", h)] {
+        let started = tokio::time::Instant::now();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = vec![0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(4), s.read(&mut head))
+            .await
+            .map_or(0, |r| r.unwrap_or(0));
+        let reply = String::from_utf8_lossy(&head[..n]).into_owned();
+        // response_timeout is 1 s; the flood lasts 8 s.
+        assert!(
+            reply.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"),
+            "{codec}: after {:?}: {reply:?}",
+            started.elapsed()
+        );
+        assert!(started.elapsed() < Duration::from_secs(4), "{codec}");
+    }
+}
