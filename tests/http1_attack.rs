@@ -170,7 +170,10 @@ async fn a_backend_connection_field_naming_content_length_does_not_unframe_the_r
     )
     .await;
     assert!(
-        reply.to_ascii_lowercase().contains("\r\ncontent-length: 2\r\n") && reply.ends_with("\r\n\r\nok"),
+        reply
+            .to_ascii_lowercase()
+            .contains("\r\ncontent-length: 2\r\n")
+            && reply.ends_with("\r\n\r\nok"),
         "the client got a response it cannot frame on a kept-alive connection:\n{reply}"
     );
 }
@@ -196,13 +199,19 @@ async fn answers_once_per_connection() -> (SocketAddr, Arc<Mutex<Vec<String>>>) 
                         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                         let body: usize = head
                             .lines()
-                            .find_map(|h| h.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_string))
+                            .find_map(|h| {
+                                h.to_ascii_lowercase()
+                                    .strip_prefix("content-length: ")
+                                    .map(str::to_string)
+                            })
                             .map_or(0, |v| v.trim().parse().unwrap());
                         if buf.len() < end + 4 + body {
                             break;
                         }
                         buf.drain(..end + 4 + body);
-                        l.lock().unwrap().push(head.lines().next().unwrap().to_string());
+                        l.lock()
+                            .unwrap()
+                            .push(head.lines().next().unwrap().to_string());
                         served += 1;
                         if served > 1 {
                             return;
@@ -271,7 +280,10 @@ async fn an_http2_preface_after_a_served_http1_request_does_not_switch_the_conne
         let reply = exchange(addr, &attack, Duration::from_millis(800)).await;
         let after = &reply[reply.find("\r\n\r\nok").expect(&reply) + 6..];
         assert!(
-            !after.as_bytes().windows(3).any(|w| w == [0, 0, 0] || w == [0, 0, 6]),
+            !after
+                .as_bytes()
+                .windows(3)
+                .any(|w| w == [0, 0, 0] || w == [0, 0, 6]),
             "{codec}: HTTP/2 frames after an HTTP/1.1 response: {after:?}"
         );
         assert!(
@@ -284,9 +296,10 @@ async fn an_http2_preface_after_a_served_http1_request_does_not_switch_the_conne
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_http10_response_is_refused_as_faulty_framing_by_both_codecs() {
     for codec in ["vipd", "hyper"] {
-        let backend =
-            Scripted::start(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
-                .await;
+        let backend = Scripted::start(
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        )
+        .await;
         let (_running, v, h) = proxy(backend.addr).await;
         let addr = if codec == "vipd" { v } else { h };
         let reply = exchange(
@@ -296,7 +309,8 @@ async fn a_chunked_http10_response_is_refused_as_faulty_framing_by_both_codecs()
         )
         .await;
         assert!(
-            reply.starts_with("HTTP/1.1 502 Bad Gateway\r\n") && reply.ends_with("502 Bad Gateway\n"),
+            reply.starts_with("HTTP/1.1 502 Bad Gateway\r\n")
+                && reply.ends_with("502 Bad Gateway\n"),
             "{codec}: {reply}"
         );
     }

@@ -78,7 +78,10 @@ pub async fn serve<IO: ClientIo>(io: &mut IO, conn: &Arc<Conn>, lim: &Limits) ->
                 // hyper would read the HTTP/2 preface as the start of a
                 // connection: after an HTTP/1.1 exchange it is an error.
                 Prep::Unusual if served && buf.starts_with(b"PRI ") => {
-                    debug!(side = "client", "HTTP/2 preface after an HTTP/1.1 request; closing");
+                    debug!(
+                        side = "client",
+                        "HTTP/2 preface after an HTTP/1.1 request; closing"
+                    );
                     return Served::Closed;
                 }
                 Prep::Unusual => return Served::HandOff(buf),
