@@ -377,3 +377,69 @@ async fn a_backend_flooding_informational_responses_gets_a_504_within_response_t
         assert!(started.elapsed() < Duration::from_secs(4), "{codec}");
     }
 }
+
+/// A backend that answers each request head at once with `100 Continue`
+/// (unasked), then reads the whole `Content-Length` body and answers `200`
+/// with the number of body bytes it got.
+async fn eager_continue() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut continued = false;
+                loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        if !continued {
+                            continued = true;
+                            if s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+                                return;
+                            }
+                        }
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if buf.len() >= end + 4 + len {
+                            let answer = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{len}",
+                                len.to_string().len()
+                            );
+                            let _ = s.write_all(answer.as_bytes()).await;
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_goes_on_after_an_unasked_100_continue_from_the_backend() {
+    let backend = eager_continue().await;
+    let (_running, v, h) = proxy(backend).await;
+    for (codec, addr) in [("vipd", v), ("hyper", h)] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /up HTTP/1.1\r\nHost: site.test\r\nContent-Length: 10\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.write_all(b"0123456789").await.unwrap();
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut reply)).await;
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(
+            reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.ends_with("\r\n\r\n10"),
+            "{codec}: {reply}"
+        );
+    }
+}
