@@ -575,6 +575,24 @@ async fn send<IO: ClientIo>(
     }
 }
 
+/// Most informational heads skipped while a request body is uploaded.
+const MAX_INFORMATIONAL: usize = 8;
+
+/// Drop the complete informational heads (not `101`) at the front of
+/// `buf`; how many.
+fn drop_informational(buf: &mut Vec<u8>) -> usize {
+    let mut dropped = 0;
+    loop {
+        let mut fields = parse::fields();
+        let n = match parse::response(buf, &mut fields, false) {
+            Ok(Some(h)) if h.code < 200 && h.code != 101 => h.len,
+            _ => return dropped,
+        };
+        buf.drain(..n);
+        dropped += 1;
+    }
+}
+
 /// A response body's framing while it streams.
 enum Body {
     Length(u64),
@@ -682,6 +700,8 @@ impl<IO: ClientIo> Upload<'_, IO> {
                 .unwrap_or(BODY_CHUNK)
                 .min(BODY_CHUNK)
         ];
+        // Informational heads dropped while the upload goes on.
+        let mut informational = 0;
         while self.left > 0 {
             let want = usize::try_from(self.left)
                 .unwrap_or(chunk.len())
@@ -692,6 +712,17 @@ impl<IO: ClientIo> Upload<'_, IO> {
                     buf.reserve(BODY_CHUNK);
                     match (ready, stream.try_read_buf(buf)) {
                         (Ok(()), Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        // A `100 Continue` nobody asked for (some backends
+                        // send one anyway) is not an answer: go on with the
+                        // upload, a few times (then the head loop and its
+                        // deadline deal with a flood).
+                        (Ok(()), Ok(n)) if n > 0 && informational < MAX_INFORMATIONAL => {
+                            informational += drop_informational(buf);
+                            if buf.is_empty() {
+                                continue;
+                            }
+                            return Ok(true);
+                        }
                         _ => return Ok(true),
                     }
                 }
