@@ -443,3 +443,32 @@ async fn an_upload_goes_on_after_an_unasked_100_continue_from_the_backend() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_502_to_a_head_request_carries_no_body() {
+    // The backend closes every connection without an answer: a 502.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            drop(s);
+        }
+    });
+    let (_running, v, h) = proxy(dead).await;
+    for (codec, addr) in [("vipd", v), ("hyper", h)] {
+        let reply = exchange(
+            addr,
+            b"HEAD / HTTP/1.1\r\nHost: site.test\r\n\r\n",
+            Duration::from_millis(800),
+        )
+        .await;
+        assert!(
+            reply.starts_with("HTTP/1.1 502 Bad Gateway\r\n"),
+            "{codec}: {reply}"
+        );
+        assert!(
+            reply.ends_with("\r\n\r\n"),
+            "{codec}: a body after the head of a HEAD response: {reply:?}"
+        );
+    }
+}
