@@ -352,6 +352,10 @@ async fn exchange<IO: ClientIo>(
             let status = e.status();
             let close = close || unread || e.side() == "client";
             write::local(&mut out, status, plan::error_text(status), close, hsts);
+            if head_method {
+                // The same head, no body (RFC 9110 9.3.2), as hyper does.
+                out.truncate(out.len() - plan::error_text(status).len());
+            }
             ex.record.status = status.as_u16();
             conn.stats
                 .record_request(ex.record.status, ex.record.start.elapsed());
