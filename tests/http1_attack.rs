@@ -25,6 +25,15 @@ struct Scripted {
 
 impl Scripted {
     async fn start(answer: &'static [u8]) -> Self {
+        Self::answering(answer, false).await
+    }
+
+    /// Answer every request head (of requests without a body).
+    async fn start_each(answer: &'static [u8]) -> Self {
+        Self::answering(answer, true).await
+    }
+
+    async fn answering(answer: &'static [u8], each: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let got = Arc::new(Mutex::new(Vec::new()));
@@ -39,18 +48,19 @@ impl Scripted {
                 };
                 tokio::spawn(async move {
                     let mut chunk = [0u8; 4096];
-                    let mut answered = false;
+                    let mut answered = 0;
                     loop {
                         match s.read(&mut chunk).await {
                             Ok(0) | Err(_) => return,
                             Ok(n) => {
-                                let whole = {
+                                let heads = {
                                     let mut g = g.lock().unwrap();
                                     g[slot].extend_from_slice(&chunk[..n]);
-                                    g[slot].windows(4).any(|w| w == b"\r\n\r\n")
+                                    g[slot].windows(4).filter(|w| w == b"\r\n\r\n").count()
                                 };
-                                if whole && !answered {
-                                    answered = true;
+                                let due = if each { heads } else { heads.min(1) };
+                                while answered < due {
+                                    answered += 1;
                                     if s.write_all(answer).await.is_err() {
                                         return;
                                     }
@@ -471,4 +481,43 @@ async fn a_local_502_to_a_head_request_carries_no_body() {
             "{codec}: a body after the head of a HEAD response: {reply:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_head_after_an_idle_pause_and_a_head_sent_byte_by_byte_are_both_served() {
+    let backend = Scripted::start_each(OK).await;
+    let (_running, v, _h) = proxy(backend.addr).await;
+    let mut s = TcpStream::connect(v).await.unwrap();
+    let mut reply = vec![0u8; 4096];
+    s.write_all(b"GET /1 HTTP/1.1\r\nHost: site.test\r\n\r\n")
+        .await
+        .unwrap();
+    let n = s.read(&mut reply).await.unwrap();
+    assert!(reply[..n].ends_with(b"\r\n\r\nok"));
+    // Idle longer than header_timeout (1 s): the idle clock applies.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let big = format!(
+        "GET /2 HTTP/1.1\r\nHost: site.test\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(6000)
+    );
+    s.write_all(big.as_bytes()).await.unwrap();
+    let n = s.read(&mut reply).await.unwrap();
+    assert!(
+        reply[..n].ends_with(b"\r\n\r\nok"),
+        "{:?}",
+        String::from_utf8_lossy(&reply[..n])
+    );
+    // A head one byte at a time, well within header_timeout.
+    for b in b"GET /3 HTTP/1.1\r\nHost: site.test\r\n\r\n" {
+        s.write_all(&[*b]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let n = s.read(&mut reply).await.unwrap();
+    assert!(
+        reply[..n].ends_with(b"\r\n\r\nok"),
+        "{:?}",
+        String::from_utf8_lossy(&reply[..n])
+    );
+    let got = backend.received();
+    assert!(got.contains("GET /2 ") && got.contains("GET /3 "), "{got}");
 }
