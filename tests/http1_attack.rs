@@ -521,3 +521,63 @@ async fn a_big_head_after_an_idle_pause_and_a_head_sent_byte_by_byte_are_both_se
     let got = backend.received();
     assert!(got.contains("GET /2 ") && got.contains("GET /3 "), "{got}");
 }
+
+/// A backend that answers each connection's first request `ok`, then,
+/// 100 ms later, sends a second response nobody asked for (`evil`), and
+/// answers any later request `fresh`.
+async fn answers_twice() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut answered = 0;
+                loop {
+                    let heads = buf.windows(4).filter(|w| w == b"\r\n\r\n").count();
+                    while answered < heads {
+                        answered += 1;
+                        let r: &[u8] = if answered == 1 {
+                            OK
+                        } else {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh"
+                        };
+                        if s.write_all(r).await.is_err() {
+                            return;
+                        }
+                        if answered == 1 {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            let evil = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil";
+                            if s.write_all(evil).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+// One worker thread: both clients share the worker's backend idle list.
+#[tokio::test]
+async fn an_unasked_second_response_never_reaches_the_next_client_of_a_pooled_connection() {
+    let backend = answers_twice().await;
+    let (_running, v, h) = proxy(backend).await;
+    for (codec, addr) in [("vipd", v), ("hyper", h)] {
+        let get = b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n";
+        let first = exchange(addr, get, Duration::from_millis(400)).await;
+        assert!(first.ends_with("\r\n\r\nok"), "{codec}: {first}");
+        let second = exchange(addr, get, Duration::from_millis(400)).await;
+        assert!(
+            !second.contains("evil") && second.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{codec}: the next client got {second}"
+        );
+    }
+}
