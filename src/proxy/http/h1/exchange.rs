@@ -61,6 +61,7 @@ const BODY_CHUNK: usize = 16 * 1024;
 pub async fn serve<IO: ClientIo>(io: &mut IO, conn: &Arc<Conn>, lim: &Limits) -> Served {
     let mut buf = Vec::new();
     let mut first = true;
+    let mut served = false;
     loop {
         if buf.is_empty() && !wait_for_head(io, conn, lim, &mut buf, first).await {
             return Served::Closed;
@@ -74,6 +75,15 @@ pub async fn serve<IO: ClientIo>(io: &mut IO, conn: &Arc<Conn>, lim: &Limits) ->
         let prepared = loop {
             match prepare(conn, &buf, lim) {
                 Prep::Ready(p) => break p,
+                // hyper would read the HTTP/2 preface as the start of a
+                // connection: after an HTTP/1.1 exchange it is an error.
+                Prep::Unusual if served && buf.starts_with(b"PRI ") => {
+                    debug!(
+                        side = "client",
+                        "HTTP/2 preface after an HTTP/1.1 request; closing"
+                    );
+                    return Served::Closed;
+                }
                 Prep::Unusual => return Served::HandOff(buf),
                 Prep::Partial => {}
             }
@@ -97,6 +107,7 @@ pub async fn serve<IO: ClientIo>(io: &mut IO, conn: &Arc<Conn>, lim: &Limits) ->
         let in_buf =
             (buf.len() - head_len).min(usize::try_from(prepared.body).unwrap_or(usize::MAX));
         let keep = exchange(io, conn, lim, prepared, &buf[head_len..head_len + in_buf]).await;
+        served = true;
         buf.drain(..head_len + in_buf);
         if !keep {
             let _ = timeout(lim.send, io.shutdown()).await;
@@ -282,6 +293,7 @@ async fn exchange<IO: ClientIo>(
         .map(|v| v.as_bytes());
     let asked = Asked {
         head_method,
+        idempotent: ex.record.method.is_idempotent(),
         close: close || conn.shutdown.is_triggered(),
         via: plan.opts.via,
         hsts,
@@ -340,6 +352,10 @@ async fn exchange<IO: ClientIo>(
             let status = e.status();
             let close = close || unread || e.side() == "client";
             write::local(&mut out, status, plan::error_text(status), close, hsts);
+            if head_method {
+                // The same head, no body (RFC 9110 9.3.2), as hyper does.
+                out.truncate(out.len() - plan::error_text(status).len());
+            }
             ex.record.status = status.as_u16();
             conn.stats
                 .record_request(ex.record.status, ex.record.start.elapsed());
@@ -454,6 +470,10 @@ async fn write_client<IO: ClientIo>(io: &mut IO, lim: &Limits, bytes: &[u8]) -> 
 #[derive(Clone, Copy)]
 struct Asked<'a> {
     head_method: bool,
+    /// The method is idempotent (RFC 9110 9.2.2): the request may be sent
+    /// again when a pooled connection closes without an answer, as the
+    /// backend may have acted on it (RFC 9112 9.3.1).
+    idempotent: bool,
     /// The client asked to close, or vipd is shutting down.
     close: bool,
     via: bool,
@@ -462,8 +482,9 @@ struct Asked<'a> {
 
 /// Send the head in `out` to `addr` and read the response head into `buf`;
 /// then `out` holds the head for the client. A pooled connection the
-/// backend had closed is replaced (the request had not reached it);
-/// informational responses are skipped.
+/// backend had closed is replaced: when the write fails, or, for an
+/// idempotent request only, when it closes with no answer (it may have
+/// acted on the request); informational responses are skipped.
 async fn send<IO: ClientIo>(
     upstream: &Upstream,
     addr: SocketAddr,
@@ -543,7 +564,9 @@ async fn send<IO: ClientIo>(
                         timeout: limit,
                     });
                 }
-                Ok(Ok(0) | Err(_)) if reused && buf.is_empty() && !upload.streamed => {
+                Ok(Ok(0) | Err(_))
+                    if reused && buf.is_empty() && !upload.streamed && asked.idempotent =>
+                {
                     continue 'connection;
                 }
                 Ok(Ok(0)) => {
@@ -553,6 +576,24 @@ async fn send<IO: ClientIo>(
                 Ok(Ok(_)) => {}
             }
         }
+    }
+}
+
+/// Most informational heads skipped while a request body is uploaded.
+const MAX_INFORMATIONAL: usize = 8;
+
+/// Drop the complete informational heads (not `101`) at the front of
+/// `buf`; how many.
+fn drop_informational(buf: &mut Vec<u8>) -> usize {
+    let mut dropped = 0;
+    loop {
+        let mut fields = parse::fields();
+        let n = match parse::response(buf, &mut fields, false) {
+            Ok(Some(h)) if h.code < 200 && h.code != 101 => h.len,
+            _ => return dropped,
+        };
+        buf.drain(..n);
+        dropped += 1;
     }
 }
 
@@ -663,6 +704,8 @@ impl<IO: ClientIo> Upload<'_, IO> {
                 .unwrap_or(BODY_CHUNK)
                 .min(BODY_CHUNK)
         ];
+        // Informational heads dropped while the upload goes on.
+        let mut informational = 0;
         while self.left > 0 {
             let want = usize::try_from(self.left)
                 .unwrap_or(chunk.len())
@@ -673,6 +716,17 @@ impl<IO: ClientIo> Upload<'_, IO> {
                     buf.reserve(BODY_CHUNK);
                     match (ready, stream.try_read_buf(buf)) {
                         (Ok(()), Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        // A `100 Continue` nobody asked for (some backends
+                        // send one anyway) is not an answer: go on with the
+                        // upload, a few times (then the head loop and its
+                        // deadline deal with a flood).
+                        (Ok(()), Ok(n)) if n > 0 && informational < MAX_INFORMATIONAL => {
+                            informational += drop_informational(buf);
+                            if buf.is_empty() {
+                                continue;
+                            }
+                            return Ok(true);
+                        }
                         _ => return Ok(true),
                     }
                 }

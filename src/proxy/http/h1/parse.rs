@@ -13,7 +13,8 @@
 //!
 //! Backend responses are hostile too: a response whose framing is not
 //! exactly one of no body, one `Content-Length`, `Transfer-Encoding:
-//! chunked` alone, or close-delimited is [`ResponseError`] (a 502).
+//! chunked` alone (from HTTP/1.1), or close-delimited is [`ResponseError`]
+//! (a 502).
 
 use httparse::{EMPTY_HEADER, Header, Status};
 
@@ -202,7 +203,7 @@ pub enum ResponseError {
     #[error("response head larger than {0} bytes")]
     TooLarge(usize),
     #[error(
-        "ambiguous response framing (Content-Length and Transfer-Encoding, several lengths, or a coding other than chunked)"
+        "ambiguous response framing (Content-Length and Transfer-Encoding, several lengths, a coding other than chunked, or Transfer-Encoding from HTTP/1.0)"
     )]
     Framing,
 }
@@ -258,7 +259,9 @@ pub fn response<'h, 'b>(
             }
         }
     }
-    if chunked && length.is_some() {
+    // Transfer-Encoding in an HTTP/1.0 message is faulty framing (RFC 9112
+    // 6.1), as hyper has it.
+    if chunked && (length.is_some() || version == 0) {
         return Err(ResponseError::Framing);
     }
     let framing = if head_request || code < 200 || code == 204 || code == 304 {

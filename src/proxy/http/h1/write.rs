@@ -75,12 +75,15 @@ impl<'h, 'b> HopByHop<'h, 'b> {
     }
 
     /// Whether the field called `lower` is hop-by-hop (`Upgrade` always is
-    /// here: upgrades go through hyper).
+    /// here: upgrades go through hyper). `Content-Length` never is, even
+    /// when `Connection` names it: the body is forwarded by it, so
+    /// dropping it would let the body be read as the next message.
     fn drops(&self, lower: &str) -> bool {
         headers::is_fixed_hop_by_hop(lower)
             || lower == "upgrade"
             || (lower == "te" && self.drop_te)
             || (self.names_others
+                && lower != "content-length"
                 && self
                     .fields
                     .iter()
@@ -247,6 +250,9 @@ pub fn response(out: &mut Vec<u8>, head: &ResponseHead<'_, '_>, extras: Response
                 continue;
             }
             "strict-transport-security" => has_hsts = true,
+            // A 204 has no body, and a Content-Length on it (RFC 9110
+            // 8.6 forbids one) would mislead a client into reading one.
+            "content-length" if head.code == 204 => continue,
             _ => {}
         }
         field(out, f.name.as_bytes(), f.value);

@@ -97,14 +97,25 @@ fn responses_lose_hop_by_hop_fields_and_get_framing_close_hsts_and_via() {
     );
     assert_eq!(
         response_of(
-            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nUpgrade: h2c\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nUpgrade: h2c\r\n\r\n",
             ResponseExtras {
                 via: true,
                 hsts: Some(b"max-age=60"),
                 close: true
             }
         ),
-        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\nstrict-transport-security: max-age=60\r\nvia: 1.0 vipd\r\n\r\n"
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\nstrict-transport-security: max-age=60\r\nvia: 1.1 vipd\r\n\r\n"
+    );
+    assert_eq!(
+        response_of(
+            "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n",
+            ResponseExtras {
+                via: true,
+                hsts: None,
+                close: true
+            }
+        ),
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nconnection: close\r\nvia: 1.0 vipd\r\n\r\n"
     );
 }
 
