@@ -375,7 +375,7 @@ fn vipd_alive(pid: u32) -> bool {
 }
 
 #[test]
-fn idle_connections_after_one_exchange_hold_no_pipe() {
+fn small_exchanges_take_no_pipe_and_a_bulk_one_splices_through_a_few_pooled_pipes() {
     let backend = echo_thread();
     let vipd = Vipd::run(&tcp_config(backend, "30s"));
     let addr = vipd.listening(&["l4"])["l4"];
@@ -392,10 +392,36 @@ fn idle_connections_after_one_exchange_hold_no_pipe() {
         assert_eq!(back, msg);
         held.push(c);
     }
+    // splice-auto: a burst smaller than the copy buffer goes by read and
+    // send, so 100 small exchanges open no pipe at all.
+    assert_eq!(
+        pipe_fds(pid),
+        baseline,
+        "a pipe was opened for 2 KiB exchanges"
+    );
+    // A 40 MiB burst fills the copy buffer and goes on through pipes.
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let msg = payload(40 << 20, 7);
+    let mut w = c.try_clone().unwrap();
+    let sent = msg.clone();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&sent).unwrap();
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    writer.join().unwrap();
+    assert_eq!(back.len(), msg.len());
+    assert_eq!(checksum(&back), checksum(&msg));
     std::thread::sleep(Duration::from_millis(200));
     let pipes = pipe_fds(pid) - baseline;
-    // One exchange at a time: the few pooled pipes serve all of them.
-    assert!(pipes >= 2, "no pipe was ever used ({pipes} pipe fds)");
+    // The bulk exchange spliced; its pipes went back to the pool, and the
+    // 100 idle connections hold none.
+    assert!(
+        pipes >= 2,
+        "the 40 MiB exchange never used a pipe ({pipes} pipe fds)"
+    );
     assert!(
         pipes <= 16,
         "{pipes} pipe fds for 100 idle connections: pipes are held while idle"

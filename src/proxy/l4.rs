@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -42,7 +43,8 @@ pub struct Origin {
     /// is the identity used for persistence, hashing and logs.
     pub client: SocketAddr,
     /// The address the client connected to (the PROXY header's destination
-    /// when there was one).
+    /// when there was one). Only a PROXY header sent to the backend reads
+    /// it; when the pool sends none, it is the listener's bind address.
     pub local: SocketAddr,
 }
 
@@ -99,7 +101,7 @@ async fn connect_with(
         let addr = lease.address;
         let began = Instant::now();
         let connected = tokio::time::timeout(pool_cfg.connect_timeout, async {
-            let mut stream = TcpStream::connect(addr).await?;
+            let mut stream = connect_socket(addr).await?;
             if let (true, Some(o)) = (pool_cfg.send_proxy, origin) {
                 stream
                     .write_all(&proxy_protocol::encode_v2(o.client, o.local))
@@ -110,7 +112,6 @@ async fn connect_with(
         .await;
         match connected {
             Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
                 let state = lease.state();
                 state.stats.record_connect(began.elapsed());
                 if state.connect_succeeded() {
@@ -149,20 +150,48 @@ async fn connect_with(
     Err(last)
 }
 
+/// A TCP connection to `addr` with TCP_NODELAY, in as few syscalls as
+/// HAProxy's: socket(2) already non-blocking, the option set before
+/// connect(2), and the outcome read from the readiness event itself; only
+/// a failed connect asks the socket for its error (tokio's own connect
+/// calls getsockopt(SO_ERROR) every time).
+async fn connect_socket(addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    socket.set_nodelay(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = TcpStream::from_std(socket.into())?;
+    // Writable without an error or hang-up: the handshake completed.
+    let ready = stream.ready(Interest::WRITABLE | Interest::ERROR).await?;
+    if ready.is_error() || ready.is_write_closed() {
+        return Err(stream.take_error()?.unwrap_or_else(|| {
+            io::Error::new(io::ErrorKind::ConnectionReset, "closed while connecting")
+        }));
+    }
+    Ok(stream)
+}
+
 /// Forward a `tcp` listener's connection to a backend of its pool, both
 /// ways with splice(2): no byte is copied into user space.
 pub async fn forward(
-    client: TcpStream,
+    mut client: TcpStream,
     origin: Origin,
     listener: &config::Listener,
     snap: &Snapshot,
     stats: &ListenerStats,
 ) {
     let started = Instant::now();
-    let Some((backend, lease)) = backend_for(listener, snap, origin).await else {
+    let Some((mut backend, lease)) = backend_for(listener, snap, origin).await else {
         return;
     };
-    let (moved, end) = splice::splice_both(&client, &backend, listener.idle_timeout).await;
+    let (moved, end) = splice::splice_both(&mut client, &mut backend, listener.idle_timeout).await;
     let logged = snap.config.global.access_log != config::AccessLog::Off;
     finish(moved, end, &lease, stats, started, logged);
 }

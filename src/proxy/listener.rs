@@ -30,7 +30,8 @@ pub struct BindError {
 
 /// Bind a listener's socket as configured: SO_REUSEADDR, optional
 /// SO_REUSEPORT and IP_FREEBIND (for a VIP that is not on this host yet),
-/// IPv6-only for IPv6 addresses, and the configured backlog.
+/// IPv6-only for IPv6 addresses, TCP_NODELAY (accepted sockets inherit it
+/// on Linux: no setsockopt(2) per connection), and the configured backlog.
 pub fn bind(cfg: &config::Listener) -> Result<TcpListener, BindError> {
     let err = |step, source: io::Error| {
         let hint = match source.raw_os_error() {
@@ -80,6 +81,9 @@ pub fn bind(cfg: &config::Listener) -> Result<TcpListener, BindError> {
                 .map_err(|e| err("set IP_FREEBIND on", e))?;
         }
     }
+    socket
+        .set_nodelay(true)
+        .map_err(|e| err("set TCP_NODELAY on", e))?;
     socket
         .set_nonblocking(true)
         .map_err(|e| err("make non-blocking", e))?;
@@ -227,7 +231,6 @@ pub async fn run(listener: TcpListener, ctx: Context) {
             Some(Ok(p)) => Some(p),
             None => None,
         };
-        let _ = stream.set_nodelay(true);
         let ctx2 = Arc::clone(&ctx);
         let span = info_span!("conn", listener = %ctx.name, client = %peer);
         let admission = Admission {
@@ -267,7 +270,18 @@ async fn handle(
         warn!("listener removed from the configuration; closing connection");
         return;
     };
-    let local = stream.local_addr().unwrap_or(cfg.bind);
+    // The address the client reached is read (getsockname(2)) only for
+    // a PROXY header to the backend, the one place it goes; otherwise the
+    // bind address stands in.
+    let sends_proxy = cfg
+        .pool
+        .as_deref()
+        .and_then(|p| snap.config.pool(p))
+        .is_some_and(|p| p.send_proxy);
+    let local = match sends_proxy {
+        true => stream.local_addr().unwrap_or(cfg.bind),
+        false => cfg.bind,
+    };
     let mut origin = super::l4::Origin {
         client: peer,
         local,

@@ -1,6 +1,8 @@
-//! Zero-copy forwarding between two TCP sockets (`tcp` listeners): bytes
-//! go from one socket into a pipe and from the pipe into the other socket
-//! with splice(2), so they are never copied into user space.
+//! Forwarding between two TCP sockets (`tcp` listeners) as HAProxy's
+//! `splice-auto` does: a burst is first read into a buffer on the stack and
+//! sent (small exchanges cost one read and one send), and only a burst that
+//! fills that buffer goes on with splice(2), from one socket into a pipe
+//! and from the pipe into the other socket, never copied into user space.
 //!
 //! A direction borrows a pipe only while it has bytes to move and gives it
 //! back once the pipe is empty and its socket has nothing more to read, so
@@ -9,19 +11,24 @@
 //! connection costs no pipe(2) call in steady state). Pipes are file
 //! descriptors: at most a quarter of the process's descriptor limit (and
 //! at most 4096 pipes) is spent on them (HAProxy's `maxpipes` is a quarter
-//! of `maxconn`); past that, or when pipe(2) fails, a direction copies
-//! through a user-space buffer for the burst instead.
+//! of `maxconn`); past that, or when pipe(2) fails, a direction goes on
+//! through the stack buffer.
 
 use std::cell::RefCell;
+use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Poll, ready};
 use std::time::Duration;
 
 use nix::fcntl::{OFlag, SpliceFFlags, splice};
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, Interest, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::net::tcp::ReadHalf;
 
 use super::copy::{Activity, Ended, Side, Transferred};
 
@@ -30,8 +37,9 @@ const CHUNK: usize = 64 * 1024;
 const FLAGS: SpliceFFlags = SpliceFFlags::SPLICE_F_MOVE.union(SpliceFFlags::SPLICE_F_NONBLOCK);
 /// Empty pipes kept per worker thread between bursts.
 const SPARE_PER_THREAD: usize = 64;
-/// Bytes a direction without a pipe copies through user space at once.
-const FALLBACK_BUFFER: usize = 16 * 1024;
+/// The stack buffer a burst is first read into: a burst that fills it goes
+/// on through a pipe (HAProxy's `bufsize`, 16 KiB).
+const COPY_BUFFER: usize = 16 * 1024;
 
 /// Pipes open in the process: pooled and lent.
 static OPEN: AtomicUsize = AtomicUsize::new(0);
@@ -118,11 +126,27 @@ fn splice_fd(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
     }
 }
 
+/// What one copy step did.
+enum Step {
+    /// Moved a read that left the buffer short: the socket is drained.
+    Drained,
+    /// A read filled the buffer: more is likely waiting, splice the rest.
+    Filled,
+    /// `from` ended its side.
+    Eof,
+}
+
 /// Move everything `from` sends to `to` until `from` ends its side, then
 /// pass the end on (see [`Ends::pass_on`]). `total` counts the bytes that
 /// reached `to`.
+///
+/// HAProxy's `splice-auto`: a burst is first read into a buffer on the
+/// stack and sent (one read and one send for a small exchange, where
+/// splice needs an extra call to learn the socket is empty); only when a
+/// read fills that buffer does the rest of the burst go through a pipe.
+/// Without a pipe to spare, the burst goes on through the stack buffer.
 async fn carry(
-    from: &TcpStream,
+    from: &mut ReadHalf<'_>,
     to: &TcpStream,
     sides: (Side, Side),
     total: &mut u64,
@@ -140,14 +164,18 @@ async fn carry(
         source,
     };
     loop {
-        from.readable().await.map_err(read_err)?;
-        let Some(pipe) = Pipe::take() else {
-            if copy_burst(from, to, sides, total, activity).await? {
+        match copy_step(from, to, sides, total, activity).await? {
+            Step::Eof => {
                 ends.pass_on(to);
                 return Ok(());
             }
+            Step::Drained => continue,
+            Step::Filled => {}
+        }
+        let Some(pipe) = Pipe::take() else {
             continue;
         };
+        let from: &TcpStream = from.as_ref();
         // The pipe is empty at the top of this loop, so a splice into it
         // that would block means `from` has nothing to read.
         loop {
@@ -178,55 +206,74 @@ async fn carry(
     }
 }
 
-/// Without a pipe: copy what `from` has now through a buffer that lives
-/// for this burst only. `Ok(true)` when `from` ended its side.
-async fn copy_burst(
-    from: &TcpStream,
+/// Read once from `from` into a buffer on the stack of this poll (an idle
+/// connection holds no buffer) and send it to `to`. Only what `to` cannot
+/// take at once is moved to the heap, until written. A short read tells
+/// tokio the socket is drained, so no read is spent learning it.
+async fn copy_step(
+    from: &mut ReadHalf<'_>,
     to: &TcpStream,
     sides: (Side, Side),
     total: &mut u64,
     activity: &Activity,
-) -> Result<bool, Ended> {
-    let mut buf = vec![0u8; FALLBACK_BUFFER];
-    loop {
-        let n = match from.try_read(&mut buf) {
-            Ok(0) => return Ok(true),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => {
-                return Err(Ended::Failed {
-                    side: sides.0,
-                    reading: true,
-                    source,
-                });
-            }
+) -> Result<Step, Ended> {
+    let write_err = |source| Ended::Failed {
+        side: sides.1,
+        reading: false,
+        source,
+    };
+    let (step, rest) = poll_fn(|cx| {
+        let mut stack = [MaybeUninit::<u8>::uninit(); COPY_BUFFER];
+        let mut rb = ReadBuf::uninit(&mut stack);
+        ready!(Pin::new(&mut *from).poll_read(cx, &mut rb)).map_err(|source| Ended::Failed {
+            side: sides.0,
+            reading: true,
+            source,
+        })?;
+        let data = rb.filled();
+        if data.is_empty() {
+            return Poll::Ready(Ok((Step::Eof, None)));
+        }
+        let step = if data.len() == COPY_BUFFER {
+            Step::Filled
+        } else {
+            Step::Drained
         };
         let mut off = 0;
-        while off < n {
-            match to.try_write(&buf[off..n]) {
+        while off < data.len() {
+            match to.try_write(&data[off..]) {
                 Ok(k) => off += k,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(Ended::Failed {
-                        side: sides.1,
-                        reading: false,
-                        source,
-                    });
-                }
-            }
-            if off < n {
-                to.writable().await.map_err(|source| Ended::Failed {
-                    side: sides.1,
-                    reading: false,
-                    source,
-                })?;
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(write_err(e))),
             }
         }
-        *total += n as u64;
+        *total += off as u64;
+        activity.touch();
+        let rest = (off < data.len()).then(|| Box::<[u8]>::from(&data[off..]));
+        Poll::Ready(Ok((step, rest)))
+    })
+    .await?;
+    if let Some(rest) = rest {
+        let mut off = 0;
+        while off < rest.len() {
+            to.writable().await.map_err(write_err)?;
+            match to.try_write(&rest[off..]) {
+                Ok(k) => {
+                    off += k;
+                    *total += k as u64;
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(write_err(e)),
+            }
+        }
         activity.touch();
     }
+    Ok(step)
 }
 
 /// How many directions of a connection have seen their EOF.
@@ -249,10 +296,14 @@ impl Ends {
 /// finished, with half-close passed on, or until nothing moved either way
 /// for `idle`. The byte counts are those moved, also when it ended early.
 pub async fn splice_both(
-    client: &TcpStream,
-    backend: &TcpStream,
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
     idle: Duration,
 ) -> (Transferred, Result<(), Ended>) {
+    let (mut client_rx, client_tx) = client.split();
+    let (mut backend_rx, backend_tx) = backend.split();
+    let (client_tx, backend_tx): (&TcpStream, &TcpStream) =
+        (client_tx.as_ref(), backend_tx.as_ref());
     let activity = Activity::new();
     let ends = Ends(AtomicBool::new(false));
     let (mut up, mut down) = (0u64, 0u64);
@@ -261,8 +312,22 @@ pub async fn splice_both(
         let down_side = (Side::Backend, Side::Client);
         let both = async {
             tokio::try_join!(
-                carry(client, backend, up_side, &mut up, &activity, &ends),
-                carry(backend, client, down_side, &mut down, &activity, &ends),
+                carry(
+                    &mut client_rx,
+                    backend_tx,
+                    up_side,
+                    &mut up,
+                    &activity,
+                    &ends
+                ),
+                carry(
+                    &mut backend_rx,
+                    client_tx,
+                    down_side,
+                    &mut down,
+                    &activity,
+                    &ends
+                ),
             )
         };
         tokio::select! {
