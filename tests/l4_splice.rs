@@ -462,6 +462,8 @@ fn without_a_pipe_to_spare_a_connection_is_copied_in_user_space() {
     );
     let addrs = vipd.listening(&["l4", "echo"]);
     let pid = vipd.child.id();
+    // (vipd's stdout and stderr are pipes too.)
+    let base = pipe_fds(pid);
     let mut stuck = Vec::new();
     for _ in 0..4 {
         let mut c = std::net::TcpStream::connect(addrs["l4"]).unwrap();
@@ -475,7 +477,18 @@ fn without_a_pipe_to_spare_a_connection_is_copied_in_user_space() {
         }
         stuck.push(c);
     }
+    // Each stalled connection takes its pipe once a read fills the stack
+    // buffer; on a loaded machine the last may take a moment.
+    let until = Instant::now() + Duration::from_secs(10);
+    while pipe_fds(pid) < base + 8 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let pipes = pipe_fds(pid);
+    assert_eq!(
+        pipes,
+        base + 8,
+        "the four stalled connections hold the budget's 4 pipes"
+    );
     let mut c = std::net::TcpStream::connect(addrs["echo"]).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let msg = payload(2 << 20, 42);
