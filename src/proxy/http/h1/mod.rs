@@ -58,11 +58,27 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 pub const HEAD_CHUNK: usize = 4096;
 
 impl ClientIo for TcpStream {
+    /// The read is `poll_read`, not `try_read_buf`: tokio clears the
+    /// socket's readiness after a read that did not fill the buffer (with
+    /// edge-triggered epoll the socket is then empty), so the next wait
+    /// goes to epoll instead of first trying a `recvfrom` that can only
+    /// return EAGAIN. `try_read_buf` clears it only on EAGAIN, which cost
+    /// one wasted system call per keep-alive request.
     async fn idle_read(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
         loop {
             self.readable().await?;
             buf.reserve(HEAD_CHUNK);
-            match self.try_read_buf(buf) {
+            let read = {
+                let mut reading = std::pin::pin!(self.read_buf(buf));
+                std::future::poll_fn(|cx| match reading.as_mut().poll(cx) {
+                    // The readiness was stale (and is now cleared): wait
+                    // again without holding the buffer.
+                    Poll::Pending => Poll::Ready(Err(io::ErrorKind::WouldBlock.into())),
+                    done => done,
+                })
+                .await
+            };
+            match read {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if buf.is_empty() {
                         *buf = Vec::new();
