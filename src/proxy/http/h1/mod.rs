@@ -182,3 +182,46 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
         self.inner.is_write_vectored()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use tokio::net::TcpListener;
+
+    use super::ClientIo;
+
+    /// After a read that did not fill the buffer, tokio's readiness for the
+    /// socket must be cleared: the next wait then goes to epoll instead of
+    /// trying a `recvfrom` that can only return EAGAIN. Observed without
+    /// counting system calls: with the readiness cleared, `try_read` does
+    /// not even ask the kernel, so bytes that arrived since (and that the
+    /// I/O driver has not seen yet) are not returned; with it left set,
+    /// `try_read` reads them.
+    #[tokio::test]
+    async fn a_short_keep_alive_read_clears_the_readiness_so_no_empty_read_follows() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap();
+        let mut buf = Vec::new();
+        let n = server.idle_read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        // The next request is in the socket, but the runtime has not run
+        // its driver since the short read (no await in between).
+        client.write_all(b"GET /next HTTP/1.1\r\n\r\n").unwrap();
+        let mut probe = [0u8; 64];
+        let early = server.try_read(&mut probe);
+        assert_eq!(
+            early.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::WouldBlock),
+            "the readiness survived a short read"
+        );
+        // The wait then sees the new bytes through epoll.
+        let mut buf = Vec::new();
+        let n = server.idle_read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"GET /next HTTP/1.1\r\n\r\n");
+    }
+}
