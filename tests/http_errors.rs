@@ -190,6 +190,64 @@ async fn an_idle_keep_alive_connection_is_closed_at_idle_timeout_not_header_time
 }
 
 #[tokio::test]
+async fn an_idle_timeout_shorter_than_header_timeout_closes_a_keep_alive_connection_at_idle_timeout()
+ {
+    let b = Backend::start("b").await;
+    let proxy = proxy_for(
+        b.addr,
+        "header_timeout = \"3s\"\nidle_timeout = \"300ms\"",
+        "",
+    )
+    .await;
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK\r\n"));
+    let answered = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    let waited = answered.elapsed();
+    assert_eq!(n, 0);
+    assert!(waited >= Duration::from_millis(250), "{waited:?}");
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_busy_for_longer_than_idle_timeout_stays_open() {
+    let b = Backend::start("b").await;
+    let proxy = proxy_for(
+        b.addr,
+        "header_timeout = \"300ms\"\nidle_timeout = \"500ms\"",
+        "",
+    )
+    .await;
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    // Eight requests 250 ms apart: 2 s in all, each gap half the idle
+    // timeout.
+    for i in 0..8 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n")
+            .await
+            .unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200 OK\r\n"),
+            "request {i}: {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_websocket_upgrade_is_tunnelled_both_ways() {
     let b = Backend::start("ws").await;
     let proxy = proxy_for(b.addr, "", "").await;

@@ -12,13 +12,14 @@
 //! that ended exactly where its framing said, to a request sent in full.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::{Method, Uri, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, Sleep, timeout, timeout_at};
 use tracing::{debug, warn};
 
 use super::framing::Chunked;
@@ -62,8 +63,13 @@ pub async fn serve<IO: ClientIo>(io: &mut IO, conn: &Arc<Conn>, lim: &Limits) ->
     let mut buf = Vec::new();
     let mut first = true;
     let mut served = false;
+    // One timer for every wait between requests, moved only when it fires
+    // early (see `wait_for_head`), instead of one registered and
+    // cancelled per request.
+    let wait = tokio::time::sleep_until(lim.opened + lim.header);
+    tokio::pin!(wait);
     loop {
-        if buf.is_empty() && !wait_for_head(io, conn, lim, &mut buf, first).await {
+        if buf.is_empty() && !wait_for_head(io, conn, lim, &mut buf, first, wait.as_mut()).await {
             return Served::Closed;
         }
         let deadline = if first {
@@ -123,30 +129,48 @@ pub async fn serve<IO: ClientIo>(io: &mut IO, conn: &Arc<Conn>, lim: &Limits) ->
 /// Wait for the first bytes of a head: the first within `header_timeout`
 /// of the connection's opening, a later one within `idle_timeout`. False:
 /// close (the client left, a clock ran out, or shutdown).
+///
+/// `timer` is the connection's: when it fires before this wait's
+/// deadline (it was set for an earlier wait) it is moved to the deadline,
+/// and when it is set later than the deadline it is moved back. So a busy
+/// keep-alive connection touches the timer wheel about once an
+/// `idle_timeout`, not once a request.
 async fn wait_for_head<IO: ClientIo>(
     io: &mut IO,
     conn: &Conn,
     lim: &Limits,
     buf: &mut Vec<u8>,
     first: bool,
+    mut timer: Pin<&mut Sleep>,
 ) -> bool {
     let until = if first {
         lim.opened + lim.header
     } else {
         Instant::now() + lim.idle
     };
-    tokio::select! {
-        read = io.idle_read(buf) => matches!(read, Ok(n) if n > 0),
-        () = tokio::time::sleep_until(until) => {
-            if first {
-                warn!(side = "client", timeout_ms = lim.header.as_millis() as u64,
-                    "no complete request header within header_timeout; closing");
-            } else {
-                debug!("idle keep-alive connection timed out; closing");
+    if timer.deadline() > until {
+        timer.as_mut().reset(until);
+    }
+    let read = io.idle_read(buf);
+    tokio::pin!(read);
+    loop {
+        tokio::select! {
+            read = &mut read => return matches!(read, Ok(n) if n > 0),
+            () = timer.as_mut() => {
+                if Instant::now() < until {
+                    timer.as_mut().reset(until);
+                    continue;
+                }
+                if first {
+                    warn!(side = "client", timeout_ms = lim.header.as_millis() as u64,
+                        "no complete request header within header_timeout; closing");
+                } else {
+                    debug!("idle keep-alive connection timed out; closing");
+                }
+                return false;
             }
-            false
+            () = conn.shutdown.triggered() => return false,
         }
-        () = conn.shutdown.triggered() => false,
     }
 }
 

@@ -58,11 +58,27 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 pub const HEAD_CHUNK: usize = 4096;
 
 impl ClientIo for TcpStream {
+    /// The read is `poll_read`, not `try_read_buf`: tokio clears the
+    /// socket's readiness after a read that did not fill the buffer (with
+    /// edge-triggered epoll the socket is then empty), so the next wait
+    /// goes to epoll instead of first trying a `recvfrom` that can only
+    /// return EAGAIN. `try_read_buf` clears it only on EAGAIN, which cost
+    /// one wasted system call per keep-alive request.
     async fn idle_read(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
         loop {
             self.readable().await?;
             buf.reserve(HEAD_CHUNK);
-            match self.try_read_buf(buf) {
+            let read = {
+                let mut reading = std::pin::pin!(self.read_buf(buf));
+                std::future::poll_fn(|cx| match reading.as_mut().poll(cx) {
+                    // The readiness was stale (and is now cleared): wait
+                    // again without holding the buffer.
+                    Poll::Pending => Poll::Ready(Err(io::ErrorKind::WouldBlock.into())),
+                    done => done,
+                })
+                .await
+            };
+            match read {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if buf.is_empty() {
                         *buf = Vec::new();
@@ -164,5 +180,48 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use tokio::net::TcpListener;
+
+    use super::ClientIo;
+
+    /// After a read that did not fill the buffer, tokio's readiness for the
+    /// socket must be cleared: the next wait then goes to epoll instead of
+    /// trying a `recvfrom` that can only return EAGAIN. Observed without
+    /// counting system calls: with the readiness cleared, `try_read` does
+    /// not even ask the kernel, so bytes that arrived since (and that the
+    /// I/O driver has not seen yet) are not returned; with it left set,
+    /// `try_read` reads them.
+    #[tokio::test]
+    async fn a_short_keep_alive_read_clears_the_readiness_so_no_empty_read_follows() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap();
+        let mut buf = Vec::new();
+        let n = server.idle_read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        // The next request is in the socket, but the runtime has not run
+        // its driver since the short read (no await in between).
+        client.write_all(b"GET /next HTTP/1.1\r\n\r\n").unwrap();
+        let mut probe = [0u8; 64];
+        let early = server.try_read(&mut probe);
+        assert_eq!(
+            early.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::WouldBlock),
+            "the readiness survived a short read"
+        );
+        // The wait then sees the new bytes through epoll.
+        let mut buf = Vec::new();
+        let n = server.idle_read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"GET /next HTTP/1.1\r\n\r\n");
     }
 }
