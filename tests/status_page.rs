@@ -322,6 +322,8 @@ async fn chromium_renders_listeners_backend_causes_expiring_certificates_and_the
     // A screenshot for people, under target/.
     let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/status-page.png");
     let _ = std::fs::remove_file(&shot);
+    // (With CARGO_TARGET_DIR elsewhere, the repository has no target/.)
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
     let arg = format!("--screenshot={}", shot.display());
     tokio::task::spawn_blocking(move || run_chromium(&browser, &url, &[&arg], 6000))
         .await
